@@ -1,0 +1,539 @@
+//! The configuration tree: one serde structure read from `config.toml`,
+//! strict (`deny_unknown_fields`), with units in key names and a default for
+//! every field. The shipped `config.toml` spells out every default; a test
+//! keeps the two equal. [`Config::validate`] runs at start-up and in
+//! `--check-config`, and every error names the key at fault.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::router::Router;
+
+/// The configuration shipped in `config.toml`, also printed by `--print-default-config`.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config.toml");
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line, column and key.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid config: {key}: {reason}")]
+    Invalid {
+        /// Dotted key path, e.g. `mqtt.receive_maximum`.
+        key: String,
+        /// What is wrong with the value.
+        reason: String,
+    },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where devices connect.
+    pub listeners: ListenersConfig,
+    /// MQTT protocol limits and timeouts.
+    pub mqtt: MqttConfig,
+    /// Kafka connection and producer settings.
+    pub kafka: KafkaConfig,
+    /// MQTT topic filter → Kafka topic, first match wins.
+    pub routes: Vec<RouteConfig>,
+    /// What happens to a PUBLISH that matches no route.
+    pub unmatched: UnmatchedConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listeners: ListenersConfig::default(),
+            mqtt: MqttConfig::default(),
+            kafka: KafkaConfig::default(),
+            routes: vec![
+                RouteConfig {
+                    filter: "devices/{device_id}/events/#".into(),
+                    kafka_topic: "iot.events".into(),
+                    key: "{client_id}".into(),
+                },
+                RouteConfig {
+                    filter: "devices/{device_id}/snapshot".into(),
+                    kafka_topic: "iot.snapshots".into(),
+                    key: "{client_id}".into(),
+                },
+            ],
+            unmatched: UnmatchedConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// The listeners.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenersConfig {
+    /// Plain MQTT over TCP.
+    pub tcp: TcpListenerConfig,
+    /// MQTT over TLS.
+    pub tls: TlsListenerConfig,
+    /// Most connections this replica holds at once (all listeners); further
+    /// connections wait in the kernel backlog. Default 15000 (the machine's
+    /// open-file limit is 20000).
+    pub max_connections: usize,
+    /// Set SO_REUSEPORT so several replicas on one host share a port. Default false.
+    pub reuse_port: bool,
+}
+
+impl Default for ListenersConfig {
+    fn default() -> Self {
+        ListenersConfig {
+            tcp: TcpListenerConfig::default(),
+            tls: TlsListenerConfig::default(),
+            max_connections: 15_000,
+            reuse_port: false,
+        }
+    }
+}
+
+/// Plain TCP listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpListenerConfig {
+    /// Serve this listener. Default true.
+    pub enabled: bool,
+    /// Address to bind. Default `0.0.0.0:1883`.
+    pub bind: SocketAddr,
+}
+
+impl Default for TcpListenerConfig {
+    fn default() -> Self {
+        TcpListenerConfig {
+            enabled: true,
+            bind: SocketAddr::from(([0, 0, 0, 0], 1883)),
+        }
+    }
+}
+
+/// TLS listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsListenerConfig {
+    /// Serve this listener. Default true.
+    pub enabled: bool,
+    /// Address to bind. Default `0.0.0.0:8883`.
+    pub bind: SocketAddr,
+    /// PEM certificate chain, leaf first. Default `certs/server.crt`.
+    pub cert_path: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Default `certs/server.key`.
+    pub key_path: PathBuf,
+    /// When `cert_path` or `key_path` is missing, generate a development CA
+    /// and server certificate there (and `ca.crt` beside them) instead of
+    /// failing. Default true; set false in production.
+    pub generate_dev_certs: bool,
+}
+
+impl Default for TlsListenerConfig {
+    fn default() -> Self {
+        TlsListenerConfig {
+            enabled: true,
+            bind: SocketAddr::from(([0, 0, 0, 0], 8883)),
+            cert_path: "certs/server.crt".into(),
+            key_path: "certs/server.key".into(),
+            generate_dev_certs: true,
+        }
+    }
+}
+
+/// MQTT protocol settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Deadline for the TLS handshake plus the whole CONNECT packet. Default 10000.
+    pub connect_timeout_ms: u64,
+    /// Largest packet accepted (fixed header included); larger ones close the
+    /// connection (5.0: DISCONNECT 0x95) before their body is read. Announced
+    /// to 5.0 clients as Maximum Packet Size. Default 262144.
+    pub max_packet_size_bytes: usize,
+    /// Unacknowledged QoS 1/2 PUBLISH packets per connection (5.0: announced as
+    /// Receive Maximum; 3.1.1: the proxy stops reading at this many). Default 64.
+    pub receive_maximum: u16,
+    /// Inbound topic aliases per 5.0 connection (0 disables). Default 16.
+    pub topic_alias_maximum: u16,
+    /// Longest client id accepted, in bytes. Default 128.
+    pub max_client_id_bytes: usize,
+    /// Most user properties in one packet. Default 32.
+    pub max_user_properties: usize,
+    /// Give up on a client that does not read what the proxy writes. Default 30000.
+    pub write_timeout_ms: u64,
+    /// Give a client that connects with an empty client id a generated one
+    /// (`auto-…`); false refuses it (3.1.1: 0x02, 5.0: 0x85). Default true.
+    pub assign_client_ids: bool,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            connect_timeout_ms: 10_000,
+            max_packet_size_bytes: 262_144,
+            receive_maximum: 64,
+            topic_alias_maximum: 16,
+            max_client_id_bytes: 128,
+            max_user_properties: 32,
+            write_timeout_ms: 30_000,
+            assign_client_ids: true,
+        }
+    }
+}
+
+/// Kafka settings.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `embedded` starts an in-process Kafka-protocol broker; anything else is
+    /// a librdkafka `bootstrap.servers` list. Default `embedded`.
+    pub bootstrap_servers: String,
+    /// How long the producer keeps retrying a record before the device gets a
+    /// failure (librdkafka `message.timeout.ms`). Default 60000.
+    pub delivery_timeout_ms: u64,
+    /// How long the producer waits to fill a batch (`linger.ms`). Default 5.
+    pub linger_ms: u64,
+    /// Records the producer may hold in memory before the proxy stops reading
+    /// from sockets (`queue.buffering.max.messages`). Default 100000.
+    pub queue_max_messages: u32,
+    /// The embedded broker, used when `bootstrap_servers = "embedded"`.
+    pub embedded: EmbeddedKafkaConfig,
+    /// Any librdkafka producer option, passed through last so it wins
+    /// (e.g. `"compression.type" = "lz4"`, `"security.protocol" = "SASL_SSL"`).
+    pub producer: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "embedded".into(),
+            delivery_timeout_ms: 60_000,
+            linger_ms: 5,
+            queue_max_messages: 100_000,
+            embedded: EmbeddedKafkaConfig::default(),
+            producer: BTreeMap::new(),
+        }
+    }
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Pass-through options may hold SASL passwords or key material.
+        let producer: BTreeMap<&str, &str> = self
+            .producer
+            .iter()
+            .map(|(k, v)| (k.as_str(), if is_secret(k) { "<redacted>" } else { v }))
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("delivery_timeout_ms", &self.delivery_timeout_ms)
+            .field("linger_ms", &self.linger_ms)
+            .field("queue_max_messages", &self.queue_max_messages)
+            .field("embedded", &self.embedded)
+            .field("producer", &producer)
+            .finish()
+    }
+}
+
+/// Whether a librdkafka option holds a secret that logs must not show.
+pub fn is_secret(key: &str) -> bool {
+    ["password", "secret", "key.pem", "token"]
+        .iter()
+        .any(|s| key.contains(s))
+}
+
+/// The embedded Kafka-protocol broker (librdkafka's mock cluster).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedKafkaConfig {
+    /// Address where other Kafka clients (kcat, consumers) bootstrap from.
+    /// Port 0 picks a free port. Default `127.0.0.1:9092`.
+    pub listen: SocketAddr,
+    /// Number of brokers. Default 1.
+    pub brokers: u32,
+    /// Partitions of each topic named by a route. Default 6.
+    pub partitions: u32,
+}
+
+impl Default for EmbeddedKafkaConfig {
+    fn default() -> Self {
+        EmbeddedKafkaConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            brokers: 1,
+            partitions: 6,
+        }
+    }
+}
+
+/// One route.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// MQTT topic filter; `{name}` names a single level, `+` and a final `#`
+    /// are wildcards.
+    pub filter: String,
+    /// Kafka topic the records go to.
+    pub kafka_topic: String,
+    /// Record key template over `{client_id}` and the filter's named levels.
+    /// Default `{client_id}`.
+    #[serde(default = "default_key")]
+    pub key: String,
+}
+
+fn default_key() -> String {
+    "{client_id}".into()
+}
+
+/// What happens when no route matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmatchedAction {
+    /// Refuse the PUBLISH (5.0: reason 0x90; 3.1.1: close the connection).
+    #[default]
+    Refuse,
+    /// Write the record to `dead_letter_topic`, keyed by client id.
+    DeadLetter,
+}
+
+/// Unmatched-topic policy.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnmatchedConfig {
+    /// `refuse` or `dead_letter`. Default `refuse`.
+    pub action: UnmatchedAction,
+    /// Topic for `dead_letter`. Default `iot.deadletter`.
+    pub dead_letter_topic: String,
+}
+
+impl Default for UnmatchedConfig {
+    fn default() -> Self {
+        UnmatchedConfig {
+            action: UnmatchedAction::Refuse,
+            dead_letter_topic: "iot.deadletter".into(),
+        }
+    }
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Upper bound on the whole drain: waiting for in-flight acknowledgements
+    /// and flushing the producer. Default 30000.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter directive; `RUST_LOG` overrides it. Default `info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; unknown keys are errors. Does not validate.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Whether the embedded broker is to be started.
+    pub fn embedded_kafka(&self) -> bool {
+        self.kafka.bootstrap_servers == "embedded"
+    }
+
+    /// Checks ranges and consistency; every error names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.listeners;
+        if !l.tcp.enabled && !l.tls.enabled {
+            return Err(invalid(
+                "listeners",
+                "at least one of listeners.tcp and listeners.tls must be enabled",
+            ));
+        }
+        if l.max_connections == 0 {
+            return Err(invalid("listeners.max_connections", "must be at least 1"));
+        }
+        let m = &self.mqtt;
+        if m.connect_timeout_ms == 0 {
+            return Err(invalid("mqtt.connect_timeout_ms", "must be at least 1"));
+        }
+        if !(64..=268_435_460).contains(&m.max_packet_size_bytes) {
+            return Err(invalid(
+                "mqtt.max_packet_size_bytes",
+                "must be between 64 and 268435460 (the MQTT maximum)",
+            ));
+        }
+        if m.receive_maximum == 0 {
+            return Err(invalid("mqtt.receive_maximum", "must be at least 1"));
+        }
+        if !(1..=65_535).contains(&m.max_client_id_bytes) {
+            return Err(invalid("mqtt.max_client_id_bytes", "must be between 1 and 65535"));
+        }
+        if m.write_timeout_ms == 0 {
+            return Err(invalid("mqtt.write_timeout_ms", "must be at least 1"));
+        }
+        let k = &self.kafka;
+        if k.bootstrap_servers.trim().is_empty() {
+            return Err(invalid(
+                "kafka.bootstrap_servers",
+                "must be \"embedded\" or a host:port list",
+            ));
+        }
+        if k.delivery_timeout_ms == 0 {
+            return Err(invalid("kafka.delivery_timeout_ms", "must be at least 1"));
+        }
+        if k.queue_max_messages == 0 {
+            return Err(invalid("kafka.queue_max_messages", "must be at least 1"));
+        }
+        if !(1..=16).contains(&k.embedded.brokers) {
+            return Err(invalid("kafka.embedded.brokers", "must be between 1 and 16"));
+        }
+        if !(1..=1024).contains(&k.embedded.partitions) {
+            return Err(invalid("kafka.embedded.partitions", "must be between 1 and 1024"));
+        }
+        for key in k.producer.keys() {
+            if key == "bootstrap.servers" {
+                return Err(invalid(
+                    "kafka.producer.\"bootstrap.servers\"",
+                    "set kafka.bootstrap_servers instead",
+                ));
+            }
+        }
+        if self.routes.is_empty() {
+            return Err(invalid("routes", "at least one [[routes]] entry is required"));
+        }
+        if self.unmatched.action == UnmatchedAction::DeadLetter
+            && self.unmatched.dead_letter_topic.is_empty()
+        {
+            return Err(invalid(
+                "unmatched.dead_letter_topic",
+                "must be set when unmatched.action = \"dead_letter\"",
+            ));
+        }
+        Router::new(&self.routes, &self.unmatched).map_err(|e| invalid("routes", e.to_string()))?;
+        if self.shutdown.drain_timeout_ms == 0 {
+            return Err(invalid("shutdown.drain_timeout_ms", "must be at least 1"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_is_the_default_and_valid() {
+        let shipped = Config::parse(DEFAULT_CONFIG_TOML).expect("config.toml parses");
+        assert_eq!(shipped, Config::default());
+        shipped.validate().expect("config.toml is valid");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let err = Config::parse("[mqtt]\nrecieve_maximum = 5\n").unwrap_err();
+        assert!(err.contains("recieve_maximum"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let cases = [
+            ("[mqtt]\nreceive_maximum = 0\n", "mqtt.receive_maximum"),
+            ("[mqtt]\nmax_packet_size_bytes = 10\n", "mqtt.max_packet_size_bytes"),
+            (
+                "[listeners.tcp]\nenabled = false\n[listeners.tls]\nenabled = false\n",
+                "listeners",
+            ),
+            ("[kafka]\nbootstrap_servers = \" \"\n", "kafka.bootstrap_servers"),
+            (
+                "[[routes]]\nfilter = \"a/#/b\"\nkafka_topic = \"t\"\n",
+                "routes",
+            ),
+            (
+                "[unmatched]\naction = \"dead_letter\"\ndead_letter_topic = \"\"\n",
+                "unmatched.dead_letter_topic",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(text).unwrap().validate().unwrap_err();
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_redacts_secret_producer_options() {
+        let mut c = Config::default();
+        c.kafka
+            .producer
+            .insert("sasl.password".into(), "hunter2".into());
+        let shown = format!("{:?}", c);
+        assert!(!shown.contains("hunter2"));
+        assert!(shown.contains("<redacted>"));
+    }
+}

@@ -1,0 +1,27 @@
+//! Everything that talks to Kafka: the producer that turns PUBLISH packets
+//! into records ([`producer`]), the record format ([`record`]) and the
+//! embedded Kafka-protocol broker used when `bootstrap_servers = "embedded"`
+//! ([`embedded`]).
+
+pub mod embedded;
+pub mod producer;
+pub mod record;
+
+/// Errors from the Kafka side.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    /// librdkafka refused the client configuration.
+    #[error("kafka client config: {0}")]
+    Client(#[source] rdkafka::error::KafkaError),
+    /// The embedded broker could not start or be driven.
+    #[error("embedded kafka: {0}")]
+    Embedded(String),
+    /// Binding the embedded broker's public bootstrap address failed.
+    #[error("embedded kafka cannot listen on {addr}: {source}")]
+    Listen {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}

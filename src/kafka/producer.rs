@@ -1,0 +1,185 @@
+//! The producer: one idempotent librdkafka producer per replica (acks=all),
+//! shared by all connections. A record carries a [`Delivery`] that says who
+//! waits for its outcome: a connection that owes the device a PUBACK or
+//! PUBREC gets the result on a oneshot channel; QoS 0 records are only
+//! counted. When librdkafka's queue is full, [`Producer::send`] hands the
+//! record back and connections wait on [`Producer::wait_for_space`] instead
+//! of reading more from their sockets — backpressure, never a buffer.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
+use tokio::sync::{oneshot, Notify};
+
+use super::KafkaError;
+use crate::config::KafkaConfig;
+use crate::metrics as m;
+
+/// The outcome of one record: `Ok` once Kafka has it (acks=all), or why not.
+pub type DeliveryOutcome = Result<(), String>;
+
+/// Who is told about a record's outcome.
+#[derive(Debug)]
+pub enum Delivery {
+    /// A connection waiting to acknowledge a QoS 1/2 PUBLISH.
+    Ack(oneshot::Sender<DeliveryOutcome>),
+    /// A QoS 0 record: failures are counted, nobody waits.
+    Fire,
+}
+
+/// librdkafka callbacks: delivery reports, errors, logs.
+pub struct ProxyContext {
+    space: Notify,
+    waiting: AtomicUsize,
+}
+
+impl ClientContext for ProxyContext {
+    fn error(&self, error: RdError, reason: &str) {
+        metrics::counter!(m::KAFKA_CLIENT_ERRORS).increment(1);
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+}
+
+impl ProducerContext for ProxyContext {
+    type DeliveryOpaque = Box<Delivery>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, delivery: Box<Delivery>) {
+        let outcome = match result {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(e.to_string()),
+        };
+        match (*delivery, outcome) {
+            (Delivery::Ack(tx), outcome) => {
+                if let Err(e) = &outcome {
+                    metrics::counter!(m::KAFKA_DELIVERY_FAILED).increment(1);
+                    tracing::debug!(error = %e, "kafka delivery failed");
+                }
+                // The connection may be gone; then nobody is owed an ack.
+                let _ = tx.send(outcome);
+            }
+            (Delivery::Fire, Ok(())) => {}
+            (Delivery::Fire, Err(e)) => {
+                metrics::counter!(m::QOS0_DROPPED).increment(1);
+                tracing::debug!(error = %e, "qos 0 record dropped");
+            }
+        }
+        // Only touch the Notify when someone waits: this runs once per record.
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            self.space.notify_waiters();
+        }
+    }
+}
+
+/// A record ready to send; the caller keeps key, payload and topic alive.
+pub struct Record<'a> {
+    /// Kafka topic.
+    pub topic: &'a str,
+    /// Record key (device id).
+    pub key: &'a [u8],
+    /// Record value (the PUBLISH payload).
+    pub payload: &'a [u8],
+    /// MQTT metadata headers.
+    pub headers: OwnedHeaders,
+    /// Receive time, ms since the epoch.
+    pub timestamp_ms: i64,
+}
+
+/// Why a record was not enqueued.
+pub enum SendError {
+    /// librdkafka's queue is full: wait for space and retry with these parts.
+    QueueFull(OwnedHeaders, Box<Delivery>),
+    /// Any other refusal (e.g. record too large, fatal producer error). The
+    /// delivery is dropped, so a waiting connection sees its channel close.
+    Refused(String),
+}
+
+/// The shared producer.
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<ThreadedProducer<ProxyContext>>,
+}
+
+impl Producer {
+    /// Creates the producer. `bootstrap` is the resolved broker list.
+    pub fn new(cfg: &KafkaConfig, bootstrap: &str, max_record_bytes: usize) -> Result<Producer, KafkaError> {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", bootstrap)
+            .set("client.id", "mqtt-kafka-proxy")
+            // Idempotence: retries cannot duplicate or reorder a device's records.
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", cfg.linger_ms.to_string())
+            .set("batch.num.messages", "10000")
+            .set("message.timeout.ms", cfg.delivery_timeout_ms.to_string())
+            .set("queue.buffering.max.messages", cfg.queue_max_messages.to_string())
+            // A record must fit whatever a device may send, plus headers.
+            .set(
+                "message.max.bytes",
+                (max_record_bytes + 64 * 1024).max(1_000_000).to_string(),
+            );
+        for (k, v) in &cfg.producer {
+            cc.set(k, v);
+        }
+        let context = ProxyContext {
+            space: Notify::new(),
+            waiting: AtomicUsize::new(0),
+        };
+        let inner: ThreadedProducer<ProxyContext> = cc
+            .create_with_context(context)
+            .map_err(KafkaError::Client)?;
+        Ok(Producer {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Enqueues a record. Never blocks.
+    pub fn send(&self, record: Record<'_>, delivery: Box<Delivery>) -> Result<(), SendError> {
+        let base = BaseRecord::with_opaque_to(record.topic, delivery)
+            .key(record.key)
+            .payload(record.payload)
+            .headers(record.headers)
+            .timestamp(record.timestamp_ms);
+        match self.inner.send(base) {
+            Ok(()) => Ok(()),
+            Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
+                metrics::counter!(m::KAFKA_QUEUE_FULL).increment(1);
+                let headers = rec.headers.unwrap_or_default();
+                Err(SendError::QueueFull(headers, rec.delivery_opaque))
+            }
+            Err((e, _)) => Err(SendError::Refused(e.to_string())),
+        }
+    }
+
+    /// Waits until some record has been delivered (so the queue has room), or
+    /// at most `max_wait`.
+    pub async fn wait_for_space(&self, max_wait: Duration) {
+        let ctx = self.inner.context();
+        let notified = ctx.space.notified();
+        ctx.waiting.fetch_add(1, Ordering::AcqRel);
+        let _ = tokio::time::timeout(max_wait, notified).await;
+        ctx.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Records not yet acknowledged by Kafka.
+    pub fn in_flight(&self) -> i32 {
+        self.inner.in_flight_count()
+    }
+
+    /// Waits (on a blocking thread) until every queued record has an outcome,
+    /// or the timeout passes. Returns the number still in flight.
+    pub async fn flush(&self, timeout: Duration) -> i32 {
+        let inner = self.inner.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let _ = inner.flush(timeout);
+            inner.in_flight_count()
+        })
+        .await;
+        result.unwrap_or(-1)
+    }
+}

@@ -1,0 +1,37 @@
+//! mqtt-kafka-proxy: a Kafka-native MQTT proxy. Devices speak MQTT 3.1.1 or
+//! 5.0 over TCP or TLS; every PUBLISH becomes one Kafka record keyed by the
+//! device id, and the device's PUBACK is written only once Kafka has it.
+//! The proxy stores nothing; Kafka is the source of truth.
+//!
+//! # Layout
+//!
+//! ```text
+//! device ─MQTT/TLS─▶ server::listener ─spawn─▶ session::connection ──PUBLISH──▶ router ──▶ kafka::producer ──▶ Kafka
+//!                    (permit, accept,          (TLS handshake, CONNECT,        (route →     (idempotent,
+//!                     backoff)                  select! loop, flow control)     topic, key)   acks=all)
+//!                                                      ▲                                          │
+//!                                                      └──────────── delivery report ─────────────┘
+//!                                                                   (PUBACK / PUBREC)
+//! ```
+//!
+//! - [`config`]: the configuration tree and its validation.
+//! - [`mqtt`]: packets, the strict decoder and the encoder (no I/O).
+//! - [`server`]: listeners, accept loops, TLS.
+//! - [`session`]: the per-connection task and its framed socket.
+//! - [`router`]: MQTT topic → Kafka topic and key.
+//! - [`kafka`]: the producer, the record format, the embedded broker.
+//! - [`metrics`]: every metric name.
+//! - [`proxy`]: start-up and graceful shutdown of the whole replica.
+
+pub mod config;
+pub mod kafka;
+pub mod metrics;
+pub mod mqtt;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod session;
+
+pub use config::Config;
+pub use proxy::{run, Proxy, StartError};
+

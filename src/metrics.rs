@@ -1,0 +1,25 @@
+//! Every metric name the proxy records, in one place. Names use past tense
+//! for events (`_total` counters) and nouns for gauges.
+
+/// Gauge: connections currently open.
+pub const CONNECTIONS: &str = "mqtt_connections";
+/// Counter: connections closed, labelled by `reason`.
+pub const CONNECTIONS_CLOSED: &str = "mqtt_connections_closed_total";
+/// Counter: connections accepted, labelled by `listener`.
+pub const CONNECTIONS_OPENED: &str = "mqtt_connections_opened_total";
+/// Counter: PUBLISH packets received, labelled by `qos`.
+pub const PUBLISH_RECEIVED: &str = "mqtt_publish_received_total";
+/// Counter: PUBLISH packets refused (no route, reserved header name), labelled by `reason`.
+pub const PUBLISH_REFUSED: &str = "mqtt_publish_refused_total";
+/// Counter: records sent to the dead-letter topic.
+pub const PUBLISH_DEAD_LETTERED: &str = "mqtt_publish_dead_lettered_total";
+/// Counter: protocol violations that closed a connection.
+pub const PROTOCOL_ERRORS: &str = "mqtt_protocol_errors_total";
+/// Counter: QoS 1/2 records whose Kafka delivery failed.
+pub const KAFKA_DELIVERY_FAILED: &str = "kafka_delivery_failed_total";
+/// Counter: QoS 0 records lost because Kafka delivery failed.
+pub const QOS0_DROPPED: &str = "kafka_qos0_dropped_total";
+/// Counter: times a connection found the producer queue full and paused.
+pub const KAFKA_QUEUE_FULL: &str = "kafka_queue_full_total";
+/// Counter: librdkafka client-level errors (broker down, auth, …).
+pub const KAFKA_CLIENT_ERRORS: &str = "kafka_client_errors_total";

@@ -1,0 +1,204 @@
+//! Start-up and shutdown of one replica. [`Proxy::start`] validates the
+//! config, starts the embedded broker if asked, creates the producer, binds
+//! the listeners and spawns their accept loops. [`Proxy::shutdown`] drains in
+//! order: stop accepting, let connections finish their in-flight
+//! acknowledgements, flush the producer — all within
+//! `shutdown.drain_timeout_ms`. [`run`] ties the two to a shutdown future
+//! (SIGINT/SIGTERM in `main`, a channel in tests).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError};
+use crate::kafka::embedded::EmbeddedKafka;
+use crate::kafka::producer::Producer;
+use crate::kafka::KafkaError;
+use crate::router::Router;
+use crate::server::listener::{self, Transport};
+use crate::server::tls::{self, TlsError};
+use crate::session::Shared;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Kafka (or the embedded broker) could not be set up.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What the drain left undone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Connections still open when the drain deadline passed.
+    pub connections_left: usize,
+    /// Records Kafka had not acknowledged when the flush gave up.
+    pub records_unflushed: i32,
+}
+
+/// A running replica.
+pub struct Proxy {
+    tcp_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    kafka_bootstrap: String,
+    embedded: Option<EmbeddedKafka>,
+    producer: Producer,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    accept_loops: Vec<JoinHandle<()>>,
+    drain_timeout: Duration,
+}
+
+impl Proxy {
+    /// Starts a replica from a configuration (validated here).
+    pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        config.validate()?;
+        let router = Router::new(&config.routes, &config.unmatched)
+            .map_err(|e| ConfigError::Invalid {
+                key: "routes".into(),
+                reason: e.to_string(),
+            })?;
+        let embedded = if config.embedded_kafka() {
+            let e = &config.kafka.embedded;
+            let kafka = EmbeddedKafka::start(e.brokers, e.partitions, &router.kafka_topics(), e.listen).await?;
+            tracing::info!(
+                bootstrap = %kafka.public_addr(),
+                brokers = e.brokers,
+                partitions = e.partitions,
+                topics = ?router.kafka_topics(),
+                "embedded Kafka broker started (in-memory, not durable); point Kafka clients at the bootstrap address"
+            );
+            Some(kafka)
+        } else {
+            None
+        };
+        let kafka_bootstrap = match &embedded {
+            Some(k) => k.bootstrap_servers().to_owned(),
+            None => config.kafka.bootstrap_servers.clone(),
+        };
+        let producer = Producer::new(&config.kafka, &kafka_bootstrap, config.mqtt.max_packet_size_bytes)?;
+        let shared = Arc::new(Shared::new(config.mqtt.clone(), router, producer.clone()));
+        let permits = Arc::new(Semaphore::new(config.listeners.max_connections));
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut accept_loops = Vec::new();
+        let l = &config.listeners;
+        let bind = |addr: SocketAddr| {
+            listener::bind(addr, l.reuse_port).map_err(|source| StartError::Bind { addr, source })
+        };
+        let mut spawn = |tcp: tokio::net::TcpListener, transport: Transport| {
+            accept_loops.push(tokio::spawn(listener::accept_loop(
+                tcp,
+                transport,
+                shared.clone(),
+                permits.clone(),
+                tracker.clone(),
+                cancel.clone(),
+            )));
+        };
+        let mut tcp_addr = None;
+        if l.tcp.enabled {
+            let tcp = bind(l.tcp.bind)?;
+            tcp_addr = tcp.local_addr().ok();
+            tracing::info!(addr = ?tcp_addr, "MQTT over TCP listening");
+            spawn(tcp, Transport::Tcp);
+        }
+        let mut tls_addr = None;
+        if l.tls.enabled {
+            let acceptor = TlsAcceptor::from(tls::server_config(&l.tls)?);
+            let tcp = bind(l.tls.bind)?;
+            tls_addr = tcp.local_addr().ok();
+            tracing::info!(addr = ?tls_addr, cert = %l.tls.cert_path.display(), "MQTT over TLS listening");
+            spawn(tcp, Transport::Tls(acceptor));
+        }
+        Ok(Proxy {
+            tcp_addr,
+            tls_addr,
+            kafka_bootstrap,
+            embedded,
+            producer,
+            cancel,
+            tracker,
+            accept_loops,
+            drain_timeout: Duration::from_millis(config.shutdown.drain_timeout_ms),
+        })
+    }
+
+    /// Bound address of the TCP listener.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// Bound address of the TLS listener.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The bootstrap list the producer uses (the embedded brokers' own
+    /// addresses when embedded).
+    pub fn kafka_bootstrap(&self) -> &str {
+        &self.kafka_bootstrap
+    }
+
+    /// The embedded broker, when `bootstrap_servers = "embedded"`.
+    pub fn embedded_kafka(&self) -> Option<&EmbeddedKafka> {
+        self.embedded.as_ref()
+    }
+
+    /// Drains and stops the replica: stop accepting, let connections finish
+    /// their in-flight acknowledgements, flush the producer.
+    pub async fn shutdown(self) -> ShutdownReport {
+        let started = Instant::now();
+        tracing::info!("shutting down: no new connections; draining in-flight acknowledgements");
+        self.cancel.cancel();
+        for l in self.accept_loops {
+            let _ = l.await;
+        }
+        self.tracker.close();
+        let connections_left = match tokio::time::timeout(self.drain_timeout, self.tracker.wait()).await {
+            Ok(()) => 0,
+            Err(_) => self.tracker.len(),
+        };
+        let left = self.drain_timeout.saturating_sub(started.elapsed());
+        let records_unflushed = self.producer.flush(left.max(Duration::from_millis(100))).await;
+        let report = ShutdownReport {
+            connections_left,
+            records_unflushed,
+        };
+        if connections_left == 0 && records_unflushed == 0 {
+            tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "shutdown complete");
+        } else {
+            tracing::warn!(?report, "drain deadline passed with work left");
+        }
+        drop(self.embedded);
+        report
+    }
+}
+
+/// Runs a replica until `shutdown` completes, then drains it.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<ShutdownReport, StartError> {
+    let proxy = Proxy::start(config).await?;
+    shutdown.await;
+    Ok(proxy.shutdown().await)
+}

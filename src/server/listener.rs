@@ -1,0 +1,120 @@
+//! Listeners and accept loops. A connection permit is taken before
+//! `accept()`, so at most `listeners.max_connections` sockets are open and
+//! the rest wait in the kernel backlog; accept errors (e.g. out of file
+//! descriptors) back off instead of spinning. The loop does no per-client
+//! I/O: the TLS handshake runs in the connection's task, under its deadline.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics as m;
+use crate::session::{connection, Shared};
+
+/// What a listener speaks.
+#[derive(Clone)]
+pub enum Transport {
+    /// MQTT over plain TCP.
+    Tcp,
+    /// MQTT over TLS.
+    Tls(TlsAcceptor),
+}
+
+impl Transport {
+    fn name(&self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls(_) => "tls",
+        }
+    }
+}
+
+/// Binds a listening socket, with SO_REUSEPORT when asked.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    #[cfg(not(unix))]
+    let _ = reuse_port;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// Accepts connections until `cancel` fires, spawning one task each.
+pub async fn accept_loop(
+    listener: TcpListener,
+    transport: Transport,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
+    let name = transport.name();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => return,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return, // semaphore closed: shutting down
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(listener = name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        backoff = Duration::from_millis(5);
+        metrics::counter!(m::CONNECTIONS_OPENED, "listener" => name).increment(1);
+        // Small acknowledgements must not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        let cancel = cancel.child_token();
+        match &transport {
+            Transport::Tcp => {
+                tracker.spawn(async move {
+                    let _permit = permit;
+                    connection::run(tcp, peer, plain, shared, cancel).await;
+                });
+            }
+            Transport::Tls(acceptor) => {
+                let acceptor = acceptor.clone();
+                tracker.spawn(async move {
+                    let _permit = permit;
+                    let handshake = move |tcp: TcpStream| -> HandshakeFuture<tokio_rustls::server::TlsStream<TcpStream>> {
+                        Box::pin(async move { acceptor.accept(tcp).await })
+                    };
+                    connection::run(tcp, peer, handshake, shared, cancel).await;
+                });
+            }
+        }
+    }
+}
+
+type HandshakeFuture<S> = Pin<Box<dyn Future<Output = std::io::Result<S>> + Send>>;
+
+fn plain(tcp: TcpStream) -> HandshakeFuture<TcpStream> {
+    Box::pin(std::future::ready(Ok(tcp)))
+}

@@ -1,0 +1,5 @@
+//! The network edge: listeners with their accept loops ([`listener`]) and the
+//! TLS configuration ([`tls`]).
+
+pub mod listener;
+pub mod tls;

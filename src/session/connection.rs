@@ -1,0 +1,813 @@
+//! The connection task. Lifecycle: (TLS handshake and) CONNECT under one
+//! deadline → CONNACK → one `select!` loop over the socket, Kafka delivery
+//! outcomes, producer-queue space, keep-alive and cancellation → one cleanup
+//! that logs why the connection closed.
+//!
+//! Flow control is the point of this file. A QoS 1/2 PUBLISH becomes an
+//! [`InFlight`] entry whose acknowledgement is written only when Kafka has the
+//! record; entries are acknowledged in the order the PUBLISH packets arrived
+//! [MQTT-4.6.0-2]. The socket is not read while the producer queue is full
+//! or (3.1.1) while `receive_maximum` records are in flight, so a slow Kafka
+//! becomes TCP backpressure on the device instead of memory in the proxy.
+
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rdkafka::message::OwnedHeaders;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::framed::{Framed, WriteError};
+use crate::config::MqttConfig;
+use crate::kafka::producer::{Delivery, DeliveryOutcome, Producer, Record, SendError};
+use crate::kafka::record;
+use crate::metrics as m;
+use crate::mqtt::codec::Limits;
+use crate::mqtt::error::ProtocolError;
+use crate::mqtt::packet::*;
+use crate::router::Router;
+
+/// State every connection of a replica shares.
+pub struct Shared {
+    /// MQTT limits and timeouts.
+    pub mqtt: MqttConfig,
+    /// Decoder limits derived from `mqtt`.
+    pub limits: Limits,
+    /// Topic → Kafka routing.
+    pub router: Router,
+    /// The replica's producer.
+    pub producer: Producer,
+}
+
+impl Shared {
+    /// Bundles the shared state.
+    pub fn new(mqtt: MqttConfig, router: Router, producer: Producer) -> Shared {
+        let limits = Limits {
+            max_packet_size: mqtt.max_packet_size_bytes,
+            max_user_properties: mqtt.max_user_properties,
+        };
+        Shared {
+            mqtt,
+            limits,
+            router,
+            producer,
+        }
+    }
+}
+
+/// Why a connection ended; every exit path produces exactly one.
+#[derive(Debug)]
+pub enum CloseReason {
+    /// The client sent DISCONNECT.
+    ClientDisconnected,
+    /// The client closed the socket without DISCONNECT.
+    ConnectionLost,
+    /// Socket error.
+    Io(std::io::Error),
+    /// No complete CONNECT (including the TLS handshake) before the deadline.
+    ConnectTimeout,
+    /// The TLS handshake failed.
+    TlsHandshake(std::io::Error),
+    /// CONNECT was answered with a refusing CONNACK.
+    ConnectRefused(u8, &'static str),
+    /// No packet within 1.5 × keep-alive [MQTT-3.1.2-24].
+    KeepAliveTimeout,
+    /// The client broke the protocol.
+    Protocol(ProtocolError),
+    /// A PUBLISH was refused and the protocol gives no other way to say so.
+    PublishRefused(u8, String),
+    /// Kafka did not take a QoS 1/2 record (3.1.1: closing makes the client resend).
+    DeliveryFailed(String),
+    /// The client did not read what the proxy wrote.
+    Write(WriteError),
+    /// The replica is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// Short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CloseReason::ClientDisconnected => "client_disconnected",
+            CloseReason::ConnectionLost => "connection_lost",
+            CloseReason::Io(_) => "io_error",
+            CloseReason::ConnectTimeout => "connect_timeout",
+            CloseReason::TlsHandshake(_) => "tls_handshake",
+            CloseReason::ConnectRefused(..) => "connect_refused",
+            CloseReason::KeepAliveTimeout => "keep_alive_timeout",
+            CloseReason::Protocol(_) => "protocol_error",
+            CloseReason::PublishRefused(..) => "publish_refused",
+            CloseReason::DeliveryFailed(_) => "kafka_delivery_failed",
+            CloseReason::Write(_) => "write_failed",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// The MQTT 5 DISCONNECT reason code to send before closing, if any.
+    fn disconnect_code(&self) -> Option<u8> {
+        match self {
+            CloseReason::KeepAliveTimeout => Some(reason::KEEP_ALIVE_TIMEOUT),
+            CloseReason::Protocol(e) => Some(e.reason_code()),
+            CloseReason::PublishRefused(code, _) => Some(*code),
+            CloseReason::DeliveryFailed(_) => Some(reason::UNSPECIFIED_ERROR),
+            CloseReason::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
+            _ => None,
+        }
+    }
+
+    fn is_problem(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::Protocol(_)
+                | CloseReason::PublishRefused(..)
+                | CloseReason::DeliveryFailed(_)
+                | CloseReason::Write(_)
+                | CloseReason::TlsHandshake(_)
+                | CloseReason::ConnectRefused(..)
+        )
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::ClientDisconnected => write!(f, "client sent DISCONNECT"),
+            CloseReason::ConnectionLost => write!(f, "client closed the connection without DISCONNECT"),
+            CloseReason::Io(e) => write!(f, "socket error: {e}"),
+            CloseReason::ConnectTimeout => write!(f, "no CONNECT before the connect deadline"),
+            CloseReason::TlsHandshake(e) => write!(f, "TLS handshake failed: {e}"),
+            CloseReason::ConnectRefused(code, why) => write!(f, "CONNECT refused with code {code:#04x}: {why}"),
+            CloseReason::KeepAliveTimeout => write!(f, "no packet within 1.5 x keep-alive [MQTT-3.1.2-24]"),
+            CloseReason::Protocol(e) => write!(f, "protocol error: {e}"),
+            CloseReason::PublishRefused(code, why) => write!(f, "PUBLISH refused ({code:#04x}): {why}"),
+            CloseReason::DeliveryFailed(e) => write!(f, "kafka did not take a record: {e}"),
+            CloseReason::Write(e) => write!(f, "{e}"),
+            CloseReason::Shutdown => write!(f, "replica shutting down"),
+        }
+    }
+}
+
+/// Runs one connection to completion: `handshake` turns the accepted TCP
+/// stream into the byte stream (identity for plain TCP, TLS accept for TLS)
+/// and counts against the connect deadline.
+pub async fn run<T, S, H>(tcp: T, peer: SocketAddr, handshake: H, shared: Arc<Shared>, cancel: CancellationToken)
+where
+    H: FnOnce(T) -> Pin<Box<dyn Future<Output = std::io::Result<S>> + Send>>,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
+    async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(shared.mqtt.connect_timeout_ms);
+        let stream = match tokio::time::timeout_at(deadline, handshake(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return log_close_before_connect(&CloseReason::TlsHandshake(e)),
+            Err(_) => return log_close_before_connect(&CloseReason::ConnectTimeout),
+        };
+        let mut framed = Framed::new(stream);
+        let connect = match read_connect(&mut framed, deadline, &shared.limits).await {
+            Ok(c) => c,
+            Err(reason) => return log_close_before_connect(&reason),
+        };
+        let mut session = match Session::accept(&mut framed, *connect, &shared).await {
+            Ok(s) => s,
+            Err(reason) => return log_close_before_connect(&reason),
+        };
+        tracing::Span::current().record("client_id", session.client_id.as_str());
+        tracing::info!(
+            protocol = if session.version == Version::V5 { "5.0" } else { "3.1.1" },
+            keep_alive_s = session.keep_alive.as_secs_f32() / 1.5,
+            "connection opened"
+        );
+        metrics::gauge!(m::CONNECTIONS).increment(1.0);
+        let started = Instant::now();
+        let reason = session.serve(&mut framed, &shared, &cancel).await;
+        if let (Version::V5, Some(code)) = (session.version, reason.disconnect_code()) {
+            let d = Disconnect {
+                reason: code,
+                properties: Properties {
+                    reason_string: session.problem_info.then(|| reason.to_string()),
+                    ..Properties::default()
+                },
+            };
+            framed
+                .send_now(&Packet::Disconnect(d), Version::V5, Duration::from_millis(shared.mqtt.write_timeout_ms.min(1000)))
+                .await;
+        }
+        metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+        metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
+        let secs = started.elapsed().as_secs();
+        if reason.is_problem() {
+            tracing::warn!(%reason, connected_s = secs, published = session.published, "connection closed");
+        } else {
+            tracing::info!(%reason, connected_s = secs, published = session.published, "connection closed");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn log_close_before_connect(reason: &CloseReason) {
+    metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
+    if let CloseReason::Protocol(_) = reason {
+        metrics::counter!(m::PROTOCOL_ERRORS).increment(1);
+    }
+    if reason.is_problem() {
+        tracing::warn!(%reason, "connection closed before CONNECT completed");
+    } else {
+        tracing::info!(%reason, "connection closed before CONNECT completed");
+    }
+}
+
+async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S>,
+    deadline: tokio::time::Instant,
+    limits: &Limits,
+) -> Result<Box<Connect>, CloseReason> {
+    loop {
+        match framed.decode(None, limits) {
+            Ok(Some(Packet::Connect(c))) => return Ok(c),
+            Ok(Some(other)) => {
+                // The decoder returns nothing but CONNECT before a version is set.
+                return Err(CloseReason::Protocol(ProtocolError::FirstPacketNotConnect(other.name())));
+            }
+            Ok(None) => {}
+            Err(ProtocolError::UnsupportedProtocolLevel(level)) => {
+                // Answer in 3.1.1 form, which every client version can read [MQTT-3.1.2-2].
+                let ack = ConnAck {
+                    session_present: false,
+                    code: return_code::UNACCEPTABLE_PROTOCOL_VERSION,
+                    properties: Properties::default(),
+                };
+                framed.send_now(&Packet::ConnAck(ack), Version::V311, Duration::from_secs(1)).await;
+                return Err(CloseReason::Protocol(ProtocolError::UnsupportedProtocolLevel(level)));
+            }
+            Err(e) => return Err(CloseReason::Protocol(e)),
+        }
+        match tokio::time::timeout_at(deadline, framed.read_more()).await {
+            Err(_) => return Err(CloseReason::ConnectTimeout),
+            Ok(Ok(0)) => return Err(CloseReason::ConnectionLost),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(CloseReason::Io(e)),
+        }
+    }
+}
+
+/// A QoS 1/2 PUBLISH the device is owed an acknowledgement for.
+struct InFlight {
+    packet_id: u16,
+    qos: QoS,
+    state: InFlightState,
+}
+
+enum InFlightState {
+    /// Waiting for Kafka's delivery report.
+    Producing(oneshot::Receiver<DeliveryOutcome>),
+    /// Refused by the proxy (5.0): acknowledge with this reason code, in order.
+    Refused(u8, String),
+}
+
+/// A record that found the producer queue full, kept until there is room.
+/// While one exists the socket is not read.
+struct Pending {
+    kafka_topic: String,
+    key: String,
+    payload: Bytes,
+    headers: OwnedHeaders,
+    timestamp_ms: i64,
+    delivery: Box<Delivery>,
+}
+
+/// The outcome at the head of the in-flight queue.
+struct NextOutcome<'a>(&'a mut VecDeque<InFlight>);
+
+impl Future for NextOutcome<'_> {
+    type Output = Result<(), (u8, String)>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(front) = self.get_mut().0.front_mut() else {
+            return Poll::Pending;
+        };
+        match &mut front.state {
+            InFlightState::Refused(code, why) => Poll::Ready(Err((*code, std::mem::take(why)))),
+            InFlightState::Producing(rx) => match Pin::new(rx).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(Ok(()))) => Poll::Ready(Ok(())),
+                Poll::Ready(Ok(Err(e))) => Poll::Ready(Err((reason::UNSPECIFIED_ERROR, e))),
+                // The producer dropped the delivery: it refused the record.
+                Poll::Ready(Err(_)) => Poll::Ready(Err((
+                    reason::UNSPECIFIED_ERROR,
+                    "record refused by the producer".into(),
+                ))),
+            },
+        }
+    }
+}
+
+struct Session {
+    version: Version,
+    client_id: String,
+    /// 1.5 × the keep-alive the client asked for; zero disables the check.
+    keep_alive: Duration,
+    /// 5.0 Request Problem Information: may reason strings be sent.
+    problem_info: bool,
+    inflight: VecDeque<InFlight>,
+    /// QoS 2 packet ids PUBREC'd and waiting for PUBREL.
+    awaiting_rel: HashSet<u16>,
+    /// Inbound 5.0 topic aliases, allocated on first use.
+    aliases: Vec<Option<String>>,
+    pending: Option<Pending>,
+    refusal_logged: bool,
+    published: u64,
+}
+
+enum Step {
+    Continue,
+    /// Stop decoding buffered packets for now (backpressure).
+    Pause,
+}
+
+impl Session {
+    /// Validates CONNECT and answers it.
+    async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+        framed: &mut Framed<S>,
+        connect: Connect,
+        shared: &Shared,
+    ) -> Result<Session, CloseReason> {
+        let cfg = &shared.mqtt;
+        let v5 = connect.version == Version::V5;
+        let refuse = |v311: u8, v5code: u8| if v5 { v5code } else { v311 };
+        let mut client_id = connect.client_id;
+        let mut assigned = None;
+        let mut refusal: Option<(u8, &'static str)> = None;
+        if client_id.is_empty() {
+            if !v5 && !connect.clean_start {
+                // [MQTT-3.1.3-8]
+                refusal = Some((return_code::IDENTIFIER_REJECTED, "empty client id without clean session"));
+            } else if !cfg.assign_client_ids {
+                refusal = Some((
+                    refuse(return_code::IDENTIFIER_REJECTED, reason::CLIENT_IDENTIFIER_NOT_VALID),
+                    "empty client id and mqtt.assign_client_ids = false",
+                ));
+            } else {
+                client_id = generate_client_id();
+                assigned = Some(client_id.clone());
+            }
+        } else if client_id.len() > cfg.max_client_id_bytes {
+            refusal = Some((
+                refuse(return_code::IDENTIFIER_REJECTED, reason::CLIENT_IDENTIFIER_NOT_VALID),
+                "client id longer than mqtt.max_client_id_bytes",
+            ));
+        }
+        if v5 && connect.properties.authentication_method.is_some() {
+            refusal = Some((reason::BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported"));
+        }
+        let write_timeout = Duration::from_millis(cfg.write_timeout_ms);
+        if let Some((code, why)) = refusal {
+            let ack = ConnAck {
+                session_present: false,
+                code,
+                properties: Properties::default(),
+            };
+            framed.send_now(&Packet::ConnAck(ack), connect.version, write_timeout).await;
+            return Err(CloseReason::ConnectRefused(code, why));
+        }
+        let properties = if v5 {
+            Properties {
+                receive_maximum: Some(cfg.receive_maximum),
+                maximum_packet_size: Some(cfg.max_packet_size_bytes as u32),
+                topic_alias_maximum: (cfg.topic_alias_maximum > 0).then_some(cfg.topic_alias_maximum),
+                assigned_client_identifier: assigned,
+                wildcard_subscription_available: Some(0),
+                subscription_identifier_available: Some(0),
+                shared_subscription_available: Some(0),
+                ..Properties::default()
+            }
+        } else {
+            Properties::default()
+        };
+        let ack = ConnAck {
+            // The proxy keeps no session state between connections.
+            session_present: false,
+            code: 0,
+            properties,
+        };
+        framed.queue(&Packet::ConnAck(ack), connect.version);
+        framed.flush(write_timeout).await.map_err(CloseReason::Write)?;
+        Ok(Session {
+            version: connect.version,
+            client_id,
+            keep_alive: Duration::from_millis(connect.keep_alive as u64 * 1500),
+            problem_info: connect.properties.request_problem_information != Some(0),
+            inflight: VecDeque::new(),
+            awaiting_rel: HashSet::new(),
+            aliases: Vec::new(),
+            pending: None,
+            refusal_logged: false,
+            published: 0,
+        })
+    }
+
+    /// The main loop; returns why the connection ends.
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        framed: &mut Framed<S>,
+        shared: &Shared,
+        cancel: &CancellationToken,
+    ) -> CloseReason {
+        let write_timeout = Duration::from_millis(shared.mqtt.write_timeout_ms);
+        let receive_max = shared.mqtt.receive_maximum as usize;
+        let keep_alive = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(keep_alive);
+        let mut was_reading = false;
+        let mut draining = false;
+        // Bytes are buffered that may hold complete packets not yet handled.
+        let mut input_ready = false;
+        loop {
+            let reading = !draining
+                && self.pending.is_none()
+                && (self.version == Version::V5 || self.inflight.len() < receive_max);
+            // The keep-alive clock only runs while we read: a paused socket is our doing.
+            if reading && !was_reading && !self.keep_alive.is_zero() {
+                keep_alive.as_mut().reset(tokio::time::Instant::now() + self.keep_alive);
+            }
+            was_reading = reading;
+            if reading && input_ready {
+                let (handled, drained) = match self.process_input(framed, shared) {
+                    Ok(r) => r,
+                    Err(reason) => return reason,
+                };
+                if handled > 0 && !self.keep_alive.is_zero() {
+                    keep_alive.as_mut().reset(tokio::time::Instant::now() + self.keep_alive);
+                }
+                input_ready = !drained;
+                if let Err(e) = framed.flush(write_timeout).await {
+                    return CloseReason::Write(e);
+                }
+                continue;
+            }
+            if draining && self.inflight.is_empty() && self.pending.is_none() {
+                return CloseReason::Shutdown;
+            }
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled(), if !draining => {
+                    // Stop reading; finish what Kafka already has, then say goodbye.
+                    draining = true;
+                }
+                outcome = NextOutcome(&mut self.inflight), if !self.inflight.is_empty() => {
+                    if let Err(reason) = self.acknowledge(framed, outcome) {
+                        return reason;
+                    }
+                }
+                _ = shared.producer.wait_for_space(Duration::from_millis(50)), if self.pending.is_some() => {
+                    if let Some(p) = self.pending.take() {
+                        self.retry(p, shared);
+                    }
+                }
+                read = framed.read_more(), if reading => match read {
+                    Ok(0) => return CloseReason::ConnectionLost,
+                    Ok(_) => input_ready = true,
+                    Err(e) => return CloseReason::Io(e),
+                },
+                _ = &mut keep_alive, if reading && !self.keep_alive.is_zero() => {
+                    return CloseReason::KeepAliveTimeout;
+                }
+            }
+            if let Err(e) = framed.flush(write_timeout).await {
+                return CloseReason::Write(e);
+            }
+        }
+    }
+}
+
+impl Session {
+    /// Handles buffered packets until the buffer holds no complete packet
+    /// (`drained = true`) or flow control says stop. Returns how many packets
+    /// were handled.
+    fn process_input<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        framed: &mut Framed<S>,
+        shared: &Shared,
+    ) -> Result<(usize, bool), CloseReason> {
+        let receive_max = shared.mqtt.receive_maximum as usize;
+        let mut handled = 0;
+        loop {
+            if self.pending.is_some()
+                || (self.version == Version::V311 && self.inflight.len() >= receive_max)
+            {
+                return Ok((handled, false));
+            }
+            let packet = match framed.decode(Some(self.version), &shared.limits) {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok((handled, true)),
+                Err(e) => {
+                    metrics::counter!(m::PROTOCOL_ERRORS).increment(1);
+                    return Err(CloseReason::Protocol(e));
+                }
+            };
+            handled += 1;
+            if let Step::Pause = self.on_packet(framed, packet, shared)? {
+                return Ok((handled, false));
+            }
+        }
+    }
+
+    fn on_packet<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        framed: &mut Framed<S>,
+        packet: Packet,
+        shared: &Shared,
+    ) -> Result<Step, CloseReason> {
+        let v = self.version;
+        match packet {
+            Packet::Publish(p) => return self.on_publish(framed, p, shared),
+            Packet::PubRel(ack) => {
+                let code = if self.awaiting_rel.remove(&ack.packet_id) || v == Version::V311 {
+                    reason::SUCCESS
+                } else {
+                    reason::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                framed.queue(&Packet::PubComp(Ack::new(ack.packet_id, code)), v);
+            }
+            Packet::PingReq => framed.queue(&Packet::PingResp, v),
+            Packet::Disconnect(_) => return Err(CloseReason::ClientDisconnected),
+            Packet::Subscribe(s) => {
+                // Commands to devices are not served yet: refuse every filter.
+                let code = match v {
+                    Version::V311 => return_code::SUBACK_FAILURE,
+                    Version::V5 => reason::IMPLEMENTATION_SPECIFIC_ERROR,
+                };
+                let ack = SubAck {
+                    packet_id: s.packet_id,
+                    properties: self.reason_string("subscriptions are not served by this proxy"),
+                    codes: vec![code; s.filters.len()],
+                };
+                tracing::debug!(filters = s.filters.len(), "SUBSCRIBE refused: not served");
+                framed.queue(&Packet::SubAck(ack), v);
+            }
+            Packet::Unsubscribe(u) => {
+                let ack = SubAck {
+                    packet_id: u.packet_id,
+                    properties: Properties::default(),
+                    codes: vec![reason::NO_SUBSCRIPTION_EXISTED; u.filters.len()],
+                };
+                framed.queue(&Packet::UnsubAck(ack), v);
+            }
+            // The proxy sends no PUBLISH yet, so there is nothing for these to acknowledge.
+            Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {
+                tracing::debug!("ignoring acknowledgement for a packet the proxy never sent");
+            }
+            Packet::Auth(_) => return Err(CloseReason::Protocol(ProtocolError::UnexpectedAuth)),
+            // The decoder refuses CONNECT after the first and every server-only packet.
+            other => {
+                return Err(CloseReason::Protocol(ProtocolError::ServerOnlyPacket(other.name())));
+            }
+        }
+        Ok(Step::Continue)
+    }
+
+    fn reason_string(&self, why: &str) -> Properties {
+        Properties {
+            reason_string: (self.version == Version::V5 && self.problem_info).then(|| why.to_owned()),
+            ..Properties::default()
+        }
+    }
+
+    fn on_publish<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        framed: &mut Framed<S>,
+        mut p: Publish,
+        shared: &Shared,
+    ) -> Result<Step, CloseReason> {
+        let received_ms = now_ms();
+        metrics::counter!(m::PUBLISH_RECEIVED, "qos" => qos_label(p.qos)).increment(1);
+        if let Some(alias) = p.properties.topic_alias {
+            self.resolve_alias(&mut p.topic, alias, shared.mqtt.topic_alias_maximum)?;
+        }
+        if p.qos == QoS::ExactlyOnce {
+            if self.awaiting_rel.contains(&p.packet_id) {
+                // A resend before PUBREL: the record is already in Kafka [MQTT-4.3.3-9].
+                framed.queue(&Packet::PubRec(Ack::new(p.packet_id, 0)), self.version);
+                return Ok(Step::Continue);
+            }
+            if self
+                .inflight
+                .iter()
+                .any(|f| f.packet_id == p.packet_id && f.qos == QoS::ExactlyOnce)
+            {
+                // Already being produced; its PUBREC follows when Kafka has it.
+                return Ok(Step::Continue);
+            }
+        }
+        if p.qos != QoS::AtMostOnce {
+            let max = shared.mqtt.receive_maximum;
+            let unacked = self.inflight.len() + self.awaiting_rel.len();
+            if unacked >= max as usize {
+                return Err(CloseReason::Protocol(ProtocolError::ReceiveMaximumExceeded(max)));
+            }
+        }
+        if self.version == Version::V5 {
+            if let Some(name) = record::reserved_user_property(&p) {
+                let why = format!("user property {name:?} uses the reserved prefix \"mqtt.\"");
+                return self.refuse(&p, reason::IMPLEMENTATION_SPECIFIC_ERROR, why);
+            }
+        }
+        let Some(dest) = shared.router.route(&p.topic, &self.client_id) else {
+            let why = format!("no route for topic {:?}", p.topic);
+            return self.refuse(&p, reason::TOPIC_NAME_INVALID, why);
+        };
+        if dest.dead_letter {
+            metrics::counter!(m::PUBLISH_DEAD_LETTERED).increment(1);
+            tracing::debug!(topic = %p.topic, "no route; record goes to the dead-letter topic");
+        }
+        self.published += 1;
+        let headers = record::headers(&p, &p.topic, &self.client_id, self.version);
+        let (delivery, waiter) = if p.qos == QoS::AtMostOnce {
+            (Box::new(Delivery::Fire), None)
+        } else {
+            let (tx, rx) = oneshot::channel();
+            (Box::new(Delivery::Ack(tx)), Some(rx))
+        };
+        if let Some(rx) = waiter {
+            self.inflight.push_back(InFlight {
+                packet_id: p.packet_id,
+                qos: p.qos,
+                state: InFlightState::Producing(rx),
+            });
+        }
+        let rec = Record {
+            topic: dest.kafka_topic,
+            key: dest.key.as_bytes(),
+            payload: &p.payload,
+            headers,
+            timestamp_ms: received_ms,
+        };
+        match shared.producer.send(rec, delivery) {
+            Ok(()) => Ok(Step::Continue),
+            Err(SendError::QueueFull(headers, delivery)) => {
+                self.pending = Some(Pending {
+                    kafka_topic: dest.kafka_topic.to_owned(),
+                    key: dest.key.into_owned(),
+                    payload: p.payload,
+                    headers,
+                    timestamp_ms: received_ms,
+                    delivery,
+                });
+                Ok(Step::Pause)
+            }
+            // The delivery was dropped: a QoS 1/2 waiter sees its channel close.
+            Err(SendError::Refused(e)) => {
+                self.note_refusal(&format!("kafka refused the record: {e}"));
+                if p.qos == QoS::AtMostOnce {
+                    metrics::counter!(m::QOS0_DROPPED).increment(1);
+                }
+                Ok(Step::Continue)
+            }
+        }
+    }
+
+    fn resolve_alias(&mut self, topic: &mut String, alias: u16, max: u16) -> Result<(), CloseReason> {
+        if alias == 0 || alias > max {
+            return Err(CloseReason::Protocol(ProtocolError::TopicAliasInvalid { alias, max }));
+        }
+        if self.aliases.is_empty() {
+            self.aliases = vec![None; max as usize];
+        }
+        let slot = &mut self.aliases[alias as usize - 1];
+        if topic.is_empty() {
+            match slot {
+                Some(t) => topic.clone_from(t),
+                None => return Err(CloseReason::Protocol(ProtocolError::TopicAliasUnknown(alias))),
+            }
+        } else {
+            *slot = Some(topic.clone());
+        }
+        Ok(())
+    }
+
+    /// Refuses one PUBLISH. 3.1.1 has no negative acknowledgement, so the
+    /// connection closes; 5.0 QoS 1/2 get the reason code in their ack (in
+    /// order with the others); 5.0 QoS 0 gets a DISCONNECT with it.
+    fn refuse(&mut self, p: &Publish, code: u8, why: String) -> Result<Step, CloseReason> {
+        let label = if code == reason::TOPIC_NAME_INVALID {
+            "no_route"
+        } else {
+            "reserved_header"
+        };
+        metrics::counter!(m::PUBLISH_REFUSED, "reason" => label).increment(1);
+        match (self.version, p.qos) {
+            (Version::V311, _) | (Version::V5, QoS::AtMostOnce) => Err(CloseReason::PublishRefused(code, why)),
+            (Version::V5, qos) => {
+                self.note_refusal(&why);
+                self.inflight.push_back(InFlight {
+                    packet_id: p.packet_id,
+                    qos,
+                    state: InFlightState::Refused(code, why),
+                });
+                Ok(Step::Continue)
+            }
+        }
+    }
+
+    /// Logs the first refusal of a connection at warn, the rest at debug, so a
+    /// misconfigured device cannot flood the log.
+    fn note_refusal(&mut self, why: &str) {
+        if self.refusal_logged {
+            tracing::debug!(why, "PUBLISH refused");
+        } else {
+            self.refusal_logged = true;
+            tracing::warn!(why, "PUBLISH refused (further refusals on this connection are logged at debug)");
+        }
+    }
+
+    fn retry(&mut self, p: Pending, shared: &Shared) {
+        let rec = Record {
+            topic: &p.kafka_topic,
+            key: p.key.as_bytes(),
+            payload: &p.payload,
+            headers: p.headers,
+            timestamp_ms: p.timestamp_ms,
+        };
+        match shared.producer.send(rec, p.delivery) {
+            Ok(()) => {}
+            Err(SendError::QueueFull(headers, delivery)) => {
+                self.pending = Some(Pending {
+                    headers,
+                    delivery,
+                    ..p
+                });
+            }
+            Err(SendError::Refused(e)) => self.note_refusal(&format!("kafka refused the record: {e}")),
+        }
+    }
+
+    /// Writes the acknowledgement at the head of the in-flight queue.
+    fn acknowledge<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        framed: &mut Framed<S>,
+        outcome: Result<(), (u8, String)>,
+    ) -> Result<(), CloseReason> {
+        let Some(done) = self.inflight.pop_front() else {
+            return Ok(());
+        };
+        let (code, properties) = match outcome {
+            Ok(()) => (reason::SUCCESS, Properties::default()),
+            Err((_, why)) if self.version == Version::V311 => {
+                // No negative ack in 3.1.1: closing makes the client resend.
+                return Err(CloseReason::DeliveryFailed(why));
+            }
+            Err((code, why)) => (code, self.reason_string(&why)),
+        };
+        let ack = Ack {
+            packet_id: done.packet_id,
+            reason: code,
+            properties,
+        };
+        match done.qos {
+            QoS::AtLeastOnce => framed.queue(&Packet::PubAck(ack), self.version),
+            _ => {
+                if code == reason::SUCCESS {
+                    self.awaiting_rel.insert(done.packet_id);
+                }
+                framed.queue(&Packet::PubRec(ack), self.version)
+            }
+        }
+        Ok(())
+    }
+}
+
+fn qos_label(qos: QoS) -> &'static str {
+    match qos {
+        QoS::AtMostOnce => "0",
+        QoS::AtLeastOnce => "1",
+        QoS::ExactlyOnce => "2",
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A client id for a client that sent none: unique enough across replicas
+/// (random per process, time and a counter), and marked as assigned.
+fn generate_client_id() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_i64(now_ms());
+    format!("auto-{:016x}", h.finish())
+}
