@@ -431,7 +431,10 @@ impl Config {
             return Err(invalid("mqtt.receive_maximum", "must be at least 1"));
         }
         if !(1..=65_535).contains(&m.max_client_id_bytes) {
-            return Err(invalid("mqtt.max_client_id_bytes", "must be between 1 and 65535"));
+            return Err(invalid(
+                "mqtt.max_client_id_bytes",
+                "must be between 1 and 65535",
+            ));
         }
         if m.write_timeout_ms == 0 {
             return Err(invalid("mqtt.write_timeout_ms", "must be at least 1"));
@@ -450,10 +453,16 @@ impl Config {
             return Err(invalid("kafka.queue_max_messages", "must be at least 1"));
         }
         if !(1..=16).contains(&k.embedded.brokers) {
-            return Err(invalid("kafka.embedded.brokers", "must be between 1 and 16"));
+            return Err(invalid(
+                "kafka.embedded.brokers",
+                "must be between 1 and 16",
+            ));
         }
         if !(1..=1024).contains(&k.embedded.partitions) {
-            return Err(invalid("kafka.embedded.partitions", "must be between 1 and 1024"));
+            return Err(invalid(
+                "kafka.embedded.partitions",
+                "must be between 1 and 1024",
+            ));
         }
         for key in k.producer.keys() {
             if key == "bootstrap.servers" {
@@ -464,7 +473,10 @@ impl Config {
             }
         }
         if self.routes.is_empty() {
-            return Err(invalid("routes", "at least one [[routes]] entry is required"));
+            return Err(invalid(
+                "routes",
+                "at least one [[routes]] entry is required",
+            ));
         }
         if self.unmatched.action == UnmatchedAction::DeadLetter
             && self.unmatched.dead_letter_topic.is_empty()
@@ -505,12 +517,18 @@ mod tests {
     fn invalid_values_name_the_key() {
         let cases = [
             ("[mqtt]\nreceive_maximum = 0\n", "mqtt.receive_maximum"),
-            ("[mqtt]\nmax_packet_size_bytes = 10\n", "mqtt.max_packet_size_bytes"),
+            (
+                "[mqtt]\nmax_packet_size_bytes = 10\n",
+                "mqtt.max_packet_size_bytes",
+            ),
             (
                 "[listeners.tcp]\nenabled = false\n[listeners.tls]\nenabled = false\n",
                 "listeners",
             ),
-            ("[kafka]\nbootstrap_servers = \" \"\n", "kafka.bootstrap_servers"),
+            (
+                "[kafka]\nbootstrap_servers = \" \"\n",
+                "kafka.bootstrap_servers",
+            ),
             (
                 "[[routes]]\nfilter = \"a/#/b\"\nkafka_topic = \"t\"\n",
                 "routes",

@@ -34,4 +34,3 @@ pub mod session;
 
 pub use config::Config;
 pub use proxy::{run, Proxy, StartError};
-

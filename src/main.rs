@@ -47,7 +47,9 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(mqtt_kafka_proxy::run(config, shutdown_signal())) {
-        Ok(report) if report.connections_left == 0 && report.records_unflushed == 0 => ExitCode::SUCCESS,
+        Ok(report) if report.connections_left == 0 && report.records_unflushed == 0 => {
+            ExitCode::SUCCESS
+        }
         Ok(report) => {
             tracing::error!(?report, "exited with undrained work");
             ExitCode::FAILURE

@@ -74,14 +74,16 @@ impl Proxy {
     /// Starts a replica from a configuration (validated here).
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
         config.validate()?;
-        let router = Router::new(&config.routes, &config.unmatched)
-            .map_err(|e| ConfigError::Invalid {
+        let router =
+            Router::new(&config.routes, &config.unmatched).map_err(|e| ConfigError::Invalid {
                 key: "routes".into(),
                 reason: e.to_string(),
             })?;
         let embedded = if config.embedded_kafka() {
             let e = &config.kafka.embedded;
-            let kafka = EmbeddedKafka::start(e.brokers, e.partitions, &router.kafka_topics(), e.listen).await?;
+            let kafka =
+                EmbeddedKafka::start(e.brokers, e.partitions, &router.kafka_topics(), e.listen)
+                    .await?;
             tracing::info!(
                 bootstrap = %kafka.public_addr(),
                 brokers = e.brokers,
@@ -97,7 +99,11 @@ impl Proxy {
             Some(k) => k.bootstrap_servers().to_owned(),
             None => config.kafka.bootstrap_servers.clone(),
         };
-        let producer = Producer::new(&config.kafka, &kafka_bootstrap, config.mqtt.max_packet_size_bytes)?;
+        let producer = Producer::new(
+            &config.kafka,
+            &kafka_bootstrap,
+            config.mqtt.max_packet_size_bytes,
+        )?;
         let shared = Arc::new(Shared::new(config.mqtt.clone(), router, producer.clone()));
         let permits = Arc::new(Semaphore::new(config.listeners.max_connections));
         let cancel = CancellationToken::new();
@@ -176,18 +182,25 @@ impl Proxy {
             let _ = l.await;
         }
         self.tracker.close();
-        let connections_left = match tokio::time::timeout(self.drain_timeout, self.tracker.wait()).await {
-            Ok(()) => 0,
-            Err(_) => self.tracker.len(),
-        };
+        let connections_left =
+            match tokio::time::timeout(self.drain_timeout, self.tracker.wait()).await {
+                Ok(()) => 0,
+                Err(_) => self.tracker.len(),
+            };
         let left = self.drain_timeout.saturating_sub(started.elapsed());
-        let records_unflushed = self.producer.flush(left.max(Duration::from_millis(100))).await;
+        let records_unflushed = self
+            .producer
+            .flush(left.max(Duration::from_millis(100)))
+            .await;
         let report = ShutdownReport {
             connections_left,
             records_unflushed,
         };
         if connections_left == 0 && records_unflushed == 0 {
-            tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "shutdown complete");
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "shutdown complete"
+            );
         } else {
             tracing::warn!(?report, "drain deadline passed with work left");
         }
@@ -197,7 +210,10 @@ impl Proxy {
 }
 
 /// Runs a replica until `shutdown` completes, then drains it.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<ShutdownReport, StartError> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ShutdownReport, StartError> {
     let proxy = Proxy::start(config).await?;
     shutdown.await;
     Ok(proxy.shutdown().await)

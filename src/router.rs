@@ -153,13 +153,19 @@ fn compile(index: usize, r: &RouteConfig) -> Result<Route, RouteError> {
             l if l.starts_with('{') && l.ends_with('}') && l.len() > 2 => {
                 let name = &l[1..l.len() - 1];
                 if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err(bad_filter(format!("segment name {name:?} must be [A-Za-z0-9_]")));
+                    return Err(bad_filter(format!(
+                        "segment name {name:?} must be [A-Za-z0-9_]"
+                    )));
                 }
                 if name == "client_id" || names.iter().any(|n| n == name) {
-                    return Err(bad_filter(format!("segment name {name:?} is reserved or repeated")));
+                    return Err(bad_filter(format!(
+                        "segment name {name:?} is reserved or repeated"
+                    )));
                 }
                 if names.len() == MAX_CAPTURES {
-                    return Err(bad_filter(format!("more than {MAX_CAPTURES} named segments")));
+                    return Err(bad_filter(format!(
+                        "more than {MAX_CAPTURES} named segments"
+                    )));
                 }
                 names.push(name.to_owned());
                 Segment::Named
@@ -277,7 +283,11 @@ mod tests {
         Router::new(
             &[
                 route("devices/{device_id}/events/#", "iot.events", "{client_id}"),
-                route("devices/{device_id}/snapshot", "iot.snapshots", "{device_id}"),
+                route(
+                    "devices/{device_id}/snapshot",
+                    "iot.snapshots",
+                    "{device_id}",
+                ),
                 route("t/{tenant}/+/{dev}", "iot.tenant", "{tenant}:{dev}"),
             ],
             &UnmatchedConfig {
@@ -346,7 +356,10 @@ mod tests {
             route("", "t", "{client_id}"),
         ];
         for r in bad {
-            assert!(Router::new(std::slice::from_ref(&r), &none).is_err(), "{r:?}");
+            assert!(
+                Router::new(std::slice::from_ref(&r), &none).is_err(),
+                "{r:?}"
+            );
         }
     }
 }

@@ -81,10 +81,14 @@ impl EmbeddedKafka {
             .ok_or_else(|| KafkaError::Embedded(format!("bad bootstrap {bootstrap_servers}")))?;
         let listener = TcpListener::bind(listen)
             .await
-            .map_err(|source| KafkaError::Listen { addr: listen, source })?;
-        let public_addr = listener
-            .local_addr()
-            .map_err(|source| KafkaError::Listen { addr: listen, source })?;
+            .map_err(|source| KafkaError::Listen {
+                addr: listen,
+                source,
+            })?;
+        let public_addr = listener.local_addr().map_err(|source| KafkaError::Listen {
+            addr: listen,
+            source,
+        })?;
         let forwarder = CancellationToken::new();
         tokio::spawn(forward(listener, first_broker, forwarder.clone()));
         Ok(EmbeddedKafka {
@@ -145,7 +149,10 @@ impl Drop for EmbeddedKafka {
     }
 }
 
-fn serve_commands(cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>, rx: mpsc::Receiver<Command>) {
+fn serve_commands(
+    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    rx: mpsc::Receiver<Command>,
+) {
     while let Ok(cmd) = rx.recv() {
         match cmd {
             Command::BrokerDown(id, reply) => {

@@ -107,7 +107,11 @@ pub struct Producer {
 
 impl Producer {
     /// Creates the producer. `bootstrap` is the resolved broker list.
-    pub fn new(cfg: &KafkaConfig, bootstrap: &str, max_record_bytes: usize) -> Result<Producer, KafkaError> {
+    pub fn new(
+        cfg: &KafkaConfig,
+        bootstrap: &str,
+        max_record_bytes: usize,
+    ) -> Result<Producer, KafkaError> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", bootstrap)
             .set("client.id", "mqtt-kafka-proxy")
@@ -117,7 +121,10 @@ impl Producer {
             .set("linger.ms", cfg.linger_ms.to_string())
             .set("batch.num.messages", "10000")
             .set("message.timeout.ms", cfg.delivery_timeout_ms.to_string())
-            .set("queue.buffering.max.messages", cfg.queue_max_messages.to_string())
+            .set(
+                "queue.buffering.max.messages",
+                cfg.queue_max_messages.to_string(),
+            )
             // A record must fit whatever a device may send, plus headers.
             .set(
                 "message.max.bytes",

@@ -438,8 +438,7 @@ impl Reader<'_> {
             Version::V5 => self.properties(CONNECT_PROPS)?,
             Version::V311 => Properties::default(),
         };
-        if properties.authentication_data.is_some() && properties.authentication_method.is_none()
-        {
+        if properties.authentication_data.is_some() && properties.authentication_method.is_none() {
             return Err(ProtocolError::InvalidPropertyValue(0x16));
         }
         let client_id = self.string()?;
@@ -597,7 +596,11 @@ impl Reader<'_> {
         })
     }
 
-    fn disconnect(&mut self, version: Version, allowed: &[u8]) -> Result<Disconnect, ProtocolError> {
+    fn disconnect(
+        &mut self,
+        version: Version,
+        allowed: &[u8],
+    ) -> Result<Disconnect, ProtocolError> {
         let mut d = Disconnect::default();
         if version == Version::V5 && self.buf.has_remaining() {
             d.reason = self.u8()?;
@@ -611,8 +614,8 @@ impl Reader<'_> {
 }
 
 const KNOWN_PROPS: &[u8] = &[
-    0x01, 0x02, 0x03, 0x08, 0x09, 0x0B, 0x11, 0x12, 0x13, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1A,
-    0x1C, 0x1F, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, 0x29, 0x2A,
+    0x01, 0x02, 0x03, 0x08, 0x09, 0x0B, 0x11, 0x12, 0x13, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1A, 0x1C,
+    0x1F, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, 0x29, 0x2A,
 ];
 
 /// Refuses U+0000 [MQTT-1.5.4-2], and the control characters and non-characters
@@ -645,3 +648,7 @@ pub fn check_topic_name(topic: &str) -> Result<(), ProtocolError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "codec_tests.rs"]
+mod tests;

@@ -13,7 +13,9 @@ pub enum ProtocolError {
     #[error("malformed remaining length: more than 4 bytes [MQTT-1.5.5-1]")]
     MalformedRemainingLength,
     /// Remaining length beyond the configured maximum, seen in the fixed header.
-    #[error("packet of {size} bytes exceeds the maximum packet size of {max} bytes [MQTT-3.1.2-24]")]
+    #[error(
+        "packet of {size} bytes exceeds the maximum packet size of {max} bytes [MQTT-3.1.2-24]"
+    )]
     PacketTooLarge {
         /// Size announced by the fixed header.
         size: usize,
@@ -44,7 +46,9 @@ pub enum ProtocolError {
     #[error("protocol name {0:?} is not \"MQTT\" [MQTT-3.1.2-1]")]
     BadProtocolName(String),
     /// Protocol level other than 4 or 5.
-    #[error("unsupported protocol level {0}; only 4 (3.1.1) and 5 (5.0) are served [MQTT-3.1.2-2]")]
+    #[error(
+        "unsupported protocol level {0}; only 4 (3.1.1) and 5 (5.0) are served [MQTT-3.1.2-2]"
+    )]
     UnsupportedProtocolLevel(u8),
     /// CONNECT reserved flag set.
     #[error("CONNECT reserved flag is set [MQTT-3.1.2-3]")]

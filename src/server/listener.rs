@@ -103,7 +103,9 @@ pub async fn accept_loop(
                 let acceptor = acceptor.clone();
                 tracker.spawn(async move {
                     let _permit = permit;
-                    let handshake = move |tcp: TcpStream| -> HandshakeFuture<tokio_rustls::server::TlsStream<TcpStream>> {
+                    let handshake = move |tcp: TcpStream| -> HandshakeFuture<
+                        tokio_rustls::server::TlsStream<TcpStream>,
+                    > {
                         Box::pin(async move { acceptor.accept(tcp).await })
                     };
                     connection::run(tcp, peer, handshake, shared, cancel).await;

@@ -140,14 +140,22 @@ impl std::fmt::Display for CloseReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CloseReason::ClientDisconnected => write!(f, "client sent DISCONNECT"),
-            CloseReason::ConnectionLost => write!(f, "client closed the connection without DISCONNECT"),
+            CloseReason::ConnectionLost => {
+                write!(f, "client closed the connection without DISCONNECT")
+            }
             CloseReason::Io(e) => write!(f, "socket error: {e}"),
             CloseReason::ConnectTimeout => write!(f, "no CONNECT before the connect deadline"),
             CloseReason::TlsHandshake(e) => write!(f, "TLS handshake failed: {e}"),
-            CloseReason::ConnectRefused(code, why) => write!(f, "CONNECT refused with code {code:#04x}: {why}"),
-            CloseReason::KeepAliveTimeout => write!(f, "no packet within 1.5 x keep-alive [MQTT-3.1.2-24]"),
+            CloseReason::ConnectRefused(code, why) => {
+                write!(f, "CONNECT refused with code {code:#04x}: {why}")
+            }
+            CloseReason::KeepAliveTimeout => {
+                write!(f, "no packet within 1.5 x keep-alive [MQTT-3.1.2-24]")
+            }
             CloseReason::Protocol(e) => write!(f, "protocol error: {e}"),
-            CloseReason::PublishRefused(code, why) => write!(f, "PUBLISH refused ({code:#04x}): {why}"),
+            CloseReason::PublishRefused(code, why) => {
+                write!(f, "PUBLISH refused ({code:#04x}): {why}")
+            }
             CloseReason::DeliveryFailed(e) => write!(f, "kafka did not take a record: {e}"),
             CloseReason::Write(e) => write!(f, "{e}"),
             CloseReason::Shutdown => write!(f, "replica shutting down"),
@@ -158,8 +166,13 @@ impl std::fmt::Display for CloseReason {
 /// Runs one connection to completion: `handshake` turns the accepted TCP
 /// stream into the byte stream (identity for plain TCP, TLS accept for TLS)
 /// and counts against the connect deadline.
-pub async fn run<T, S, H>(tcp: T, peer: SocketAddr, handshake: H, shared: Arc<Shared>, cancel: CancellationToken)
-where
+pub async fn run<T, S, H>(
+    tcp: T,
+    peer: SocketAddr,
+    handshake: H,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) where
     H: FnOnce(T) -> Pin<Box<dyn Future<Output = std::io::Result<S>> + Send>>,
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -236,7 +249,9 @@ async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(Some(Packet::Connect(c))) => return Ok(c),
             Ok(Some(other)) => {
                 // The decoder returns nothing but CONNECT before a version is set.
-                return Err(CloseReason::Protocol(ProtocolError::FirstPacketNotConnect(other.name())));
+                return Err(CloseReason::Protocol(ProtocolError::FirstPacketNotConnect(
+                    other.name(),
+                )));
             }
             Ok(None) => {}
             Err(ProtocolError::UnsupportedProtocolLevel(level)) => {
@@ -246,8 +261,12 @@ async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
                     code: return_code::UNACCEPTABLE_PROTOCOL_VERSION,
                     properties: Properties::default(),
                 };
-                framed.send_now(&Packet::ConnAck(ack), Version::V311, Duration::from_secs(1)).await;
-                return Err(CloseReason::Protocol(ProtocolError::UnsupportedProtocolLevel(level)));
+                framed
+                    .send_now(&Packet::ConnAck(ack), Version::V311, Duration::from_secs(1))
+                    .await;
+                return Err(CloseReason::Protocol(
+                    ProtocolError::UnsupportedProtocolLevel(level),
+                ));
             }
             Err(e) => return Err(CloseReason::Protocol(e)),
         }
@@ -350,10 +369,16 @@ impl Session {
         if client_id.is_empty() {
             if !v5 && !connect.clean_start {
                 // [MQTT-3.1.3-8]
-                refusal = Some((return_code::IDENTIFIER_REJECTED, "empty client id without clean session"));
+                refusal = Some((
+                    return_code::IDENTIFIER_REJECTED,
+                    "empty client id without clean session",
+                ));
             } else if !cfg.assign_client_ids {
                 refusal = Some((
-                    refuse(return_code::IDENTIFIER_REJECTED, reason::CLIENT_IDENTIFIER_NOT_VALID),
+                    refuse(
+                        return_code::IDENTIFIER_REJECTED,
+                        reason::CLIENT_IDENTIFIER_NOT_VALID,
+                    ),
                     "empty client id and mqtt.assign_client_ids = false",
                 ));
             } else {
@@ -362,12 +387,18 @@ impl Session {
             }
         } else if client_id.len() > cfg.max_client_id_bytes {
             refusal = Some((
-                refuse(return_code::IDENTIFIER_REJECTED, reason::CLIENT_IDENTIFIER_NOT_VALID),
+                refuse(
+                    return_code::IDENTIFIER_REJECTED,
+                    reason::CLIENT_IDENTIFIER_NOT_VALID,
+                ),
                 "client id longer than mqtt.max_client_id_bytes",
             ));
         }
         if v5 && connect.properties.authentication_method.is_some() {
-            refusal = Some((reason::BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported"));
+            refusal = Some((
+                reason::BAD_AUTHENTICATION_METHOD,
+                "enhanced authentication is not supported",
+            ));
         }
         let write_timeout = Duration::from_millis(cfg.write_timeout_ms);
         if let Some((code, why)) = refusal {
@@ -376,14 +407,17 @@ impl Session {
                 code,
                 properties: Properties::default(),
             };
-            framed.send_now(&Packet::ConnAck(ack), connect.version, write_timeout).await;
+            framed
+                .send_now(&Packet::ConnAck(ack), connect.version, write_timeout)
+                .await;
             return Err(CloseReason::ConnectRefused(code, why));
         }
         let properties = if v5 {
             Properties {
                 receive_maximum: Some(cfg.receive_maximum),
                 maximum_packet_size: Some(cfg.max_packet_size_bytes as u32),
-                topic_alias_maximum: (cfg.topic_alias_maximum > 0).then_some(cfg.topic_alias_maximum),
+                topic_alias_maximum: (cfg.topic_alias_maximum > 0)
+                    .then_some(cfg.topic_alias_maximum),
                 assigned_client_identifier: assigned,
                 wildcard_subscription_available: Some(0),
                 subscription_identifier_available: Some(0),
@@ -400,7 +434,10 @@ impl Session {
             properties,
         };
         framed.queue(&Packet::ConnAck(ack), connect.version);
-        framed.flush(write_timeout).await.map_err(CloseReason::Write)?;
+        framed
+            .flush(write_timeout)
+            .await
+            .map_err(CloseReason::Write)?;
         Ok(Session {
             version: connect.version,
             client_id,
@@ -436,7 +473,9 @@ impl Session {
                 && (self.version == Version::V5 || self.inflight.len() < receive_max);
             // The keep-alive clock only runs while we read: a paused socket is our doing.
             if reading && !was_reading && !self.keep_alive.is_zero() {
-                keep_alive.as_mut().reset(tokio::time::Instant::now() + self.keep_alive);
+                keep_alive
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + self.keep_alive);
             }
             was_reading = reading;
             if reading && input_ready {
@@ -445,7 +484,9 @@ impl Session {
                     Err(reason) => return reason,
                 };
                 if handled > 0 && !self.keep_alive.is_zero() {
-                    keep_alive.as_mut().reset(tokio::time::Instant::now() + self.keep_alive);
+                    keep_alive
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + self.keep_alive);
                 }
                 input_ready = !drained;
                 if let Err(e) = framed.flush(write_timeout).await {
@@ -568,7 +609,9 @@ impl Session {
             Packet::Auth(_) => return Err(CloseReason::Protocol(ProtocolError::UnexpectedAuth)),
             // The decoder refuses CONNECT after the first and every server-only packet.
             other => {
-                return Err(CloseReason::Protocol(ProtocolError::ServerOnlyPacket(other.name())));
+                return Err(CloseReason::Protocol(ProtocolError::ServerOnlyPacket(
+                    other.name(),
+                )));
             }
         }
         Ok(Step::Continue)
@@ -576,7 +619,8 @@ impl Session {
 
     fn reason_string(&self, why: &str) -> Properties {
         Properties {
-            reason_string: (self.version == Version::V5 && self.problem_info).then(|| why.to_owned()),
+            reason_string: (self.version == Version::V5 && self.problem_info)
+                .then(|| why.to_owned()),
             ..Properties::default()
         }
     }
@@ -611,7 +655,9 @@ impl Session {
             let max = shared.mqtt.receive_maximum;
             let unacked = self.inflight.len() + self.awaiting_rel.len();
             if unacked >= max as usize {
-                return Err(CloseReason::Protocol(ProtocolError::ReceiveMaximumExceeded(max)));
+                return Err(CloseReason::Protocol(
+                    ProtocolError::ReceiveMaximumExceeded(max),
+                ));
             }
         }
         if self.version == Version::V5 {
@@ -674,9 +720,17 @@ impl Session {
         }
     }
 
-    fn resolve_alias(&mut self, topic: &mut String, alias: u16, max: u16) -> Result<(), CloseReason> {
+    fn resolve_alias(
+        &mut self,
+        topic: &mut String,
+        alias: u16,
+        max: u16,
+    ) -> Result<(), CloseReason> {
         if alias == 0 || alias > max {
-            return Err(CloseReason::Protocol(ProtocolError::TopicAliasInvalid { alias, max }));
+            return Err(CloseReason::Protocol(ProtocolError::TopicAliasInvalid {
+                alias,
+                max,
+            }));
         }
         if self.aliases.is_empty() {
             self.aliases = vec![None; max as usize];
@@ -685,7 +739,11 @@ impl Session {
         if topic.is_empty() {
             match slot {
                 Some(t) => topic.clone_from(t),
-                None => return Err(CloseReason::Protocol(ProtocolError::TopicAliasUnknown(alias))),
+                None => {
+                    return Err(CloseReason::Protocol(ProtocolError::TopicAliasUnknown(
+                        alias,
+                    )))
+                }
             }
         } else {
             *slot = Some(topic.clone());
@@ -704,7 +762,9 @@ impl Session {
         };
         metrics::counter!(m::PUBLISH_REFUSED, "reason" => label).increment(1);
         match (self.version, p.qos) {
-            (Version::V311, _) | (Version::V5, QoS::AtMostOnce) => Err(CloseReason::PublishRefused(code, why)),
+            (Version::V311, _) | (Version::V5, QoS::AtMostOnce) => {
+                Err(CloseReason::PublishRefused(code, why))
+            }
             (Version::V5, qos) => {
                 self.note_refusal(&why);
                 self.inflight.push_back(InFlight {
@@ -724,7 +784,10 @@ impl Session {
             tracing::debug!(why, "PUBLISH refused");
         } else {
             self.refusal_logged = true;
-            tracing::warn!(why, "PUBLISH refused (further refusals on this connection are logged at debug)");
+            tracing::warn!(
+                why,
+                "PUBLISH refused (further refusals on this connection are logged at debug)"
+            );
         }
     }
 
@@ -745,7 +808,9 @@ impl Session {
                     ..p
                 });
             }
-            Err(SendError::Refused(e)) => self.note_refusal(&format!("kafka refused the record: {e}")),
+            Err(SendError::Refused(e)) => {
+                self.note_refusal(&format!("kafka refused the record: {e}"))
+            }
         }
     }
 

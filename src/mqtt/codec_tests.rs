@@ -1,0 +1,1 @@
+//! Placeholder: table-driven decoder tests land here.

@@ -1,0 +1,379 @@
+//! Test harness: a real proxy started in-process on port 0 against its
+//! embedded Kafka broker, real MQTT clients (rumqttc), and a real Kafka
+//! consumer (rdkafka) to read what landed. No fixed ports, no sleeps.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mqtt_kafka_proxy::{Config, Proxy};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+/// How long a test waits for something that should happen at once.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A proxy on ephemeral ports with its own certificate directory.
+pub struct TestProxy {
+    pub proxy: Proxy,
+    pub dir: tempfile::TempDir,
+}
+
+/// A config for tests: loopback, port 0 everywhere, certs in a temp dir.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.listeners.tcp.bind = "127.0.0.1:0".parse().unwrap();
+    c.listeners.tls.bind = "127.0.0.1:0".parse().unwrap();
+    c.listeners.tls.cert_path = dir.join("server.crt");
+    c.listeners.tls.key_path = dir.join("server.key");
+    c.kafka.embedded.listen = "127.0.0.1:0".parse().unwrap();
+    c.kafka.embedded.partitions = 3;
+    c.shutdown.drain_timeout_ms = 10_000;
+    c
+}
+
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,librdkafka=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+impl TestProxy {
+    pub async fn start() -> TestProxy {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestProxy {
+        init_logging();
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = test_config(dir.path());
+        f(&mut c);
+        let proxy = Proxy::start(c).await.expect("proxy starts");
+        TestProxy { proxy, dir }
+    }
+
+    pub fn tcp_port(&self) -> u16 {
+        self.proxy.tcp_addr().unwrap().port()
+    }
+
+    pub fn tls_port(&self) -> u16 {
+        self.proxy.tls_addr().unwrap().port()
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.proxy.kafka_bootstrap().to_owned()
+    }
+}
+
+/// One Kafka record as a downstream consumer sees it.
+#[derive(Debug, Clone)]
+pub struct Rec {
+    pub topic: String,
+    pub key: String,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: i64,
+}
+
+impl Rec {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Reads `topic` from the beginning until `done` says the records so far are
+/// enough, or panics after [`PATIENCE`] with what it got.
+pub async fn consume_until(
+    bootstrap: &str,
+    topic: &str,
+    done: impl Fn(&[Rec]) -> bool + Send + 'static,
+) -> Vec<Rec> {
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "test-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let md = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .unwrap();
+        let partitions = md.topics()[0].partitions().len();
+        assert!(partitions > 0, "topic {topic} has no partitions");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(&topic, p as i32, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let mut recs = Vec::new();
+        while !done(&recs) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gave up on {topic} after {} records",
+                recs.len()
+            );
+            let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let m = m.unwrap();
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            recs.push(Rec {
+                topic: m.topic().to_owned(),
+                key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                value: m.payload().unwrap_or_default().to_vec(),
+                headers,
+                partition: m.partition(),
+                offset: m.offset(),
+                timestamp_ms: m.timestamp().to_millis().unwrap_or(-1),
+            });
+        }
+        recs
+    })
+    .await
+    .unwrap()
+}
+
+/// Reads exactly until `n` records are in hand.
+pub async fn consume(bootstrap: &str, topic: &str, n: usize) -> Vec<Rec> {
+    consume_until(bootstrap, topic, move |r| r.len() >= n).await
+}
+
+/// A rumqttc 3.1.1 client whose event loop runs in a task.
+pub struct V4 {
+    pub client: rumqttc::AsyncClient,
+    pub events: mpsc::UnboundedReceiver<Result<rumqttc::Event, String>>,
+}
+
+pub fn v4_options(id: &str, port: u16) -> rumqttc::MqttOptions {
+    let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+pub fn tls_transport(ca: &std::path::Path) -> rumqttc::Transport {
+    rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Simple {
+        ca: std::fs::read(ca).unwrap(),
+        alpn: None,
+        client_auth: None,
+    })
+}
+
+/// Connects and waits for CONNACK. The event loop stops at the first error.
+pub async fn v4_connect(opts: rumqttc::MqttOptions) -> V4 {
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, 1000);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(ev) => {
+                    if tx.send(Ok(ev)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    let connack = next_matching(&mut rx, |e| {
+        matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))
+    })
+    .await;
+    assert!(connack.is_ok(), "no CONNACK: {connack:?}");
+    V4 { client, events: rx }
+}
+
+/// Waits for the next event matching `pred`; returns the loop's error if it stops.
+pub async fn next_matching<E: std::fmt::Debug>(
+    rx: &mut mpsc::UnboundedReceiver<Result<E, String>>,
+    pred: impl Fn(&E) -> bool,
+) -> Result<E, String> {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match rx.recv().await {
+                Some(Ok(e)) if pred(&e) => return Ok(e),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Err("event loop ended".into()),
+            }
+        }
+    })
+    .await
+    .expect("event within the test's patience")
+}
+
+impl V4 {
+    /// Waits until `n` PUBACKs have arrived; returns their packet ids in order.
+    pub async fn pubacks(&mut self, n: usize) -> Vec<u16> {
+        let mut ids = Vec::with_capacity(n);
+        while ids.len() < n {
+            let ev = next_matching(&mut self.events, |e| {
+                matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))
+            })
+            .await
+            .unwrap_or_else(|e| panic!("after {} PUBACKs: {e}", ids.len()));
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(a)) = ev {
+                ids.push(a.pkid);
+            }
+        }
+        ids
+    }
+}
+
+/// A rumqttc 5.0 client whose event loop runs in a task.
+pub struct V5 {
+    pub client: rumqttc::v5::AsyncClient,
+    pub events: mpsc::UnboundedReceiver<Result<rumqttc::v5::Event, String>>,
+    pub connack: rumqttc::v5::mqttbytes::v5::ConnAck,
+}
+
+pub fn v5_options(id: &str, port: u16) -> rumqttc::v5::MqttOptions {
+    let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+pub async fn v5_connect(opts: rumqttc::v5::MqttOptions) -> V5 {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::Event;
+    let (client, mut el) = rumqttc::v5::AsyncClient::new(opts, 1000);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(ev) => {
+                    if tx.send(Ok(ev)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    let ev = next_matching(&mut rx, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_)))
+    })
+    .await
+    .expect("CONNACK");
+    let Event::Incoming(Packet::ConnAck(connack)) = ev else {
+        unreachable!()
+    };
+    V5 {
+        client,
+        events: rx,
+        connack,
+    }
+}
+
+/// A raw TCP client for bytes no well-behaved library would send.
+pub struct Raw {
+    pub stream: tokio::net::TcpStream,
+}
+
+impl Raw {
+    pub async fn connect(port: u16) -> Raw {
+        Raw {
+            stream: tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        // The proxy may already have closed; tests check what it answered.
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// Reads until the proxy closes the connection; returns all it sent.
+    /// Panics if it is still open after [`PATIENCE`].
+    pub async fn read_to_close(&mut self) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut out = Vec::new();
+        let r = tokio::time::timeout(PATIENCE, async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match self.stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(
+            r.is_ok(),
+            "proxy did not close the connection; got {out:02x?}"
+        );
+        out
+    }
+
+    /// Reads exactly `n` bytes.
+    pub async fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; n];
+        tokio::time::timeout(PATIENCE, self.stream.read_exact(&mut buf))
+            .await
+            .expect("answer within patience")
+            .expect("read");
+        buf
+    }
+}
+
+/// Encodes a packet with the proxy's own encoder, for raw clients.
+pub fn encode(
+    packet: &mqtt_kafka_proxy::mqtt::packet::Packet,
+    v: mqtt_kafka_proxy::mqtt::packet::Version,
+) -> Vec<u8> {
+    let mut b = bytes::BytesMut::new();
+    mqtt_kafka_proxy::mqtt::encode::encode(packet, v, &mut b);
+    b.to_vec()
+}
+
+/// A 3.1.1 CONNECT for `id` with keep-alive `ka` seconds.
+pub fn connect_bytes(id: &str, v: mqtt_kafka_proxy::mqtt::packet::Version, ka: u16) -> Vec<u8> {
+    use mqtt_kafka_proxy::mqtt::packet::*;
+    encode(
+        &Packet::Connect(Box::new(Connect {
+            version: v,
+            client_id: id.into(),
+            clean_start: true,
+            keep_alive: ka,
+            username: None,
+            password: None,
+            will: None,
+            properties: Properties::default(),
+        })),
+        v,
+    )
+}
