@@ -172,6 +172,11 @@ impl Proxy {
         self.embedded.as_ref()
     }
 
+    /// Records handed to the producer that Kafka has not acknowledged yet.
+    pub fn producer_in_flight(&self) -> i32 {
+        self.producer.in_flight()
+    }
+
     /// Drains and stops the replica: stop accepting, let connections finish
     /// their in-flight acknowledgements, flush the producer.
     pub async fn shutdown(self) -> ShutdownReport {

@@ -110,6 +110,32 @@ impl EmbeddedKafka {
         self.public_addr
     }
 
+    /// A handle that drives the broker (take brokers down, create topics)
+    /// from any thread, for failure tests.
+    pub fn control(&self) -> KafkaControl {
+        KafkaControl {
+            commands: self.commands.clone(),
+        }
+    }
+
+    /// Takes broker `id` (1-based) down: its connections close and it refuses new ones.
+    pub fn broker_down(&self, id: i32) -> Result<(), KafkaError> {
+        self.control().broker_down(id)
+    }
+
+    /// Brings broker `id` back up.
+    pub fn broker_up(&self, id: i32) -> Result<(), KafkaError> {
+        self.control().broker_up(id)
+    }
+}
+
+/// A cloneable, `Send` handle on the embedded broker's thread.
+#[derive(Clone)]
+pub struct KafkaControl {
+    commands: mpsc::Sender<Command>,
+}
+
+impl KafkaControl {
     /// Takes broker `id` (1-based) down: its connections close and it refuses new ones.
     pub fn broker_down(&self, id: i32) -> Result<(), KafkaError> {
         self.call(|tx| Command::BrokerDown(id, tx))
