@@ -1,1 +1,231 @@
-fn main() {}
+//! Load tests and benchmarks for mqtt-kafka-proxy.
+//!
+//! `ingest-bench`: QoS 1 messages of ~200 bytes from many devices through the
+//! proxy into an embedded Kafka-protocol broker, and in the same run the same
+//! records produced straight into the same broker by an rdkafka producer (the
+//! physical limit of ingest). Prints both rates and their ratio.
+
+mod lean;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use mqtt_kafka_proxy::kafka::embedded::EmbeddedKafka;
+use mqtt_kafka_proxy::Config;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rdkafka::client::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientConfig;
+
+#[derive(Parser)]
+#[command(about = "mqtt-kafka-proxy load tests and benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Proxy QoS 1 ingest rate vs a direct rdkafka producer, same broker, same run.
+    IngestBench(IngestArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct IngestArgs {
+    /// Concurrent devices (MQTT connections).
+    #[arg(long, default_value_t = 500)]
+    devices: u64,
+    /// Messages in total, per phase.
+    #[arg(long, default_value_t = 300_000)]
+    messages: u64,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 200)]
+    payload_bytes: usize,
+    /// Unacknowledged QoS 1 messages per device.
+    #[arg(long, default_value_t = 32)]
+    window: u16,
+    /// Partitions of the target topic.
+    #[arg(long, default_value_t = 6)]
+    partitions: u32,
+    /// Rounds of (direct, proxy); the best of each is reported.
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let rt = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Cmd::IngestBench(a) => rt.block_on(ingest_bench(a)),
+    }
+}
+
+fn payload(n: usize) -> Vec<u8> {
+    let mut p = format!("{{\"device\":\"dev-0000\",\"state\":\"on\",\"temp\":21.5,\"pad\":\"");
+    while p.len() + 2 < n {
+        p.push('x');
+    }
+    p.push_str("\"}");
+    p.into_bytes()
+}
+
+async fn ingest_bench(a: IngestArgs) -> Result<()> {
+    let topic = "iot.events".to_string();
+    let kafka = EmbeddedKafka::start(1, a.partitions, &[topic.clone()], "127.0.0.1:0".parse()?)
+        .await
+        .context("embedded broker")?;
+    let bootstrap = kafka.bootstrap_servers().to_owned();
+    let body = payload(a.payload_bytes);
+    println!(
+        "ingest-bench: {} devices, {} QoS 1 messages of {} bytes per phase, window {}, {} partitions, {} rounds",
+        a.devices, a.messages, body.len(), a.window, a.partitions, a.rounds
+    );
+
+    // The proxy shares the broker with the direct producer.
+    let mut config = Config::default();
+    config.kafka.bootstrap_servers = bootstrap.clone();
+    config.listeners.tcp.bind = "127.0.0.1:0".parse()?;
+    config.listeners.tls.enabled = false;
+    config.listeners.max_connections = (a.devices as usize + 10).max(100);
+    config.log.level = "warn".into();
+    config.mqtt.receive_maximum = a.window.max(1);
+    let proxy = mqtt_kafka_proxy::Proxy::start(config).await?;
+    let addr = proxy.tcp_addr().context("tcp listener")?;
+
+    let mut best_direct: f64 = 0.0;
+    let mut best_proxy: f64 = 0.0;
+    let mut proxy_lat: Vec<u32> = Vec::new();
+    for round in 1..=a.rounds {
+        let d = direct(&bootstrap, &topic, &a, &body).await?;
+        println!("round {round}: direct producer {d:>10.0} msg/s");
+        best_direct = best_direct.max(d);
+        let (p, lat) = through_proxy(addr, &a, &body).await?;
+        println!("round {round}: through proxy   {p:>10.0} msg/s");
+        if p > best_proxy {
+            best_proxy = p;
+            proxy_lat = lat;
+        }
+    }
+    proxy_lat.sort_unstable();
+    let pct = |q: f64| proxy_lat[((proxy_lat.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+    println!();
+    println!("| path | QoS 1 msg/s (best of {}) |", a.rounds);
+    println!("|---|---|");
+    println!("| direct rdkafka producer | {best_direct:.0} |");
+    println!("| through mqtt-kafka-proxy | {best_proxy:.0} |");
+    println!("| ratio proxy / direct | {:.2} |", best_proxy / best_direct);
+    println!(
+        "PUBACK latency through the proxy (best round): p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
+        pct(0.5),
+        pct(0.99),
+        pct(0.999)
+    );
+    proxy.shutdown().await;
+    drop(kafka);
+    Ok(())
+}
+
+/// Counts delivery reports; nothing else happens per record.
+struct Counter {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ClientContext for Counter {}
+
+impl ProducerContext for Counter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// The physical limit: the same records, keyed by device, straight into the
+/// broker from one lean producer loop (no per-record task or future).
+async fn direct(bootstrap: &str, topic: &str, a: &IngestArgs, body: &[u8]) -> Result<f64> {
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    let body = body.to_vec();
+    let (devices, messages) = (a.devices, a.messages);
+    tokio::task::spawn_blocking(move || -> Result<f64> {
+        let producer: ThreadedProducer<Counter> = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .create_with_context(Counter {
+                delivered: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+            })?;
+        let keys: Vec<String> = (0..devices).map(|d| format!("bench-{d}")).collect();
+        let started = Instant::now();
+        for i in 0..messages {
+            let key = &keys[(i % devices) as usize];
+            let mut record = BaseRecord::to(&topic).key(key).payload(&body);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        std::thread::sleep(Duration::from_micros(500));
+                    }
+                    Err((e, _)) => anyhow::bail!("direct produce: {e}"),
+                }
+            }
+        }
+        let ctx = producer.context();
+        while ctx.delivered.load(Ordering::Relaxed) + ctx.failed.load(Ordering::Relaxed) < messages
+        {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let failed = ctx.failed.load(Ordering::Relaxed);
+        anyhow::ensure!(failed == 0, "{failed} direct records failed");
+        Ok(messages as f64 / secs)
+    })
+    .await?
+}
+
+async fn through_proxy(
+    addr: std::net::SocketAddr,
+    a: &IngestArgs,
+    body: &[u8],
+) -> Result<(f64, Vec<u32>)> {
+    let per = a.messages / a.devices;
+    let body: Arc<[u8]> = body.into();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for d in 0..a.devices {
+        let body = body.clone();
+        let window = a.window;
+        tasks.spawn(async move {
+            let id = format!("bench-{d}");
+            let topic = format!("devices/{id}/events/state");
+            lean::publish_qos1(addr, &id, &topic, &body, per, window).await
+        });
+    }
+    let mut acked = 0;
+    let mut lat = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let r = r??;
+        acked += r.acked;
+        lat.extend(r.ack_latency_us);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok((acked as f64 / secs, lat))
+}

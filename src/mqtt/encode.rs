@@ -9,6 +9,19 @@ use super::packet::*;
 
 /// Appends `packet` encoded for `version` to `out`.
 pub fn encode(packet: &Packet, version: Version, out: &mut BytesMut) {
+    // Fast path for the packets written once per message: no scratch buffer.
+    let plain_ack = |a: &Ack| a.reason == 0 && a.properties == Properties::default();
+    let short = match packet {
+        Packet::PubAck(a) if plain_ack(a) => Some((0x40, a.packet_id)),
+        Packet::PubRec(a) if plain_ack(a) => Some((0x50, a.packet_id)),
+        Packet::PubComp(a) if plain_ack(a) => Some((0x70, a.packet_id)),
+        _ => None,
+    };
+    if let Some((byte1, id)) = short {
+        out.extend_from_slice(&[byte1, 0x02]);
+        out.extend_from_slice(&id.to_be_bytes());
+        return;
+    }
     let v5 = version == Version::V5;
     let mut body: Vec<u8> = Vec::new();
     let mut payload: &[u8] = &[];

@@ -507,6 +507,13 @@ impl Session {
                     if let Err(reason) = self.acknowledge(framed, outcome) {
                         return reason;
                     }
+                    // Delivery reports come in batches: acknowledge every one
+                    // that is ready, then write them with one syscall.
+                    while let Some(outcome) = self.ready_outcome() {
+                        if let Err(reason) = self.acknowledge(framed, outcome) {
+                            return reason;
+                        }
+                    }
                 }
                 _ = shared.producer.wait_for_space(Duration::from_millis(50)), if self.pending.is_some() => {
                     if let Some(p) = self.pending.take() {
@@ -811,6 +818,23 @@ impl Session {
             Err(SendError::Refused(e)) => {
                 self.note_refusal(&format!("kafka refused the record: {e}"))
             }
+        }
+    }
+
+    /// The outcome at the head of the in-flight queue if it is already known.
+    fn ready_outcome(&mut self) -> Option<Result<(), (u8, String)>> {
+        let front = self.inflight.front_mut()?;
+        match &mut front.state {
+            InFlightState::Refused(code, why) => Some(Err((*code, std::mem::take(why)))),
+            InFlightState::Producing(rx) => match rx.try_recv() {
+                Ok(Ok(())) => Some(Ok(())),
+                Ok(Err(e)) => Some(Err((reason::UNSPECIFIED_ERROR, e))),
+                Err(oneshot::error::TryRecvError::Empty) => None,
+                Err(oneshot::error::TryRecvError::Closed) => Some(Err((
+                    reason::UNSPECIFIED_ERROR,
+                    "record refused by the producer".into(),
+                ))),
+            },
         }
     }
 
