@@ -433,6 +433,8 @@ impl Session {
             code: 0,
             properties,
         };
+        // [MQTT-3.1.2-24]: never send a 5.0 client more than it said it accepts.
+        framed.set_max_outbound(connect.properties.maximum_packet_size.map(|m| m as usize));
         framed.queue(&Packet::ConnAck(ack), connect.version);
         framed
             .flush(write_timeout)
@@ -658,7 +660,10 @@ impl Session {
                 return Ok(Step::Continue);
             }
         }
-        if p.qos != QoS::AtMostOnce {
+        // 5.0 only: a 3.1.1 client has no Receive Maximum, and the proxy's flow
+        // control for it is to stop reading (its PUBRELs necessarily arrive
+        // after PUBLISH packets it already pipelined).
+        if p.qos != QoS::AtMostOnce && self.version == Version::V5 {
             let max = shared.mqtt.receive_maximum;
             let unacked = self.inflight.len() + self.awaiting_rel.len();
             if unacked >= max as usize {

@@ -26,6 +26,8 @@ pub struct Framed<S> {
     pub stream: S,
     read_buf: BytesMut,
     write_buf: BytesMut,
+    /// The 5.0 client's Maximum Packet Size, if it announced one.
+    max_outbound: Option<usize>,
 }
 
 /// Why a write did not complete.
@@ -46,6 +48,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
             stream,
             read_buf: BytesMut::new(),
             write_buf: BytesMut::new(),
+            max_outbound: None,
         }
     }
 
@@ -76,9 +79,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         !self.read_buf.is_empty()
     }
 
-    /// Queues a packet for the next [`Framed::flush`].
+    /// Sets the largest packet the client accepts (5.0 Maximum Packet Size).
+    pub fn set_max_outbound(&mut self, max: Option<usize>) {
+        self.max_outbound = max;
+    }
+
+    /// Queues a packet for the next [`Framed::flush`]. If it is larger than
+    /// the client accepts, its reason string and user properties are dropped,
+    /// as 5.0 prescribes [MQTT-3.4.2-2] [MQTT-3.9.2-1] [MQTT-3.14.2-3].
     pub fn queue(&mut self, packet: &Packet, version: Version) {
+        let start = self.write_buf.len();
         encode(packet, version, &mut self.write_buf);
+        let Some(max) = self.max_outbound else {
+            return;
+        };
+        if self.write_buf.len() - start > max {
+            self.write_buf.truncate(start);
+            encode(
+                &without_optional_properties(packet),
+                version,
+                &mut self.write_buf,
+            );
+        }
     }
 
     /// Whether packets are queued.
@@ -113,4 +135,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         let _ = self.flush(timeout).await;
         let _ = tokio::time::timeout(timeout, self.stream.shutdown()).await;
     }
+}
+
+/// The packet minus the properties a sender may omit to fit the receiver's
+/// Maximum Packet Size: reason string and user properties.
+fn without_optional_properties(packet: &Packet) -> Packet {
+    use crate::mqtt::packet::Properties;
+    let strip = |p: &Properties| Properties {
+        reason_string: None,
+        user_properties: Vec::new(),
+        ..p.clone()
+    };
+    let mut p = packet.clone();
+    match &mut p {
+        Packet::ConnAck(a) => a.properties = strip(&a.properties),
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            a.properties = strip(&a.properties)
+        }
+        Packet::SubAck(a) | Packet::UnsubAck(a) => a.properties = strip(&a.properties),
+        Packet::Disconnect(d) | Packet::Auth(d) => d.properties = strip(&d.properties),
+        _ => {}
+    }
+    p
 }
