@@ -55,6 +55,10 @@ pub fn parse_fixed_header(buf: &[u8]) -> Result<Option<FixedHeader>, ProtocolErr
         };
         len |= ((byte & 0x7F) as usize) << (7 * i);
         if byte & 0x80 == 0 {
+            // A trailing zero byte means a longer encoding than needed [MQTT-1.5.5-1].
+            if i > 0 && byte == 0 {
+                return Err(ProtocolError::MalformedRemainingLength);
+            }
             return Ok(Some(FixedHeader {
                 byte1: buf[0],
                 header_len: 2 + i,
@@ -91,8 +95,14 @@ pub fn decode(
     // Check type and flags as soon as the first byte is known, so a server-only
     // or reserved packet is refused before its body is waited for.
     check_type_and_flags(packet_type, flags, version)?;
+    match (packet_type, version) {
+        (1, Some(_)) => return Err(ProtocolError::SecondConnect),
+        (t, None) if t != 1 => return Err(ProtocolError::FirstPacketNotConnect(type_name(t))),
+        _ => {}
+    }
+    // No reserve here: the caller's reads grow the buffer as bytes arrive, so
+    // an announced length costs nothing until the bytes are really sent.
     if buf.len() < size {
-        buf.reserve(size - buf.len());
         return Ok(None);
     }
     let mut frame = buf.split_to(size).freeze();
@@ -222,6 +232,9 @@ impl Reader<'_> {
             let byte = self.u8()?;
             value |= ((byte & 0x7F) as u32) << (7 * i);
             if byte & 0x80 == 0 {
+                if i > 0 && byte == 0 {
+                    return Err(ProtocolError::MalformedRemainingLength);
+                }
                 return Ok(value);
             }
         }
@@ -239,6 +252,15 @@ impl Reader<'_> {
         let s = std::str::from_utf8(&raw).map_err(|_| ProtocolError::InvalidUtf8)?;
         check_code_points(s)?;
         Ok(s.to_owned())
+    }
+
+    /// A topic filter: a string of at least one character [MQTT-4.7.3-1].
+    fn filter(&mut self) -> Result<String, ProtocolError> {
+        let f = self.string()?;
+        if f.is_empty() {
+            return Err(ProtocolError::EmptyTopicFilter);
+        }
+        Ok(f)
     }
 
     fn packet_id(&mut self) -> Result<u16, ProtocolError> {
@@ -312,10 +334,11 @@ impl Reader<'_> {
             }
             0x08 => {
                 let v = self.string()?;
-                if v.is_empty() || v.contains(['+', '#']) {
-                    // A response topic is a topic name [MQTT-3.3.2-14].
-                    return Err(ProtocolError::WildcardInTopicName(v));
+                // A response topic is a topic name [MQTT-3.3.2-14].
+                if v.is_empty() {
+                    return Err(ProtocolError::EmptyTopicName);
                 }
+                check_topic_name(&v)?;
                 set(&mut p.response_topic, id, v)
             }
             0x09 => {
@@ -447,6 +470,15 @@ impl Reader<'_> {
                 Version::V5 => self.properties(WILL_PROPS)?,
                 Version::V311 => Properties::default(),
             };
+            // The cap is per packet: CONNECT and will properties together.
+            let user_properties =
+                properties.user_properties.len() + will_properties.user_properties.len();
+            if user_properties > self.limits.max_user_properties {
+                return Err(ProtocolError::TooManyUserProperties {
+                    count: user_properties,
+                    max: self.limits.max_user_properties,
+                });
+            }
             let topic = self.string()?;
             check_topic_name(&topic)?;
             if topic.is_empty() {
@@ -547,7 +579,7 @@ impl Reader<'_> {
         };
         let mut filters = Vec::new();
         while self.buf.has_remaining() {
-            let filter = self.string()?;
+            let filter = self.filter()?;
             let options = self.u8()?;
             let reserved = match version {
                 Version::V311 => options & 0b1111_1100,
@@ -584,7 +616,7 @@ impl Reader<'_> {
         };
         let mut filters = Vec::new();
         while self.buf.has_remaining() {
-            filters.push(self.string()?);
+            filters.push(self.filter()?);
         }
         if filters.is_empty() {
             return Err(ProtocolError::NoTopicFilter("UNSUBSCRIBE"));

@@ -172,6 +172,10 @@ fn header_errors() -> Vec<ErrorCase> {
         ("remaining length of 5 bytes", V311, b"\x30\xFF\xFF\xFF\xFF", E::MalformedRemainingLength),
         ("remaining length of 5 bytes, before CONNECT", None, b"\x10\x80\x80\x80\x80", E::MalformedRemainingLength),
         ("remaining length of 5 bytes, 5.0", V5, b"\xC0\x80\x80\x80\x80", E::MalformedRemainingLength),
+        ("remaining length 0 in two bytes", V311, b"\xC0\x80\x00", E::MalformedRemainingLength),
+        ("remaining length 1 in three bytes", V5, b"\x30\x81\x80\x00", E::MalformedRemainingLength),
+        ("first packet PUBLISH, header only", None, b"\x30\x7F", E::FirstPacketNotConnect("PUBLISH")),
+        ("second CONNECT, header only", V5, b"\x10\x7F", E::SecondConnect),
         ("reserved type 0", V311, b"\x00\x00", E::ReservedPacketType(0)),
         ("reserved type 0 before CONNECT", None, b"\x00\x00", E::ReservedPacketType(0)),
         ("reserved type 0 in 5.0", V5, b"\x00\x02", E::ReservedPacketType(0)),
@@ -313,6 +317,8 @@ fn packet_errors() -> Vec<ErrorCase> {
         // SUBSCRIBE / UNSUBSCRIBE.
         ("3.1.1 SUBSCRIBE without filters", V311, b"\x82\x02\x00\x01", E::NoTopicFilter("SUBSCRIBE")),
         ("5.0 SUBSCRIBE without filters", V5, b"\x82\x03\x00\x01\x00", E::NoTopicFilter("SUBSCRIBE")),
+        ("3.1.1 SUBSCRIBE with an empty filter", V311, b"\x82\x05\x00\x01\x00\x00\x00", E::EmptyTopicFilter),
+        ("5.0 UNSUBSCRIBE with an empty filter", V5, b"\xA2\x05\x00\x01\x00\x00\x00", E::EmptyTopicFilter),
         ("SUBSCRIBE packet id 0", V311, b"\x82\x06\x00\x00\x00\x01a\x00", E::PacketIdZero),
         ("SUBSCRIBE options byte missing", V311, b"\x82\x05\x00\x01\x00\x01a", E::Truncated("SUBSCRIBE")),
         ("SUBSCRIBE second options byte missing", V311, b"\x82\x09\x00\x01\x00\x01a\x00\x00\x01b", E::Truncated("SUBSCRIBE")),
@@ -527,6 +533,7 @@ fn every_decoder_error_has_a_case() {
             | E::InvalidPropertyValue(_)
             | E::TooManyUserProperties { .. }
             | E::NoTopicFilter(_)
+            | E::EmptyTopicFilter
             | E::SubscriptionOptions
             | E::PayloadNotUtf8 => true,
             // Session-level checks (topic aliases, flow control, AUTH state).
@@ -568,6 +575,7 @@ fn every_decoder_error_has_a_case() {
         E::InvalidPropertyValue(0),
         E::TooManyUserProperties { count: 0, max: 0 },
         E::NoTopicFilter(""),
+        E::EmptyTopicFilter,
         E::SubscriptionOptions,
         E::PayloadNotUtf8,
         E::TopicAliasInvalid { alias: 0, max: 0 },

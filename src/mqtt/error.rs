@@ -83,6 +83,9 @@ pub enum ProtocolError {
     /// Wildcard in a topic name.
     #[error("topic name {0:?} contains a wildcard [MQTT-3.3.2-2]")]
     WildcardInTopicName(String),
+    /// Empty topic filter in SUBSCRIBE or UNSUBSCRIBE.
+    #[error("empty topic filter [MQTT-4.7.3-1]")]
+    EmptyTopicFilter,
     /// Empty topic name without a topic alias.
     #[error("empty topic name [MQTT-4.7.3-1]")]
     EmptyTopicName,
@@ -159,6 +162,7 @@ impl ProtocolError {
             | DuplicateProperty(_)
             | InvalidPropertyValue(_)
             | NoTopicFilter(_)
+            | EmptyTopicFilter
             | TopicAliasUnknown(_)
             | UnexpectedAuth
             | ServerOnlyPacket(_)
