@@ -217,10 +217,12 @@ pub async fn run<T, S, H>(
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
         metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
         let secs = started.elapsed().as_secs();
+        let (published, refused, dead_lettered) =
+            (session.published, session.refused, session.dead_lettered);
         if reason.is_problem() {
-            tracing::warn!(%reason, connected_s = secs, published = session.published, "connection closed");
+            tracing::warn!(%reason, connected_s = secs, published, refused, dead_lettered, "connection closed");
         } else {
-            tracing::info!(%reason, connected_s = secs, published = session.published, "connection closed");
+            tracing::info!(%reason, connected_s = secs, published, refused, dead_lettered, "connection closed");
         }
     }
     .instrument(span)
@@ -344,7 +346,12 @@ struct Session {
     aliases: Vec<Option<String>>,
     pending: Option<Pending>,
     refusal_logged: bool,
+    /// Records handed to the producer.
     published: u64,
+    /// PUBLISH packets refused (5.0 acks with an error code, records Kafka refused).
+    refused: u64,
+    /// Records sent to the dead-letter topic.
+    dead_lettered: u64,
 }
 
 enum Step {
@@ -451,6 +458,8 @@ impl Session {
             pending: None,
             refusal_logged: false,
             published: 0,
+            refused: 0,
+            dead_lettered: 0,
         })
     }
 
@@ -684,7 +693,10 @@ impl Session {
         };
         if dest.dead_letter {
             metrics::counter!(m::PUBLISH_DEAD_LETTERED).increment(1);
-            tracing::debug!(topic = %p.topic, "no route; record goes to the dead-letter topic");
+            self.dead_lettered += 1;
+            if self.dead_lettered == 1 {
+                tracing::warn!(topic = %p.topic, kafka_topic = dest.kafka_topic, "no route; record sent to the dead-letter topic (counted in the close line from now on)");
+            }
         }
         self.published += 1;
         let headers = record::headers(&p, &p.topic, &self.client_id, self.version);
@@ -792,6 +804,7 @@ impl Session {
     /// Logs the first refusal of a connection at warn, the rest at debug, so a
     /// misconfigured device cannot flood the log.
     fn note_refusal(&mut self, why: &str) {
+        self.refused += 1;
         if self.refusal_logged {
             tracing::debug!(why, "PUBLISH refused");
         } else {
