@@ -508,6 +508,9 @@ impl Session {
             if draining && self.inflight.is_empty() && self.pending.is_none() {
                 return CloseReason::Shutdown;
             }
+            // Every branch is cancellation-safe: `read_more` loses no bytes,
+            // `NextOutcome` consumes an outcome only when it is ready, and
+            // waiting for queue space or a deadline holds no data.
             tokio::select! {
                 biased;
                 _ = cancel.cancelled(), if !draining => {
