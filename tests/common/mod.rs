@@ -164,6 +164,31 @@ pub async fn consume(bootstrap: &str, topic: &str, n: usize) -> Vec<Rec> {
     consume_until(bootstrap, topic, move |r| r.len() >= n).await
 }
 
+/// Runs a rumqttc event loop (3.1.1 or 5.0) in a task, forwarding its events
+/// to a channel; the first error is forwarded too and ends the loop.
+macro_rules! pump {
+    ($el:expr) => {{
+        let mut el = $el;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(ev) => {
+                        if tx.send(Ok(ev)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        rx
+    }};
+}
+
 /// A rumqttc 3.1.1 client whose event loop runs in a task.
 pub struct V4 {
     pub client: rumqttc::AsyncClient,
@@ -186,23 +211,8 @@ pub fn tls_transport(ca: &std::path::Path) -> rumqttc::Transport {
 
 /// Connects and waits for CONNACK. The event loop stops at the first error.
 pub async fn v4_connect(opts: rumqttc::MqttOptions) -> V4 {
-    let (client, mut el) = rumqttc::AsyncClient::new(opts, 1000);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            match el.poll().await {
-                Ok(ev) => {
-                    if tx.send(Ok(ev)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
-                    return;
-                }
-            }
-        }
-    });
+    let (client, el) = rumqttc::AsyncClient::new(opts, 1000);
+    let mut rx = pump!(el);
     let connack = next_matching(&mut rx, |e| {
         matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))
     })
@@ -264,23 +274,8 @@ pub fn v5_options(id: &str, port: u16) -> rumqttc::v5::MqttOptions {
 pub async fn v5_connect(opts: rumqttc::v5::MqttOptions) -> V5 {
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::Event;
-    let (client, mut el) = rumqttc::v5::AsyncClient::new(opts, 1000);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            match el.poll().await {
-                Ok(ev) => {
-                    if tx.send(Ok(ev)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
-                    return;
-                }
-            }
-        }
-    });
+    let (client, el) = rumqttc::v5::AsyncClient::new(opts, 1000);
+    let mut rx = pump!(el);
     let ev = next_matching(&mut rx, |e| {
         matches!(e, Event::Incoming(Packet::ConnAck(_)))
     })
