@@ -400,6 +400,13 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
+    /// Every Kafka topic the routes (and the dead-letter policy) write to.
+    pub fn kafka_topics(&self) -> Vec<String> {
+        Router::new(&self.routes, &self.unmatched)
+            .map(|r| r.kafka_topics())
+            .unwrap_or_default()
+    }
+
     /// Whether the embedded broker is to be started.
     pub fn embedded_kafka(&self) -> bool {
         self.kafka.bootstrap_servers == "embedded"

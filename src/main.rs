@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use mqtt_kafka_proxy::config::{Config, DEFAULT_CONFIG_TOML};
 
 /// A Kafka-native MQTT proxy: every PUBLISH becomes a Kafka record keyed by the device id.
@@ -19,6 +19,28 @@ struct Cli {
     /// Validate the configuration file and exit: 0 if valid, 1 with the reason if not.
     #[arg(long)]
     check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run only the embedded Kafka-protocol broker, as its own process, for
+    /// several proxy replicas and other Kafka clients to share (not durable).
+    DevKafka {
+        /// Public bootstrap address.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        listen: std::net::SocketAddr,
+        /// Number of brokers.
+        #[arg(long, default_value_t = 1)]
+        brokers: u32,
+        /// Partitions of each topic.
+        #[arg(long, default_value_t = 6)]
+        partitions: u32,
+        /// Topics to create, comma-separated (default: the config's routes).
+        #[arg(long, value_delimiter = ',')]
+        topics: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +68,31 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::DevKafka {
+        listen,
+        brokers,
+        partitions,
+        mut topics,
+    }) = cli.command
+    {
+        if topics.is_empty() {
+            topics = config.kafka_topics();
+        }
+        let run = mqtt_kafka_proxy::kafka::embedded::run_standalone(
+            listen,
+            brokers,
+            partitions,
+            topics,
+            shutdown_signal(),
+        );
+        return match runtime.block_on(run) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(mqtt_kafka_proxy::run(config, shutdown_signal())) {
         Ok(report) if report.connections_left == 0 && report.records_unflushed == 0 => {
             ExitCode::SUCCESS

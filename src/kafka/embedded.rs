@@ -219,3 +219,28 @@ async fn forward(listener: TcpListener, target: SocketAddr, stop: CancellationTo
         });
     }
 }
+
+/// Runs the embedded broker on its own until `shutdown` completes: the
+/// `mqtt-kafka-proxy dev-kafka` subcommand, which several proxy replicas,
+/// load-test workers and verifiers on one host share.
+pub async fn run_standalone(
+    listen: SocketAddr,
+    brokers: u32,
+    partitions: u32,
+    topics: Vec<String>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), KafkaError> {
+    let kafka = EmbeddedKafka::start(brokers, partitions, &topics, listen).await?;
+    tracing::info!(
+        bootstrap = %kafka.public_addr(),
+        brokers,
+        partitions,
+        ?topics,
+        "dev-kafka: embedded Kafka broker running (in-memory, not durable)"
+    );
+    // A machine-readable line for scripts that start this process.
+    println!("dev-kafka bootstrap={}", kafka.public_addr());
+    shutdown.await;
+    drop(kafka);
+    Ok(())
+}
