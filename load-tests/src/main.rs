@@ -5,7 +5,13 @@
 //! records produced straight into the same broker by an rdkafka producer (the
 //! physical limit of ingest). Prints both rates and their ratio.
 
+mod device;
+mod direct;
 mod lean;
+mod report;
+mod rig;
+mod verify;
+mod worker;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,12 +20,6 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use mqtt_kafka_proxy::kafka::embedded::EmbeddedKafka;
 use mqtt_kafka_proxy::Config;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use rdkafka::client::ClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientConfig;
 
 #[derive(Parser)]
@@ -33,6 +33,13 @@ struct Cli {
 enum Cmd {
     /// Proxy QoS 1 ingest rate vs a direct rdkafka producer, same broker, same run.
     IngestBench(IngestArgs),
+    /// Start a broker, K replicas and the simulated fleet; verify; write the report.
+    Rig(rig::RigArgs),
+    /// (Internal) one worker process of the rig; the argument is its JSON spec.
+    Worker {
+        /// The worker's spec as JSON.
+        spec: String,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -64,9 +71,40 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
+    raise_open_file_limit();
     let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
         Cmd::IngestBench(a) => rt.block_on(ingest_bench(a)),
+        Cmd::Worker { spec } => rt.block_on(worker::run(serde_json::from_str(&spec)?)),
+        Cmd::Rig(a) => {
+            let report = rt.block_on(rig::run(a.clone()))?;
+            println!("{}", report.table());
+            println!("report: {}/report.{{json,md,html}}", a.out.display());
+            let v = &report.verdict;
+            anyhow::ensure!(
+                v.lost == 0 && v.order_violations == 0,
+                "{} acknowledged messages lost, {} order violations",
+                v.lost,
+                v.order_violations
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Lifts the soft open-file limit to the hard one: each worker holds
+/// thousands of sockets.
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid resource and a local struct.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
     }
 }
 
@@ -106,7 +144,7 @@ async fn ingest_bench(a: IngestArgs) -> Result<()> {
     let mut proxy_rates = Vec::new();
     let mut proxy_lat: Vec<u32> = Vec::new();
     for round in 1..=a.rounds {
-        let d = direct(&bootstrap, &topic, &a, &body).await?;
+        let d = direct::produce(&bootstrap, &topic, a.devices, a.messages, &body).await?;
         println!("round {round}: direct producer {d:>10.0} msg/s");
         direct_rates.push(d);
         let (p, lat) = through_proxy(addr, &a, &body).await?;
@@ -182,94 +220,6 @@ async fn stored_records(bootstrap: &str, topic: &str, partitions: u32) -> Result
     .await?
 }
 
-/// Counts delivery reports; nothing else happens per record.
-struct Counter {
-    delivered: AtomicU64,
-    failed: AtomicU64,
-}
-
-impl ClientContext for Counter {}
-
-impl ProducerContext for Counter {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
-        };
-    }
-}
-
-/// The physical limit: the same records, keyed by device, straight into the
-/// broker from one lean producer loop (no per-record task or future).
-async fn direct(bootstrap: &str, topic: &str, a: &IngestArgs, body: &[u8]) -> Result<f64> {
-    let bootstrap = bootstrap.to_owned();
-    let topic = topic.to_owned();
-    let body = body.to_vec();
-    let (devices, messages) = (a.devices, a.messages);
-    tokio::task::spawn_blocking(move || -> Result<f64> {
-        let producer: ThreadedProducer<Counter> = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("batch.num.messages", "10000")
-            .create_with_context(Counter {
-                delivered: AtomicU64::new(0),
-                failed: AtomicU64::new(0),
-            })?;
-        let keys: Vec<String> = (0..devices).map(|d| format!("bench-{d}")).collect();
-        // One sending thread per core, so the direct path is limited by the
-        // broker and librdkafka, not by a single caller thread.
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
-        let started = Instant::now();
-        std::thread::scope(|scope| -> Result<()> {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    let (producer, keys, topic, body) = (&producer, &keys, &topic, &body);
-                    scope.spawn(move || -> Result<()> {
-                        let mut i = t;
-                        while i < messages {
-                            let key = &keys[(i % devices) as usize];
-                            let mut record = BaseRecord::to(topic).key(key).payload(body);
-                            loop {
-                                match producer.send(record) {
-                                    Ok(()) => break,
-                                    Err((
-                                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                                        r,
-                                    )) => {
-                                        record = r;
-                                        std::thread::sleep(Duration::from_micros(500));
-                                    }
-                                    Err((e, _)) => anyhow::bail!("direct produce: {e}"),
-                                }
-                            }
-                            i += threads;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            for h in handles {
-                h.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
-            }
-            Ok(())
-        })?;
-        let ctx = producer.context();
-        while ctx.delivered.load(Ordering::Relaxed) + ctx.failed.load(Ordering::Relaxed) < messages
-        {
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        let secs = started.elapsed().as_secs_f64();
-        let failed = ctx.failed.load(Ordering::Relaxed);
-        anyhow::ensure!(failed == 0, "{failed} direct records failed");
-        Ok(messages as f64 / secs)
-    })
-    .await?
-}
-
 async fn through_proxy(
     addr: std::net::SocketAddr,
     a: &IngestArgs,
@@ -283,7 +233,7 @@ async fn through_proxy(
         let body = body.clone();
         let window = a.window;
         tasks.spawn(async move {
-            let id = format!("bench-{d}");
+            let id = worker::device_id(d);
             let topic = format!("devices/{id}/events/state");
             lean::publish_qos1(addr, &id, &topic, &body, per, window).await
         });

@@ -1,0 +1,282 @@
+//! The run report: one JSON document, a human-readable table, and a
+//! self-contained HTML page with SVG plots of rate, latency, connections and
+//! memory over time.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::verify::Verdict;
+
+/// One second of the run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sample {
+    /// Seconds since the workers started.
+    pub t: f64,
+    /// Devices connected.
+    pub connected: u64,
+    /// PUBACKs in this second.
+    pub acked_per_s: f64,
+    /// Worst worker PUBACK p99 in this second, ms.
+    pub puback_p99_ms: f64,
+    /// Sum of replica RSS, MiB.
+    pub proxy_rss_mib: f64,
+}
+
+/// Idle memory of a reference MQTT broker measured by the same code.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Reference {
+    /// Which broker.
+    pub name: String,
+    /// Idle connections held.
+    pub connections: u64,
+    /// Bytes per idle plain connection.
+    pub plain_bytes_per_conn: f64,
+    /// Bytes per idle TLS connection.
+    pub tls_bytes_per_conn: f64,
+}
+
+/// Everything the run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// Devices simulated.
+    pub devices: u64,
+    /// Proxy replicas.
+    pub replicas: usize,
+    /// Worker processes.
+    pub workers: usize,
+    /// TLS on.
+    pub tls: bool,
+    /// Time compression (fleet).
+    pub speed: f64,
+    /// Seconds of traffic.
+    pub duration_s: f64,
+    /// Seconds until every device had connected once.
+    pub connect_time_s: f64,
+    /// Devices connected per second during the connect phase.
+    pub connect_rate_per_s: f64,
+    /// Most devices connected at once.
+    pub peak_connected: u64,
+    /// Reconnects during the run.
+    pub reconnects: u64,
+    /// PUBLISH packets written (QoS 0 and resends included).
+    pub sent: u64,
+    /// QoS 0 PUBLISH packets written.
+    pub sent_qos0: u64,
+    /// PUBACKs received.
+    pub acked: u64,
+    /// Verifier result.
+    pub verdict: Verdict,
+    /// Acknowledged messages per second over the traffic window.
+    pub throughput_msg_s: f64,
+    /// The same records produced straight into the broker, per second.
+    pub direct_msg_s: f64,
+    /// throughput / direct (meaningful in the burst scenario; the fleet is load-bound).
+    pub ratio_proxy_direct: f64,
+    /// PUBACK latency p50, ms.
+    pub puback_p50_ms: f64,
+    /// PUBACK latency p99, ms.
+    pub puback_p99_ms: f64,
+    /// PUBACK latency p99.9, ms.
+    pub puback_p999_ms: f64,
+    /// Proxy RSS (all replicas) before any device connected, MiB.
+    pub proxy_rss_baseline_mib: f64,
+    /// Bytes of proxy RSS per connection while idle (all connected, no traffic).
+    pub proxy_bytes_per_conn_idle: f64,
+    /// Bytes of proxy RSS per connection at the peak under load.
+    pub proxy_bytes_per_conn_load: f64,
+    /// Proxy CPU seconds (all replicas) per 1,000 messages.
+    pub proxy_cpu_s_per_1k_msgs: f64,
+    /// Broker CPU seconds per 1,000 messages.
+    pub broker_cpu_s_per_1k_msgs: f64,
+    /// Reference broker memory, if measured.
+    pub reference: Option<Reference>,
+    /// Per-second samples.
+    pub timeline: Vec<Sample>,
+}
+
+impl Report {
+    /// The human-readable table (Markdown).
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let v = &self.verdict;
+        let rows: Vec<(&str, String)> = vec![
+            (
+                "scenario",
+                format!(
+                    "{} (speed {}x, {:.0} s of traffic)",
+                    self.scenario, self.speed, self.duration_s
+                ),
+            ),
+            (
+                "devices / replicas / workers",
+                format!("{} / {} / {}", self.devices, self.replicas, self.workers),
+            ),
+            ("TLS", if self.tls { "on".into() } else { "off".into() }),
+            (
+                "connect time / rate",
+                format!(
+                    "{:.1} s / {:.0} per s",
+                    self.connect_time_s, self.connect_rate_per_s
+                ),
+            ),
+            (
+                "peak connected / reconnects",
+                format!("{} / {}", self.peak_connected, self.reconnects),
+            ),
+            (
+                "messages sent / acked (QoS 1)",
+                format!("{} / {}", self.sent, self.acked),
+            ),
+            (
+                "found in Kafka (QoS 1 / QoS 0)",
+                format!("{} / {}", v.found_qos1, v.found_qos0),
+            ),
+            ("**lost (acked, not in Kafka)**", format!("**{}**", v.lost)),
+            (
+                "duplicated / order violations",
+                format!("{} / {}", v.duplicated, v.order_violations),
+            ),
+            (
+                "throughput (acked msg/s)",
+                format!("{:.0}", self.throughput_msg_s),
+            ),
+            (
+                "direct producer, same records (msg/s)",
+                format!("{:.0}", self.direct_msg_s),
+            ),
+            (
+                "ratio proxy / direct",
+                format!("{:.2}", self.ratio_proxy_direct),
+            ),
+            (
+                "PUBACK latency p50 / p99 / p99.9",
+                format!(
+                    "{:.1} / {:.1} / {:.1} ms",
+                    self.puback_p50_ms, self.puback_p99_ms, self.puback_p999_ms
+                ),
+            ),
+            (
+                "end-to-end latency p50 / p99",
+                format!("{:.1} / {:.1} ms", v.e2e_p50_ms, v.e2e_p99_ms),
+            ),
+            (
+                "proxy RSS per connection, idle",
+                format!("{:.0} B", self.proxy_bytes_per_conn_idle),
+            ),
+            (
+                "proxy RSS per connection, under load",
+                format!("{:.0} B", self.proxy_bytes_per_conn_load),
+            ),
+            (
+                "proxy baseline RSS (all replicas)",
+                format!("{:.0} MiB", self.proxy_rss_baseline_mib),
+            ),
+            (
+                "CPU s per 1,000 msgs: proxy / broker",
+                format!(
+                    "{:.3} / {:.3}",
+                    self.proxy_cpu_s_per_1k_msgs, self.broker_cpu_s_per_1k_msgs
+                ),
+            ),
+        ];
+        let _ = writeln!(s, "| metric | value |\n|---|---|");
+        for (k, val) in rows {
+            let _ = writeln!(s, "| {k} | {val} |");
+        }
+        if let Some(r) = &self.reference {
+            let _ = writeln!(
+                s,
+                "| {} per idle connection ({} conns): plain / TLS | {:.0} B / {:.0} B |",
+                r.name, r.connections, r.plain_bytes_per_conn, r.tls_bytes_per_conn
+            );
+        }
+        s
+    }
+
+    /// Writes `report.json`, `report.md` and `report.html` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(self)?)?;
+        std::fs::write(dir.join("report.md"), self.table())?;
+        std::fs::write(dir.join("report.html"), self.html())?;
+        Ok(())
+    }
+
+    fn html(&self) -> String {
+        let t: Vec<f64> = self.timeline.iter().map(|s| s.t).collect();
+        let series = |f: fn(&Sample) -> f64| -> Vec<f64> { self.timeline.iter().map(f).collect() };
+        let charts = [
+            (
+                "Acknowledged messages per second",
+                series(|s| s.acked_per_s),
+            ),
+            (
+                "PUBACK latency p99 (ms, worst worker)",
+                series(|s| s.puback_p99_ms),
+            ),
+            ("Devices connected", series(|s| s.connected as f64)),
+            ("Proxy RSS, all replicas (MiB)", series(|s| s.proxy_rss_mib)),
+        ];
+        let mut h = String::from(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>mqtt-kafka-proxy load test</title>\
+             <style>body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}\
+             td,th{border:1px solid #ccc;padding:4px 8px}svg{background:#fafafa;margin:1em 0}</style></head><body>",
+        );
+        let _ = write!(
+            h,
+            "<h1>mqtt-kafka-proxy load test: {}</h1><table>",
+            self.scenario
+        );
+        for line in self.table().lines().skip(2) {
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            if cells.len() == 2 {
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td>{}</td></tr>",
+                    cells[0].replace("**", ""),
+                    cells[1].replace("**", "")
+                );
+            }
+        }
+        h.push_str("</table>");
+        for (title, ys) in charts {
+            h.push_str(&svg_chart(title, &t, &ys));
+        }
+        h.push_str("</body></html>");
+        h
+    }
+}
+
+fn svg_chart(title: &str, xs: &[f64], ys: &[f64]) -> String {
+    let (w, hgt, pad) = (900.0, 220.0, 40.0);
+    let xmax = xs.iter().cloned().fold(1.0, f64::max);
+    let ymax = ys.iter().cloned().fold(0.0, f64::max).max(1e-9) * 1.1;
+    let points: Vec<String> = xs
+        .iter()
+        .zip(ys)
+        .map(|(x, y)| {
+            format!(
+                "{:.1},{:.1}",
+                pad + x / xmax * (w - 2.0 * pad),
+                hgt - pad - y / ymax * (hgt - 2.0 * pad)
+            )
+        })
+        .collect();
+    format!(
+        "<h3>{title}</h3><svg width=\"{w}\" height=\"{hgt}\" xmlns=\"http://www.w3.org/2000/svg\">\
+         <line x1=\"{pad}\" y1=\"{yb}\" x2=\"{xr}\" y2=\"{yb}\" stroke=\"#888\"/>\
+         <line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{yb}\" stroke=\"#888\"/>\
+         <text x=\"{pad}\" y=\"{ty}\" font-size=\"11\">0</text><text x=\"{xr}\" y=\"{ty}\" font-size=\"11\" text-anchor=\"end\">{xmax:.0} s</text>\
+         <text x=\"2\" y=\"{pad}\" font-size=\"11\">{ymax:.0}</text>\
+         <polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"{pts}\"/></svg>",
+        yb = hgt - pad,
+        xr = w - pad,
+        ty = hgt - pad + 15.0,
+        pts = points.join(" ")
+    )
+}

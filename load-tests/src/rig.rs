@@ -1,0 +1,623 @@
+//! The rig: one command that starts a standalone embedded Kafka broker
+//! (`mqtt-kafka-proxy dev-kafka`), K proxy replicas sharing one port with
+//! SO_REUSEPORT (the kernel spreads connections like an L4 load balancer),
+//! the verifier, and worker processes that simulate the fleet from several
+//! loopback source addresses; it samples memory and CPU of every process,
+//! shows progress, writes the report, and tears everything down.
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::report::{Reference, Report, Sample};
+use crate::verify::Verifier;
+use crate::worker::{Progress, Scenario, WorkerSpec};
+
+/// Options of `load-tests rig`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RigArgs {
+    /// What the devices do.
+    #[arg(long, value_enum, default_value = "fleet")]
+    pub scenario: Scenario,
+    /// Simulated devices.
+    #[arg(long, default_value_t = 10_000)]
+    pub devices: u64,
+    /// Proxy replicas (processes) sharing the port.
+    #[arg(long, default_value_t = 2)]
+    pub replicas: usize,
+    /// Devices connect over TLS (verifying the generated CA).
+    #[arg(long)]
+    pub tls: bool,
+    /// Time compression of the fleet scenario.
+    #[arg(long, default_value_t = 10.0)]
+    pub speed: f64,
+    /// Seconds of traffic after the idle period.
+    #[arg(long, default_value_t = 60.0)]
+    pub duration_s: f64,
+    /// Quiet seconds after everyone connected (idle memory is measured here).
+    #[arg(long, default_value_t = 5.0)]
+    pub idle_s: f64,
+    /// Target connects per second, all workers together.
+    #[arg(long, default_value_t = 2_000.0)]
+    pub connect_rate: f64,
+    /// Change events per device per hour (fleet), before --speed.
+    #[arg(long, default_value_t = 10.0)]
+    pub events_per_hour: f64,
+    /// Snapshot period in seconds (fleet), before --speed.
+    #[arg(long, default_value_t = 300.0)]
+    pub snapshot_period_s: f64,
+    /// Share of messages published at QoS 0.
+    #[arg(long, default_value_t = 0.0)]
+    pub qos0_share: f64,
+    /// Unacknowledged messages per device in the burst scenario.
+    #[arg(long, default_value_t = 16)]
+    pub window: usize,
+    /// Partitions of each topic on the broker.
+    #[arg(long, default_value_t = 24)]
+    pub partitions: u32,
+    /// Most devices per worker process (each process may hold < 20,000 files).
+    #[arg(long, default_value_t = 12_500)]
+    pub devices_per_worker: u64,
+    /// Also measure Mosquitto's idle memory per connection (plain and TLS) with the same code.
+    #[arg(long)]
+    pub mosquitto: bool,
+    /// Idle connections for the Mosquitto reference.
+    #[arg(long, default_value_t = 10_000)]
+    pub mosquitto_devices: u64,
+    /// Where the report and logs go.
+    #[arg(long, default_value = "load-tests/results/latest")]
+    pub out: PathBuf,
+}
+
+/// A child process that is terminated when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn terminate(&mut self, grace: Duration) {
+        // SAFETY: kill(2) with a pid we own and a valid signal number.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{} did not exit within {:?}; killing it", self.name, grace);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// RSS in bytes and CPU seconds of a process, from /proc.
+pub fn proc_usage(pid: u32) -> (u64, f64) {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+        })
+        .unwrap_or(0)
+        * 1024;
+    // SAFETY: sysconf is always safe to call.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are 14 and 15.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks)
+        })
+        .unwrap_or(0.0);
+    (rss, cpu)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Spawns a process and waits for a stdout line containing `ready`; returns
+/// the process and that line. Later stdout lines go to `log`.
+fn spawn_until(name: &str, mut cmd: Command, ready: &str, log: &Path) -> Result<(Proc, String)> {
+    let stderr = std::fs::File::create(log.with_extension("err"))?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .with_context(|| format!("start {name}"))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut proc = Proc {
+        name: name.to_owned(),
+        child,
+    };
+    let line = loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains(ready) => break l,
+            Some(Ok(_)) => {}
+            _ => {
+                let _ = proc.child.wait();
+                bail!(
+                    "{name} exited before it was ready; see {}",
+                    log.with_extension("err").display()
+                );
+            }
+        }
+    };
+    let mut out = std::fs::File::create(log)?;
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for l in lines.map_while(Result::ok) {
+            let _ = writeln!(out, "{l}");
+        }
+    });
+    Ok((proc, line))
+}
+
+/// Runs the rig; returns the report (the caller fails the process if anything was lost).
+pub async fn run(a: RigArgs) -> Result<Report> {
+    let exe = std::env::current_exe()?;
+    let bin_dir = exe.parent().context("exe dir")?;
+    let proxy_bin = bin_dir.join("mqtt-kafka-proxy");
+    if !proxy_bin.exists() {
+        bail!(
+            "{} not found: build it first with `cargo build --release --workspace`",
+            proxy_bin.display()
+        );
+    }
+    let out = a.out.clone();
+    std::fs::create_dir_all(&out)?;
+    let out = out.canonicalize()?;
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+
+    // Certificates for the replicas and the devices.
+    let certs = out.join("certs");
+    let ca = mqtt_kafka_proxy::server::tls::generate_dev_certs(
+        &certs.join("server.crt"),
+        &certs.join("server.key"),
+    )?;
+
+    // The shared broker, in its own process.
+    let kafka_port = free_port()?;
+    let mut cmd = Command::new(&proxy_bin);
+    cmd.args(["dev-kafka", "--listen", &format!("127.0.0.1:{kafka_port}")])
+        .args(["--partitions", &a.partitions.to_string()])
+        .args(["--topics", "iot.events,iot.snapshots,bench.direct"])
+        .env("RUST_LOG", "warn");
+    let (mut broker, _) = spawn_until(
+        "dev-kafka",
+        cmd,
+        "dev-kafka bootstrap=",
+        &out.join("dev-kafka.log"),
+    )?;
+    let bootstrap = format!("127.0.0.1:{kafka_port}");
+
+    // K replicas on one port.
+    let port = free_port()?;
+    let config = format!(
+        r#"[listeners]
+max_connections = 19000
+reuse_port = true
+[listeners.tcp]
+enabled = {tcp}
+bind = "127.0.0.1:{port}"
+[listeners.tls]
+enabled = {tls}
+bind = "127.0.0.1:{port}"
+cert_path = "{cert}"
+key_path = "{key}"
+generate_dev_certs = false
+[mqtt]
+connect_timeout_ms = 60000
+[kafka]
+bootstrap_servers = "{bootstrap}"
+[log]
+level = "warn,mqtt_kafka_proxy::proxy=info"
+"#,
+        tcp = !a.tls,
+        tls = a.tls,
+        cert = certs.join("server.crt").display(),
+        key = certs.join("server.key").display(),
+    );
+    let config_path = out.join("proxy.toml");
+    std::fs::write(&config_path, config)?;
+    let mut replicas = Vec::new();
+    for r in 0..a.replicas {
+        let mut cmd = Command::new(&proxy_bin);
+        cmd.arg("--config").arg(&config_path).env("NO_COLOR", "1");
+        let (p, _) = spawn_until(
+            &format!("replica-{r}"),
+            cmd,
+            "listening",
+            &out.join(format!("replica-{r}.log")),
+        )?;
+        replicas.push(p);
+    }
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    let usage = |procs: &[Proc]| {
+        procs
+            .iter()
+            .map(|p| proc_usage(p.pid()))
+            .fold((0u64, 0f64), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    let (baseline_rss, proxy_cpu0) = usage(&replicas);
+    let (_, broker_cpu0) = proc_usage(broker.pid());
+
+    let verifier = Verifier::start(
+        &bootstrap,
+        &["iot.events", "iot.snapshots"],
+        a.partitions,
+        a.devices,
+        epoch,
+    )?;
+
+    // Workers: slices of the fleet, each from its own source address.
+    let workers_n = a.devices.div_ceil(a.devices_per_worker).max(1) as usize;
+    let per = a.devices.div_ceil(workers_n as u64);
+    let progress: Arc<Mutex<Vec<Progress>>> =
+        Arc::new(Mutex::new(vec![Progress::default(); workers_n]));
+    let histograms: Arc<Mutex<Vec<Vec<(u64, u64)>>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    let mut ledgers = Vec::new();
+    let mut readers = Vec::new();
+    for w in 0..workers_n {
+        let first = w as u64 * per;
+        let count = per.min(a.devices.saturating_sub(first));
+        if count == 0 {
+            break;
+        }
+        let ledger = out.join(format!("ledger-{w}.txt"));
+        ledgers.push(ledger.clone());
+        let spec = WorkerSpec {
+            index: w,
+            addr,
+            source: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + w as u8)),
+            tls_ca: a.tls.then(|| ca.clone()),
+            first,
+            count,
+            scenario: a.scenario,
+            connect_rate: a.connect_rate / workers_n as f64,
+            idle_s: a.idle_s,
+            duration_s: a.duration_s,
+            speed: a.speed,
+            events_per_hour: a.events_per_hour,
+            snapshot_period_s: a.snapshot_period_s,
+            qos0_share: a.qos0_share,
+            window: a.window,
+            epoch,
+            ledger,
+        };
+        let mut child = Command::new(&exe)
+            .arg("worker")
+            .arg(serde_json::to_string(&spec)?)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(out.join(format!("worker-{w}.err")))?)
+            .spawn()?;
+        let stdout = child.stdout.take().context("worker stdout")?;
+        let (progress, histograms) = (progress.clone(), histograms.clone());
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(p) = serde_json::from_str::<Progress>(&line) {
+                    if p.done {
+                        if let Ok(mut h) = histograms.lock() {
+                            h.push(p.histogram.clone());
+                        }
+                    }
+                    if let Ok(mut all) = progress.lock() {
+                        all[p.worker] = Progress {
+                            histogram: Vec::new(),
+                            ..p
+                        };
+                    }
+                }
+            }
+        }));
+        workers.push(Proc {
+            name: format!("worker-{w}"),
+            child,
+        });
+    }
+
+    let bar = ProgressBar::new(a.devices);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} connected | {msg}")?
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let mut timeline = Vec::new();
+    let (mut last_acked, mut peak_connected) = (0u64, 0u64);
+    let mut idle_rss: Option<u64> = None;
+    let mut all_connected_at: Option<Instant> = None;
+    let mut peak_rss = baseline_rss;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let snapshot = progress.lock().map(|p| p.clone()).unwrap_or_default();
+        let connected: u64 = snapshot.iter().map(|p| p.connected).sum();
+        let acked: u64 = snapshot.iter().map(|p| p.acked).sum();
+        let p99 = snapshot.iter().map(|p| p.p99_us).max().unwrap_or(0);
+        let everyone = snapshot.iter().all(|p| p.all_connected_s.is_some());
+        if everyone && all_connected_at.is_none() {
+            all_connected_at = Some(Instant::now());
+        }
+        let (rss, _) = usage(&replicas);
+        // Idle memory: everyone connected, traffic not started yet.
+        if let Some(at) = all_connected_at {
+            let settle = Duration::from_secs_f64((a.idle_s * 0.6).min(a.idle_s - 1.0).max(0.0));
+            if idle_rss.is_none() && at.elapsed() >= settle {
+                idle_rss = Some(rss);
+            }
+        }
+        peak_rss = peak_rss.max(rss);
+        peak_connected = peak_connected.max(connected);
+        timeline.push(Sample {
+            t: started.elapsed().as_secs_f64(),
+            connected,
+            acked_per_s: acked.saturating_sub(last_acked) as f64,
+            puback_p99_ms: p99 as f64 / 1000.0,
+            proxy_rss_mib: rss as f64 / (1 << 20) as f64,
+        });
+        bar.set_position(connected.min(a.devices));
+        bar.set_message(format!(
+            "{} acked ({:.0}/s), p99 {:.1} ms, verifier {} found, proxy RSS {:.0} MiB",
+            acked,
+            acked.saturating_sub(last_acked),
+            p99 as f64 / 1000.0,
+            verifier.found(),
+            rss as f64 / (1 << 20) as f64
+        ));
+        last_acked = acked;
+        if workers
+            .iter_mut()
+            .all(|w| matches!(w.child.try_wait(), Ok(Some(_))))
+        {
+            break;
+        }
+    }
+    bar.finish();
+    for r in readers {
+        let _ = r.join();
+    }
+    let (_, proxy_cpu1) = usage(&replicas);
+    let (_, broker_cpu1) = proc_usage(broker.pid());
+
+    // Ledger → verdict.
+    let mut acked_per_device = vec![0u64; a.devices as usize];
+    for l in &ledgers {
+        for line in std::fs::read_to_string(l)
+            .with_context(|| format!("read {}", l.display()))?
+            .lines()
+        {
+            let mut it = line.split_whitespace();
+            if let (Some(d), Some(n)) = (it.next(), it.next()) {
+                acked_per_device[d.parse::<usize>()?] = n.parse()?;
+            }
+        }
+    }
+    let verdict = verifier.finish(&acked_per_device)?;
+    let snapshot = progress.lock().map(|p| p.clone()).unwrap_or_default();
+    let sent: u64 = snapshot.iter().map(|p| p.sent).sum();
+    let sent_qos0: u64 = snapshot.iter().map(|p| p.sent_qos0).sum();
+    let acked: u64 = snapshot.iter().map(|p| p.acked).sum();
+    let reconnects: u64 = snapshot.iter().map(|p| p.reconnects).sum();
+    let connect_time_s = snapshot
+        .iter()
+        .filter_map(|p| p.all_connected_s)
+        .fold(0.0, f64::max);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    for h in histograms.lock().map(|h| h.clone()).unwrap_or_default() {
+        for (v, c) in h {
+            let _ = hist.record_n(v.max(1), c);
+        }
+    }
+    let q = |x: f64| {
+        if hist.is_empty() {
+            0.0
+        } else {
+            hist.value_at_quantile(x) as f64 / 1000.0
+        }
+    };
+
+    // The same records straight into the same broker.
+    let messages = verdict.found_qos1.max(acked).max(1);
+    let sample = crate::worker::payload(
+        "dev-000000",
+        epoch,
+        0,
+        mqtt_kafka_proxy::mqtt::packet::QoS::AtLeastOnce,
+        "door",
+        &mut crate::device::Rng::new(1),
+    );
+    let direct_msg_s =
+        crate::direct::produce(&bootstrap, "bench.direct", a.devices, messages, &sample).await?;
+
+    // Tear down: replicas drain on SIGTERM.
+    for r in &mut replicas {
+        r.terminate(Duration::from_secs(40));
+    }
+    broker.terminate(Duration::from_secs(10));
+
+    let traffic_s = a.duration_s.max(1e-9);
+    let throughput = acked as f64 / traffic_s;
+    let reference = if a.mosquitto {
+        Some(
+            mosquitto_reference(
+                &exe,
+                &out,
+                &ca,
+                a.mosquitto_devices.min(15_000),
+                a.connect_rate,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let n = a.devices.max(1) as f64;
+    let report = Report {
+        scenario: format!("{:?}", a.scenario).to_lowercase(),
+        devices: a.devices,
+        replicas: a.replicas,
+        workers: ledgers.len(),
+        tls: a.tls,
+        speed: a.speed,
+        duration_s: a.duration_s,
+        connect_time_s,
+        connect_rate_per_s: a.devices as f64 / connect_time_s.max(1e-9),
+        peak_connected,
+        reconnects,
+        sent,
+        sent_qos0,
+        acked,
+        throughput_msg_s: throughput,
+        direct_msg_s,
+        ratio_proxy_direct: throughput / direct_msg_s.max(1e-9),
+        puback_p50_ms: q(0.5),
+        puback_p99_ms: q(0.99),
+        puback_p999_ms: q(0.999),
+        proxy_rss_baseline_mib: baseline_rss as f64 / (1 << 20) as f64,
+        proxy_bytes_per_conn_idle: idle_rss
+            .map_or(0.0, |r| r.saturating_sub(baseline_rss) as f64 / n),
+        proxy_bytes_per_conn_load: peak_rss.saturating_sub(baseline_rss) as f64 / n,
+        proxy_cpu_s_per_1k_msgs: (proxy_cpu1 - proxy_cpu0) / (sent.max(1) as f64 / 1000.0),
+        broker_cpu_s_per_1k_msgs: (broker_cpu1 - broker_cpu0) / (sent.max(1) as f64 / 1000.0),
+        reference,
+        timeline,
+        verdict,
+    };
+    report.write(&out)?;
+    Ok(report)
+}
+
+/// Mosquitto holding `n` idle plain connections, then (a fresh instance) `n`
+/// idle TLS connections, measured with the same workers and /proc sampling.
+async fn mosquitto_reference(
+    exe: &Path,
+    out: &Path,
+    ca: &Path,
+    n: u64,
+    rate: f64,
+) -> Result<Reference> {
+    let mosquitto = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .context("mosquitto not found: apt-get install mosquitto")?;
+    let certs = ca.parent().context("certs dir")?;
+    let mut per_conn = Vec::new();
+    for tls in [false, true] {
+        let port = free_port()?;
+        let mut conf = format!("per_listener_settings false\nallow_anonymous true\nmax_connections -1\nlog_dest stderr\nlog_type error\nlistener {port} 127.0.0.1\n");
+        if tls {
+            conf.push_str(&format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\n",
+                ca.display(),
+                certs.join("server.crt").display(),
+                certs.join("server.key").display()
+            ));
+        }
+        let conf_path = out.join(format!(
+            "mosquitto-{}.conf",
+            if tls { "tls" } else { "plain" }
+        ));
+        std::fs::write(&conf_path, conf)?;
+        let mut child = Proc {
+            name: "mosquitto".into(),
+            child: Command::new(&mosquitto)
+                .arg("-c")
+                .arg(&conf_path)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(out.join("mosquitto.err"))?)
+                .spawn()?,
+        };
+        // Ready when the port accepts.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("mosquitto did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (base, _) = proc_usage(child.pid());
+        let spec = WorkerSpec {
+            index: 0,
+            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            source: IpAddr::V4(Ipv4Addr::new(127, 0, 1, 2)),
+            tls_ca: tls.then(|| ca.to_owned()),
+            first: 0,
+            count: n,
+            scenario: Scenario::Connect,
+            connect_rate: rate,
+            idle_s: 8.0,
+            duration_s: 0.0,
+            speed: 1.0,
+            events_per_hour: 0.0,
+            snapshot_period_s: 300.0,
+            qos0_share: 0.0,
+            window: 1,
+            epoch: 0,
+            ledger: out.join("mosquitto-ledger.txt"),
+        };
+        let mut worker = Command::new(exe)
+            .arg("worker")
+            .arg(serde_json::to_string(&spec)?)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = worker.stdout.take().context("stdout")?;
+        let mut measured = None;
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(Ok(line)) = lines.next() {
+            let Ok(p) = serde_json::from_str::<Progress>(&line) else {
+                continue;
+            };
+            if let Some(all) = p.all_connected_s {
+                if measured.is_none() && p.t > all + 3.0 {
+                    measured = Some(proc_usage(child.pid()).0);
+                }
+            }
+        }
+        let _ = worker.wait();
+        let rss = measured.context("mosquitto: not every connection was established")?;
+        per_conn.push(rss.saturating_sub(base) as f64 / n as f64);
+        child.terminate(Duration::from_secs(5));
+    }
+    Ok(Reference {
+        name: "Mosquitto".into(),
+        connections: n,
+        plain_bytes_per_conn: per_conn[0],
+        tls_bytes_per_conn: per_conn[1],
+    })
+}

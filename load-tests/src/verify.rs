@@ -1,0 +1,219 @@
+//! The verifier: a Kafka consumer that reads every partition of the ingest
+//! topics from the beginning while the run goes (librdkafka's mock broker
+//! keeps only the last 5 MiB / 100k records per partition, so reading after
+//! the run could miss records the broker already dropped), and checks what it
+//! finds against the devices' ledger: every acknowledged QoS 1 message
+//! present, per-device order kept, duplicates counted, end-to-end latency
+//! (send time in the payload → record consumed).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use hdrhistogram::Histogram;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::Serialize;
+
+#[derive(Default, Clone)]
+struct DeviceSeen {
+    /// Bit per QoS 1 seq seen (a device's seqs span its event and snapshot topics).
+    seen: Vec<u64>,
+    /// Per topic: the last seq seen for the first time.
+    last_new: [Option<u64>; 2],
+    duplicates: u64,
+    order_violations: u64,
+}
+
+impl DeviceSeen {
+    fn record(&mut self, topic: usize, seq: u64) {
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if self.seen.len() <= word {
+            self.seen.resize(word + 1, 0);
+        }
+        if self.seen[word] & (1 << bit) != 0 {
+            self.duplicates += 1;
+            return;
+        }
+        self.seen[word] |= 1 << bit;
+        // Within one topic (one partition per device), first occurrences must
+        // come in publish order; gaps are counted as losses against the ledger.
+        if matches!(self.last_new[topic], Some(last) if seq < last) {
+            self.order_violations += 1;
+        }
+        self.last_new[topic] = Some(seq);
+    }
+
+    fn has(&self, seq: u64) -> bool {
+        let word = (seq / 64) as usize;
+        word < self.seen.len() && self.seen[word] & (1 << (seq % 64)) != 0
+    }
+}
+
+/// What the verifier concluded.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Verdict {
+    /// QoS 1 messages the devices had acknowledged.
+    pub acked: u64,
+    /// QoS 1 records found (duplicates included).
+    pub found_qos1: u64,
+    /// QoS 0 records found.
+    pub found_qos0: u64,
+    /// Acknowledged messages not found in Kafka: must be 0.
+    pub lost: u64,
+    /// Records found more than once (device resends after a reconnect).
+    pub duplicated: u64,
+    /// First occurrences out of publish order, summed over devices: must be 0.
+    pub order_violations: u64,
+    /// Records not written by this run (other epochs or unparseable).
+    pub foreign: u64,
+    /// End-to-end latency p50, ms.
+    pub e2e_p50_ms: f64,
+    /// End-to-end latency p99, ms.
+    pub e2e_p99_ms: f64,
+}
+
+struct Shared {
+    stop: AtomicBool,
+    found: AtomicU64,
+}
+
+/// A running verifier.
+pub struct Verifier {
+    shared: Arc<Shared>,
+    handle: JoinHandle<Result<(Vec<DeviceSeen>, u64, u64, Histogram<u64>)>>,
+}
+
+fn field(payload: &[u8], name: &[u8]) -> Option<u64> {
+    let pos = payload.windows(name.len()).position(|w| w == name)? + name.len();
+    let digits = payload[pos..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&payload[pos..pos + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+impl Verifier {
+    /// Starts consuming `topics` (each with `partitions` partitions) from the beginning.
+    pub fn start(
+        bootstrap: &str,
+        topics: &[&str],
+        partitions: u32,
+        devices: u64,
+        epoch: u64,
+    ) -> Result<Verifier> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "load-test-verifier")
+            .set("enable.auto.commit", "false")
+            .set("fetch.max.bytes", "52428800")
+            // Fetch as soon as records exist, so end-to-end latency is not the fetch wait.
+            .set("fetch.wait.max.ms", "10")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for t in topics {
+            for p in 0..partitions as i32 {
+                tpl.add_partition_offset(t, p, Offset::Beginning)?;
+            }
+        }
+        consumer.assign(&tpl)?;
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            found: AtomicU64::new(0),
+        });
+        let s = shared.clone();
+        let topics0 = topics.first().map(|t| t.to_string()).unwrap_or_default();
+        let handle = std::thread::Builder::new()
+            .name("verifier".into())
+            .spawn(move || {
+                let mut seen = vec![DeviceSeen::default(); devices as usize];
+                let mut e2e = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+                let (mut qos0, mut foreign) = (0u64, 0u64);
+                let mut idle_since: Option<Instant> = None;
+                loop {
+                    match consumer.poll(Duration::from_millis(200)) {
+                        Some(Ok(m)) => {
+                            idle_since = None;
+                            let now_us =
+                                SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as u64;
+                            let p = m.payload().unwrap_or_default();
+                            let parsed = (
+                                field(p, b"\"d\":\"dev-"),
+                                field(p, b"\"e\":"),
+                                field(p, b"\"s\":"),
+                                field(p, b"\"q\":"),
+                                field(p, b"\"t\":"),
+                            );
+                            match parsed {
+                                (Some(d), Some(e), Some(seq), Some(q), Some(t))
+                                    if e == epoch && d < devices =>
+                                {
+                                    let _ = e2e.record(now_us.saturating_sub(t).max(1));
+                                    if q == 0 {
+                                        qos0 += 1;
+                                    } else {
+                                        let topic = usize::from(m.topic() != topics0);
+                                        seen[d as usize].record(topic, seq);
+                                    }
+                                    s.found.fetch_add(1, Ordering::Relaxed);
+                                }
+                                _ => foreign += 1,
+                            }
+                        }
+                        Some(Err(e)) => eprintln!("verifier: {e}"),
+                        None => {
+                            // Stop once asked and nothing has arrived for 3 s.
+                            let since = *idle_since.get_or_insert_with(Instant::now);
+                            if s.stop.load(Ordering::Relaxed)
+                                && since.elapsed() > Duration::from_secs(3)
+                            {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok((seen, qos0, foreign, e2e))
+            })?;
+        Ok(Verifier { shared, handle })
+    }
+
+    /// Records consumed so far.
+    pub fn found(&self) -> u64 {
+        self.shared.found.load(Ordering::Relaxed)
+    }
+
+    /// Stops once the topics are drained and checks against the ledger
+    /// (`acked[i]` = QoS 1 messages device i had acknowledged: seqs 0..n).
+    pub fn finish(self, acked: &[u64]) -> Result<Verdict> {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let (seen, found_qos0, foreign, e2e) = self
+            .handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("verifier panicked"))??;
+        let mut v = Verdict {
+            found_qos0,
+            foreign,
+            ..Verdict::default()
+        };
+        for (d, n) in acked.iter().enumerate() {
+            let s = &seen[d];
+            v.acked += n;
+            v.lost += (0..*n).filter(|seq| !s.has(*seq)).count() as u64;
+            v.duplicated += s.duplicates;
+            v.order_violations += s.order_violations;
+            v.found_qos1 +=
+                s.seen.iter().map(|w| w.count_ones() as u64).sum::<u64>() + s.duplicates;
+        }
+        if !e2e.is_empty() {
+            v.e2e_p50_ms = e2e.value_at_quantile(0.5) as f64 / 1000.0;
+            v.e2e_p99_ms = e2e.value_at_quantile(0.99) as f64 / 1000.0;
+        }
+        Ok(v)
+    }
+}
