@@ -185,11 +185,14 @@ pub async fn run<T, S, H>(
             Err(_) => return log_close_before_connect(&CloseReason::ConnectTimeout),
         };
         let mut framed = Framed::new(stream);
-        let connect = match read_connect(&mut framed, deadline, &shared.limits).await {
+        // The CONNECT phase is boxed: its futures hold the decoded CONNECT and
+        // CONNACK (over 1 KiB), and unboxed they would size every
+        // connection's task for its whole life, idle or not.
+        let connect = match Box::pin(read_connect(&mut framed, deadline, &shared.limits)).await {
             Ok(c) => c,
             Err(reason) => return log_close_before_connect(&reason),
         };
-        let mut session = match Session::accept(&mut framed, *connect, &shared).await {
+        let mut session = match Box::pin(Session::accept(&mut framed, *connect, &shared)).await {
             Ok(s) => s,
             Err(reason) => return log_close_before_connect(&reason),
         };

@@ -7,15 +7,24 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::mqtt::codec::{self, Limits};
 use crate::mqtt::encode::encode;
 use crate::mqtt::error::ProtocolError;
 use crate::mqtt::packet::{Packet, Version};
 
-/// Read buffer granularity: big enough for a batch of small PUBLISH packets.
-const READ_CHUNK: usize = 4096;
+/// Largest single read: a batch of small PUBLISH packets, or a TLS record.
+const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    /// Per-worker-thread read buffer shared by every connection on the thread.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
 /// Buffers larger than this are released when they empty, so an idle
 /// connection does not keep the memory of its largest packet.
 const KEEP_CAPACITY: usize = 16 * 1024;
@@ -53,12 +62,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     }
 
     /// Reads whatever the socket has into the read buffer; `Ok(0)` is EOF.
-    /// Cancellation-safe: if the future is dropped, no bytes are lost.
+    ///
+    /// An idle connection holds no read buffer: the read goes into a
+    /// per-thread scratch buffer and only the bytes that arrived are kept.
+    /// Cancellation-safe: bytes are copied out in the same poll that reads
+    /// them, so dropping the future loses nothing.
     pub async fn read_more(&mut self) -> std::io::Result<usize> {
-        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
-            self.read_buf.reserve(READ_CHUNK);
+        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
+            self.read_buf = BytesMut::new();
         }
-        self.stream.read_buf(&mut self.read_buf).await
+        std::future::poll_fn(|cx| {
+            SCRATCH.with_borrow_mut(|scratch| {
+                let mut rb = ReadBuf::new(&mut scratch[..]);
+                match Pin::new(&mut self.stream).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        self.read_buf.extend_from_slice(rb.filled());
+                        Poll::Ready(Ok(rb.filled().len()))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+        })
+        .await
     }
 
     /// Decodes the next complete packet from what has been read.
