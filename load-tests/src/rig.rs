@@ -323,6 +323,7 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
         let mut child = Command::new(&exe)
             .arg("worker")
             .arg(serde_json::to_string(&spec)?)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(out.join(format!("worker-{w}.err")))?)
             .spawn()?;
@@ -371,6 +372,14 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
         let everyone = snapshot.iter().all(|p| p.all_connected_s.is_some());
         if everyone && all_connected_at.is_none() {
             all_connected_at = Some(Instant::now());
+            // The whole fleet starts its traffic together, after the idle period.
+            for w in &mut workers {
+                if let Some(stdin) = w.child.stdin.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(stdin, "go");
+                    let _ = stdin.flush();
+                }
+            }
         }
         let (rss, _) = usage(&replicas);
         // Idle memory: everyone connected, traffic not started yet.
@@ -539,7 +548,9 @@ async fn mosquitto_reference(
     let mut per_conn = Vec::new();
     for tls in [false, true] {
         let port = free_port()?;
-        let mut conf = format!("per_listener_settings false\nallow_anonymous true\nmax_connections -1\nlog_dest stderr\nlog_type error\nlistener {port} 127.0.0.1\n");
+        // `user root`: mosquitto otherwise drops to its own user, which cannot
+        // read the 0600 key generated for this run.
+        let mut conf = format!("user root\nper_listener_settings false\nallow_anonymous true\nmax_connections -1\nlog_dest stderr\nlog_type error\nlistener {port} 127.0.0.1\n");
         if tls {
             conf.push_str(&format!(
                 "cafile {}\ncertfile {}\nkeyfile {}\n",
@@ -593,6 +604,7 @@ async fn mosquitto_reference(
         let mut worker = Command::new(exe)
             .arg("worker")
             .arg(serde_json::to_string(&spec)?)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
@@ -604,6 +616,10 @@ async fn mosquitto_reference(
                 continue;
             };
             if let Some(all) = p.all_connected_s {
+                if let Some(mut stdin) = worker.stdin.take() {
+                    use std::io::Write;
+                    let _ = writeln!(stdin, "go");
+                }
                 if measured.is_none() && p.t > all + 3.0 {
                     measured = Some(proc_usage(child.pid()).0);
                 }

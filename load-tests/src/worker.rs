@@ -181,6 +181,26 @@ pub async fn run(spec: WorkerSpec) -> Result<()> {
     let ledger: Arc<Vec<AtomicU64>> =
         Arc::new((0..spec.count).map(|_| AtomicU64::new(0)).collect());
     let (first_connects_tx, mut first_connects_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    // Traffic starts when the rig says "go" on stdin (all workers connected),
+    // after the idle period; EOF on stdin counts as "go" for standalone use.
+    let (traffic_tx, traffic_rx) = watch::channel::<Option<tokio::time::Instant>>(None);
+    let (go_tx, mut go_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match std::io::stdin().read_line(&mut line) {
+                Ok(0) | Err(_) => {
+                    let _ = go_tx.send(());
+                    return;
+                }
+                Ok(_) if line.trim() == "go" => {
+                    let _ = go_tx.send(());
+                }
+                Ok(_) => {}
+            }
+        }
+    });
 
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..spec.count {
@@ -192,6 +212,7 @@ pub async fn run(spec: WorkerSpec) -> Result<()> {
         let ledger = ledger.clone();
         let stop = stop_rx.clone();
         let first_connect = first_connects_tx.clone();
+        let traffic = traffic_rx.clone();
         let start_at = started + Duration::from_secs_f64(i as f64 / spec.connect_rate.max(1.0));
         tasks.spawn(async move {
             tokio::time::sleep_until(start_at.into()).await;
@@ -202,6 +223,7 @@ pub async fn run(spec: WorkerSpec) -> Result<()> {
                 &target,
                 &stats,
                 stop,
+                traffic,
                 first_connect,
                 |acked, lat| {
                     slot.store(acked, Ordering::Relaxed);
@@ -229,8 +251,13 @@ pub async fn run(spec: WorkerSpec) -> Result<()> {
                 connected_once += 1;
                 if connected_once == spec.count {
                     all_connected_s = Some(started.elapsed().as_secs_f64());
-                    traffic_end = Some(Instant::now() + Duration::from_secs_f64(spec.idle_s + spec.duration_s));
                 }
+                continue;
+            }
+            Some(()) = go_rx.recv(), if traffic_end.is_none() => {
+                let start = tokio::time::Instant::now() + Duration::from_secs_f64(spec.idle_s);
+                let _ = traffic_tx.send(Some(start));
+                traffic_end = Some(start.into_std() + Duration::from_secs_f64(spec.duration_s));
                 continue;
             }
             Some(_) = tasks.join_next() => {
@@ -316,6 +343,7 @@ async fn run_device(
     target: &Target,
     stats: &Stats,
     mut stop: watch::Receiver<bool>,
+    mut traffic: watch::Receiver<Option<tokio::time::Instant>>,
     first_connect: tokio::sync::mpsc::UnboundedSender<()>,
     mut on_ack: impl FnMut(u64, Duration),
 ) -> u64 {
@@ -324,7 +352,6 @@ async fn run_device(
     let speed = spec.speed.max(0.001);
     let event_mean = Duration::from_secs_f64(3600.0 / spec.events_per_hour.max(1e-9) / speed);
     let snapshot_period = Duration::from_secs_f64(spec.snapshot_period_s / speed);
-    let idle = Duration::from_secs_f64(spec.idle_s);
     let mut owned: std::collections::VecDeque<Outgoing> = Default::default();
     let mut next_seq = 0u64;
     let mut next_seq0 = 0u64;
@@ -353,13 +380,6 @@ async fn run_device(
         if !announced {
             announced = true;
             let _ = first_connect.send(());
-            let now = tokio::time::Instant::now();
-            // Traffic starts after the quiet period, at a random phase.
-            next_event = Some(match spec.scenario {
-                Scenario::Burst => now + idle,
-                _ => now + idle + rng.exp(event_mean),
-            });
-            next_snapshot = Some(now + idle + snapshot_period.mul_f64(rng.next_f64()));
         }
         // What the device still owns goes again, in order.
         let mut failed = false;
@@ -371,14 +391,27 @@ async fn run_device(
         }
         let mut keep_alive = tokio::time::interval(target.keep_alive / 4);
         while !failed {
+            if next_event.is_none() {
+                if let Some(start) = *traffic.borrow() {
+                    // Traffic starts together for the whole fleet, each device at a random phase.
+                    next_event = Some(match spec.scenario {
+                        Scenario::Burst => start,
+                        _ => start + rng.exp(event_mean),
+                    });
+                    next_snapshot = Some(start + snapshot_period.mul_f64(rng.next_f64()));
+                }
+            }
             let stopping = *stop.borrow();
             if stopping && owned.is_empty() {
                 let _ = session.publish_disconnect().await;
                 stats.connected.fetch_sub(1, Ordering::Relaxed);
                 return acked;
             }
-            let fleet = spec.scenario == Scenario::Fleet && !stopping;
-            let burst = spec.scenario == Scenario::Burst && !stopping && owned.len() < spec.window;
+            let fleet = spec.scenario == Scenario::Fleet && !stopping && next_event.is_some();
+            let burst = spec.scenario == Scenario::Burst
+                && !stopping
+                && next_event.is_some()
+                && owned.len() < spec.window;
             let burst_ready = burst
                 && tokio::time::Instant::now()
                     >= next_event.unwrap_or_else(tokio::time::Instant::now);
@@ -411,6 +444,7 @@ async fn run_device(
                     if session.keep_alive(target.keep_alive).await.is_err() { failed = true; }
                 }
                 _ = stop.changed(), if !stopping => {}
+                _ = traffic.changed(), if next_event.is_none() => {}
             }
             if let Some(kind) = new_message {
                 let qos = if rng.next_f64() < spec.qos0_share {
