@@ -91,7 +91,7 @@ pub async fn accept_loop(
         // Small acknowledgements must not wait for Nagle.
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
-        let cancel = cancel.child_token();
+        let cancel = cancel.clone();
         match &transport {
             Transport::Tcp => {
                 tracker.spawn(async move {

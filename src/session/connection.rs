@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures::future::OptionFuture;
 use rdkafka::message::OwnedHeaders;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
@@ -206,16 +207,20 @@ pub async fn run<T, S, H>(
         let started = Instant::now();
         let reason = session.serve(&mut framed, &shared, &cancel).await;
         if let (Version::V5, Some(code)) = (session.version, reason.disconnect_code()) {
-            let d = Disconnect {
-                reason: code,
-                properties: Properties {
-                    reason_string: session.problem_info.then(|| reason.to_string()),
-                    ..Properties::default()
-                },
+            // Boxed like the CONNECT phase: the packet and its write would
+            // otherwise enlarge every connection's task.
+            let goodbye = async {
+                let d = Disconnect {
+                    reason: code,
+                    properties: Properties {
+                        reason_string: session.problem_info.then(|| reason.to_string()),
+                        ..Properties::default()
+                    },
+                };
+                let timeout = Duration::from_millis(shared.mqtt.write_timeout_ms.min(1000));
+                framed.send_now(&Packet::Disconnect(d), Version::V5, timeout).await;
             };
-            framed
-                .send_now(&Packet::Disconnect(d), Version::V5, Duration::from_millis(shared.mqtt.write_timeout_ms.min(1000)))
-                .await;
+            Box::pin(goodbye).await;
         }
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
         metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
@@ -347,7 +352,7 @@ struct Session {
     awaiting_rel: HashSet<u16>,
     /// Inbound 5.0 topic aliases, allocated on first use.
     aliases: Vec<Option<String>>,
-    pending: Option<Pending>,
+    pending: Option<Box<Pending>>,
     refusal_logged: bool,
     /// Records handed to the producer.
     published: u64,
@@ -503,7 +508,7 @@ impl Session {
                         .reset(tokio::time::Instant::now() + self.keep_alive);
                 }
                 input_ready = !drained;
-                if let Err(e) = framed.flush(write_timeout).await {
+                if let Err(e) = flush(framed, write_timeout).await {
                     return CloseReason::Write(e);
                 }
                 continue;
@@ -532,9 +537,10 @@ impl Session {
                         }
                     }
                 }
-                _ = shared.producer.wait_for_space(Duration::from_millis(50)), if self.pending.is_some() => {
+                // Boxed, and only built while a record waits: idle tasks stay small.
+                _ = OptionFuture::from(self.pending.is_some().then(|| Box::pin(shared.producer.wait_for_space(Duration::from_millis(50))))), if self.pending.is_some() => {
                     if let Some(p) = self.pending.take() {
-                        self.retry(p, shared);
+                        self.retry(*p, shared);
                     }
                 }
                 read = framed.read_more(), if reading => match read {
@@ -546,11 +552,24 @@ impl Session {
                     return CloseReason::KeepAliveTimeout;
                 }
             }
-            if let Err(e) = framed.flush(write_timeout).await {
+            if let Err(e) = flush(framed, write_timeout).await {
                 return CloseReason::Write(e);
             }
         }
     }
+}
+
+/// Flushes queued packets. The write future (with its timeout) is boxed and
+/// only built when there is something to write, so it does not count toward
+/// the size of every idle connection's task.
+async fn flush<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S>,
+    timeout: Duration,
+) -> Result<(), WriteError> {
+    if !framed.has_pending_writes() {
+        return Ok(());
+    }
+    Box::pin(framed.flush(timeout)).await
 }
 
 impl Session {
@@ -729,14 +748,14 @@ impl Session {
         match shared.producer.send(rec, delivery) {
             Ok(()) => Ok(Step::Continue),
             Err(SendError::QueueFull(headers, delivery)) => {
-                self.pending = Some(Pending {
+                self.pending = Some(Box::new(Pending {
                     kafka_topic: dest.kafka_topic.to_owned(),
                     key: dest.key.into_owned(),
                     payload: p.payload,
                     headers,
                     timestamp_ms: received_ms,
                     delivery,
-                });
+                }));
                 Ok(Step::Pause)
             }
             // The delivery was dropped: a QoS 1/2 waiter sees its channel close.
@@ -833,11 +852,11 @@ impl Session {
         match shared.producer.send(rec, p.delivery) {
             Ok(()) => {}
             Err(SendError::QueueFull(headers, delivery)) => {
-                self.pending = Some(Pending {
+                self.pending = Some(Box::new(Pending {
                     headers,
                     delivery,
                     ..p
-                });
+                }));
             }
             Err(SendError::Refused(e)) => {
                 self.note_refusal(&format!("kafka refused the record: {e}"))
