@@ -23,6 +23,12 @@ pub struct Sample {
     pub puback_p99_ms: f64,
     /// Sum of replica RSS, MiB.
     pub proxy_rss_mib: f64,
+    /// CPU cores used by the replicas in this second.
+    pub proxy_cores: f64,
+    /// CPU cores used by the broker in this second.
+    pub broker_cores: f64,
+    /// CPU cores used by the simulator workers in this second.
+    pub workers_cores: f64,
 }
 
 /// Idle memory of a reference MQTT broker measured by the same code.
@@ -93,6 +99,8 @@ pub struct Report {
     pub proxy_cpu_s_per_1k_msgs: f64,
     /// Broker CPU seconds per 1,000 messages.
     pub broker_cpu_s_per_1k_msgs: f64,
+    /// Average CPU cores in use while traffic flowed: proxy replicas, broker, simulator workers.
+    pub cores_during_traffic: (f64, f64, f64),
     /// Reference broker memory, if measured.
     pub reference: Option<Reference>,
     /// Per-second samples.
@@ -183,6 +191,15 @@ impl Report {
                     self.proxy_cpu_s_per_1k_msgs, self.broker_cpu_s_per_1k_msgs
                 ),
             ),
+            (
+                "CPU cores while traffic flowed: proxy / broker / simulator",
+                format!(
+                    "{:.2} / {:.2} / {:.2}",
+                    self.cores_during_traffic.0,
+                    self.cores_during_traffic.1,
+                    self.cores_during_traffic.2
+                ),
+            ),
         ];
         let _ = writeln!(s, "| metric | value |\n|---|---|");
         for (k, val) in rows {
@@ -221,6 +238,9 @@ impl Report {
             ),
             ("Devices connected", series(|s| s.connected as f64)),
             ("Proxy RSS, all replicas (MiB)", series(|s| s.proxy_rss_mib)),
+            ("CPU cores: proxy replicas", series(|s| s.proxy_cores)),
+            ("CPU cores: broker", series(|s| s.broker_cores)),
+            ("CPU cores: simulator workers", series(|s| s.workers_cores)),
         ];
         let mut h = String::from(
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>mqtt-kafka-proxy load test</title>\

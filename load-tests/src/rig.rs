@@ -363,6 +363,7 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
     let mut idle_rss: Option<u64> = None;
     let mut all_connected_at: Option<Instant> = None;
     let mut peak_rss = baseline_rss;
+    let mut last_cpu = (proxy_cpu0, broker_cpu0, 0.0);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let snapshot = progress.lock().map(|p| p.clone()).unwrap_or_default();
@@ -381,7 +382,10 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
                 }
             }
         }
-        let (rss, _) = usage(&replicas);
+        let (rss, proxy_cpu) = usage(&replicas);
+        let (_, broker_cpu) = proc_usage(broker.pid());
+        let (_, workers_cpu) = usage(&workers);
+        let cores = |now: f64, before: f64| (now - before).max(0.0);
         // Idle memory: everyone connected, traffic not started yet.
         if let Some(at) = all_connected_at {
             let settle = Duration::from_secs_f64((a.idle_s * 0.6).min(a.idle_s - 1.0).max(0.0));
@@ -397,7 +401,27 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
             acked_per_s: acked.saturating_sub(last_acked) as f64,
             puback_p99_ms: p99 as f64 / 1000.0,
             proxy_rss_mib: rss as f64 / (1 << 20) as f64,
+            proxy_cores: cores(proxy_cpu, last_cpu.0),
+            broker_cores: cores(broker_cpu, last_cpu.1),
+            workers_cores: cores(workers_cpu, last_cpu.2),
         });
+        last_cpu = (proxy_cpu, broker_cpu, workers_cpu);
+        // Without a terminal the bar is hidden: print a line every 10 s for logs.
+        if bar.is_hidden() && timeline.len() % 10 == 0 {
+            println!(
+                "t={:>4.0}s connected={} acked={} ({:.0}/s) puback_p99={:.1}ms found={} proxy_rss={:.0}MiB cpu(proxy/broker/workers)={:.2}/{:.2}/{:.2}",
+                started.elapsed().as_secs_f64(),
+                connected,
+                acked,
+                acked.saturating_sub(last_acked),
+                p99 as f64 / 1000.0,
+                verifier.found(),
+                rss as f64 / (1 << 20) as f64,
+                timeline.last().map_or(0.0, |s| s.proxy_cores),
+                timeline.last().map_or(0.0, |s| s.broker_cores),
+                timeline.last().map_or(0.0, |s| s.workers_cores),
+            );
+        }
         bar.set_position(connected.min(a.devices));
         bar.set_message(format!(
             "{} acked ({:.0}/s), p99 {:.1} ms, verifier {} found, proxy RSS {:.0} MiB",
@@ -495,7 +519,16 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
         None
     };
     let n = a.devices.max(1) as f64;
+    let busy: Vec<&Sample> = timeline.iter().filter(|s| s.acked_per_s > 0.0).collect();
+    let avg =
+        |f: fn(&Sample) -> f64| busy.iter().map(|s| f(s)).sum::<f64>() / busy.len().max(1) as f64;
+    let cores_during_traffic = (
+        avg(|s| s.proxy_cores),
+        avg(|s| s.broker_cores),
+        avg(|s| s.workers_cores),
+    );
     let report = Report {
+        cores_during_traffic,
         scenario: format!("{:?}", a.scenario).to_lowercase(),
         devices: a.devices,
         replicas: a.replicas,
