@@ -113,8 +113,13 @@ impl Verifier {
             .set("group.id", "load-test-verifier")
             .set("enable.auto.commit", "false")
             .set("fetch.max.bytes", "52428800")
-            // Fetch as soon as records exist, so end-to-end latency is not the fetch wait.
-            .set("fetch.wait.max.ms", "10")
+            // librdkafka's mock broker finds a fetch offset by scanning the
+            // partition's whole log ("FIXME: Maintain an index" in
+            // rdkafka_mock.c), on its single thread: frequent small fetches
+            // over long logs would starve the producers. Fetch at most every
+            // 100 ms or per 64 KiB; end-to-end latency includes that wait.
+            .set("fetch.wait.max.ms", "100")
+            .set("fetch.min.bytes", "65536")
             .create()?;
         let mut tpl = TopicPartitionList::new();
         for t in topics {
