@@ -61,6 +61,10 @@ pub struct Report {
     pub speed: f64,
     /// Seconds of traffic.
     pub duration_s: f64,
+    /// Partitions per topic on the broker.
+    pub partitions: u32,
+    /// The replicas' producer linger, ms.
+    pub linger_ms: u64,
     /// Seconds until every device had connected once.
     pub connect_time_s: f64,
     /// Devices connected per second during the connect phase.
@@ -123,6 +127,10 @@ impl Report {
             (
                 "devices / replicas / workers",
                 format!("{} / {} / {}", self.devices, self.replicas, self.workers),
+            ),
+            (
+                "partitions per topic / producer linger",
+                format!("{} / {} ms", self.partitions, self.linger_ms),
             ),
             ("TLS", if self.tls { "on".into() } else { "off".into() }),
             (

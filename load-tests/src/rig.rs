@@ -59,6 +59,10 @@ pub struct RigArgs {
     /// Unacknowledged messages per device in the burst scenario.
     #[arg(long, default_value_t = 16)]
     pub window: usize,
+    /// The replicas' `kafka.linger_ms`: larger batches cost latency but spare
+    /// the single-threaded embedded broker (see the README).
+    #[arg(long, default_value_t = 5)]
+    pub linger_ms: u64,
     /// Partitions of each topic on the broker.
     #[arg(long, default_value_t = 24)]
     pub partitions: u32,
@@ -244,11 +248,13 @@ generate_dev_certs = false
 connect_timeout_ms = 60000
 [kafka]
 bootstrap_servers = "{bootstrap}"
+linger_ms = {linger}
 [log]
 level = "warn,mqtt_kafka_proxy::proxy=info"
 "#,
         tcp = !a.tls,
         tls = a.tls,
+        linger = a.linger_ms,
         cert = certs.join("server.crt").display(),
         key = certs.join("server.key").display(),
     );
@@ -536,6 +542,8 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
         tls: a.tls,
         speed: a.speed,
         duration_s: a.duration_s,
+        partitions: a.partitions,
+        linger_ms: a.linger_ms,
         connect_time_s,
         connect_rate_per_s: a.devices as f64 / connect_time_s.max(1e-9),
         peak_connected,
