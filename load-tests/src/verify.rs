@@ -199,24 +199,101 @@ impl Verifier {
             .handle
             .join()
             .map_err(|_| anyhow::anyhow!("verifier panicked"))??;
-        let mut v = Verdict {
-            found_qos0,
-            foreign,
-            ..Verdict::default()
-        };
-        for (d, n) in acked.iter().enumerate() {
-            let s = &seen[d];
-            v.acked += n;
-            v.lost += (0..*n).filter(|seq| !s.has(*seq)).count() as u64;
-            v.duplicated += s.duplicates;
-            v.order_violations += s.order_violations;
-            v.found_qos1 +=
-                s.seen.iter().map(|w| w.count_ones() as u64).sum::<u64>() + s.duplicates;
+        Ok(verdict(&seen, acked, found_qos0, foreign, &e2e))
+    }
+}
+
+/// Compares what was found with the ledger (`acked[i]`: device i's QoS 1
+/// seqs 0..n were acknowledged).
+fn verdict(
+    seen: &[DeviceSeen],
+    acked: &[u64],
+    found_qos0: u64,
+    foreign: u64,
+    e2e: &Histogram<u64>,
+) -> Verdict {
+    let mut v = Verdict {
+        found_qos0,
+        foreign,
+        ..Verdict::default()
+    };
+    for (d, n) in acked.iter().enumerate() {
+        let s = &seen[d];
+        v.acked += n;
+        v.lost += (0..*n).filter(|seq| !s.has(*seq)).count() as u64;
+        v.duplicated += s.duplicates;
+        v.order_violations += s.order_violations;
+        v.found_qos1 += s.seen.iter().map(|w| w.count_ones() as u64).sum::<u64>() + s.duplicates;
+    }
+    if !e2e.is_empty() {
+        v.e2e_p50_ms = e2e.value_at_quantile(0.5) as f64 / 1000.0;
+        v.e2e_p99_ms = e2e.value_at_quantile(0.99) as f64 / 1000.0;
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_fields_are_parsed() {
+        let p = br#"{"d":"dev-000042","e":7,"s":13,"q":1,"t":1700000000123456,"kind":"door"}"#;
+        assert_eq!(field(p, b"\"d\":\"dev-"), Some(42));
+        assert_eq!(field(p, b"\"e\":"), Some(7));
+        assert_eq!(field(p, b"\"s\":"), Some(13));
+        assert_eq!(field(p, b"\"q\":"), Some(1));
+        assert_eq!(field(p, b"\"t\":"), Some(1_700_000_000_123_456));
+        assert_eq!(field(b"{}", b"\"s\":"), None);
+    }
+
+    #[test]
+    fn in_order_records_with_a_resend_are_duplicates_not_violations() {
+        let mut d = DeviceSeen::default();
+        for seq in [0, 1, 2, 1, 2, 3] {
+            d.record(0, seq);
         }
-        if !e2e.is_empty() {
-            v.e2e_p50_ms = e2e.value_at_quantile(0.5) as f64 / 1000.0;
-            v.e2e_p99_ms = e2e.value_at_quantile(0.99) as f64 / 1000.0;
+        assert_eq!((d.duplicates, d.order_violations), (2, 0));
+        assert!((0..4).all(|s| d.has(s)));
+        assert!(!d.has(4));
+    }
+
+    #[test]
+    fn reordering_within_a_topic_is_a_violation_across_topics_is_not() {
+        let mut d = DeviceSeen::default();
+        // Events and snapshots share one sequence but live in two topics.
+        d.record(0, 0);
+        d.record(1, 2);
+        d.record(0, 1);
+        assert_eq!(d.order_violations, 0);
+        d.record(0, 5);
+        d.record(0, 4);
+        assert_eq!(d.order_violations, 1);
+    }
+
+    #[test]
+    fn the_verdict_counts_losses_duplicates_and_unacked_extras() {
+        let mut a = DeviceSeen::default();
+        for seq in [0, 1, 3, 70, 3] {
+            a.record(0, seq);
         }
-        Ok(v)
+        let mut b = DeviceSeen::default();
+        for seq in [0, 1] {
+            b.record(1, seq);
+        }
+        let e2e = Histogram::<u64>::new(3).unwrap();
+        // Device a had 4 acknowledged (seq 2 missing); b had 2, both found.
+        let v = verdict(&[a, b], &[4, 2], 5, 1, &e2e);
+        assert_eq!(v.acked, 6);
+        assert_eq!(
+            v.lost, 1,
+            "seq 2 of device 0 was acknowledged but never found"
+        );
+        assert_eq!(v.duplicated, 1);
+        assert_eq!(
+            v.found_qos1, 7,
+            "found counts duplicates and unacknowledged extras (70)"
+        );
+        assert_eq!((v.found_qos0, v.foreign), (5, 1));
     }
 }
