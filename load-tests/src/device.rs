@@ -103,12 +103,28 @@ pub async fn connect(target: &Target, client_id: &str) -> Result<Session> {
         ),
         None => Box::new(tcp),
     };
+    handshake(&mut stream, client_id, target.keep_alive.as_secs() as u16).await?;
+    Ok(Session {
+        stream,
+        buf: BytesMut::new(),
+        inflight: VecDeque::new(),
+        next_id: 1,
+        last_write: Instant::now(),
+    })
+}
+
+/// Sends a clean-session 3.1.1 CONNECT and waits for an accepting CONNACK.
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+    stream: &mut S,
+    client_id: &str,
+    keep_alive_s: u16,
+) -> Result<()> {
     let mut out = BytesMut::new();
     let c = Connect {
         version: Version::V311,
         client_id: client_id.into(),
         clean_start: true,
-        keep_alive: target.keep_alive.as_secs() as u16,
+        keep_alive: keep_alive_s,
         username: None,
         password: None,
         will: None,
@@ -120,15 +136,9 @@ pub async fn connect(target: &Target, client_id: &str) -> Result<Session> {
     let mut ack = [0u8; 4];
     stream.read_exact(&mut ack).await.context("CONNACK")?;
     if ack != [0x20, 0x02, 0x00, 0x00] {
-        bail!("connect refused: {ack:02x?}");
+        bail!("{client_id}: connect refused: {ack:02x?}");
     }
-    Ok(Session {
-        stream,
-        buf: BytesMut::new(),
-        inflight: VecDeque::new(),
-        next_id: 1,
-        last_write: Instant::now(),
-    })
+    Ok(())
 }
 
 impl Session {

@@ -33,24 +33,8 @@ pub async fn publish_qos1(
 ) -> Result<DeviceResult> {
     let mut stream = TcpStream::connect(addr).await.context("connect")?;
     stream.set_nodelay(true)?;
+    crate::device::handshake(&mut stream, client_id, 60).await?;
     let mut out = BytesMut::new();
-    let connect = Connect {
-        version: Version::V311,
-        client_id: client_id.into(),
-        clean_start: true,
-        keep_alive: 60,
-        username: None,
-        password: None,
-        will: None,
-        properties: Properties::default(),
-    };
-    encode(&Packet::Connect(Box::new(connect)), Version::V311, &mut out);
-    stream.write_all(&out).await?;
-    let mut ack = [0u8; 4];
-    stream.read_exact(&mut ack).await.context("CONNACK")?;
-    if ack != [0x20, 0x02, 0x00, 0x00] {
-        bail!("{client_id}: connect refused: {ack:02x?}");
-    }
 
     let mut result = DeviceResult {
         acked: 0,
