@@ -66,6 +66,10 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// What happens to a PUBLISH that matches no route.
     pub unmatched: UnmatchedConfig,
+    /// Commands from Kafka to devices.
+    pub commands: CommandsConfig,
+    /// Device lifecycle and cross-replica session records.
+    pub lifecycle: LifecycleConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
     /// Logging.
@@ -91,6 +95,8 @@ impl Default for Config {
                 },
             ],
             unmatched: UnmatchedConfig::default(),
+            commands: CommandsConfig::default(),
+            lifecycle: LifecycleConfig::default(),
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
         }
@@ -347,6 +353,69 @@ impl Default for UnmatchedConfig {
     }
 }
 
+/// Commands: records on a Kafka topic delivered to connected devices.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommandsConfig {
+    /// Consume commands and serve SUBSCRIBE. Default true.
+    pub enabled: bool,
+    /// Topic back-end services write commands to (key = device id). Default `iot.commands`.
+    pub topic: String,
+    /// Topic every command's outcome is written to. Default `iot.command-receipts`.
+    pub receipts_topic: String,
+    /// MQTT topic of a command without an `mqtt.topic` header; `{device_id}`
+    /// and `{name}` (the `command.name` header, default `command`) are filled
+    /// in. Default `devices/{device_id}/commands/{name}`.
+    pub topic_template: String,
+    /// Filters a device may subscribe to; `{device_id}` is the device's own
+    /// id. Default `["devices/{device_id}/commands/#"]`.
+    pub subscribe_filters: Vec<String>,
+    /// QoS of a command without an `mqtt.qos` header (0 or 1). Default 1.
+    pub default_qos: u8,
+    /// Commands queued per connection before further ones are dropped. Default 64.
+    pub max_queued_per_device: usize,
+    /// Name of this replica in receipts and session records; empty means
+    /// `hostname-pid`. Default empty.
+    pub replica_id: String,
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        CommandsConfig {
+            enabled: true,
+            topic: "iot.commands".into(),
+            receipts_topic: "iot.command-receipts".into(),
+            topic_template: "devices/{device_id}/commands/{name}".into(),
+            subscribe_filters: vec!["devices/{device_id}/commands/#".into()],
+            default_qos: 1,
+            max_queued_per_device: 64,
+            replica_id: String::new(),
+        }
+    }
+}
+
+/// Lifecycle records and the sessions topic.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    /// Topic for connected / disconnected records (key = device id); empty
+    /// disables them. Default `iot.lifecycle`.
+    pub topic: String,
+    /// Compacted topic where replicas announce connects (key = client id), so
+    /// a client id connecting to one replica closes its older session on
+    /// another. Default `iot.sessions`.
+    pub sessions_topic: String,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            topic: "iot.lifecycle".into(),
+            sessions_topic: "iot.sessions".into(),
+        }
+    }
+}
+
 /// Graceful shutdown.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -400,11 +469,23 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// Every Kafka topic the routes (and the dead-letter policy) write to.
+    /// Every Kafka topic the proxy reads or writes: routes, dead letters,
+    /// commands, receipts, lifecycle and sessions.
     pub fn kafka_topics(&self) -> Vec<String> {
-        Router::new(&self.routes, &self.unmatched)
+        let mut topics = Router::new(&self.routes, &self.unmatched)
             .map(|r| r.kafka_topics())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if self.commands.enabled {
+            topics.push(self.commands.topic.clone());
+            topics.push(self.commands.receipts_topic.clone());
+        }
+        topics.push(self.lifecycle.sessions_topic.clone());
+        if !self.lifecycle.topic.is_empty() {
+            topics.push(self.lifecycle.topic.clone());
+        }
+        topics.sort();
+        topics.dedup();
+        topics
     }
 
     /// Whether the embedded broker is to be started.
@@ -494,6 +575,35 @@ impl Config {
             ));
         }
         Router::new(&self.routes, &self.unmatched).map_err(|e| invalid("routes", e.to_string()))?;
+        let c = &self.commands;
+        if c.enabled {
+            if c.topic.is_empty() || c.receipts_topic.is_empty() {
+                return Err(invalid(
+                    "commands.topic",
+                    "commands.topic and commands.receipts_topic must be set",
+                ));
+            }
+            if c.default_qos > 1 {
+                return Err(invalid("commands.default_qos", "must be 0 or 1"));
+            }
+            if c.max_queued_per_device == 0 {
+                return Err(invalid(
+                    "commands.max_queued_per_device",
+                    "must be at least 1",
+                ));
+            }
+            for f in &c.subscribe_filters {
+                if f.is_empty() || f.contains('#') && !f.ends_with('#') {
+                    return Err(invalid(
+                        "commands.subscribe_filters",
+                        format!("{f:?} is not a topic filter"),
+                    ));
+                }
+            }
+        }
+        if self.lifecycle.sessions_topic.is_empty() {
+            return Err(invalid("lifecycle.sessions_topic", "must be set"));
+        }
         if self.shutdown.drain_timeout_ms == 0 {
             return Err(invalid("shutdown.drain_timeout_ms", "must be at least 1"));
         }

@@ -23,3 +23,7 @@ pub const QOS0_DROPPED: &str = "kafka_qos0_dropped_total";
 pub const KAFKA_QUEUE_FULL: &str = "kafka_queue_full_total";
 /// Counter: librdkafka client-level errors (broker down, auth, …).
 pub const KAFKA_CLIENT_ERRORS: &str = "kafka_client_errors_total";
+/// Counter: command outcomes, labelled by `status` (delivered, expired, not_subscribed, dropped, invalid).
+pub const COMMANDS: &str = "commands_total";
+/// Counter: receipts, lifecycle or session records the producer could not take.
+pub const JOURNAL_DROPPED: &str = "journal_records_dropped_total";

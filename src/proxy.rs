@@ -18,12 +18,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
+use crate::kafka::commands::{CommandConsumer, Journal};
 use crate::kafka::embedded::EmbeddedKafka;
 use crate::kafka::producer::Producer;
 use crate::kafka::KafkaError;
 use crate::router::Router;
 use crate::server::listener::{self, Transport};
 use crate::server::tls::{self, TlsError};
+use crate::session::table::SessionTable;
 use crate::session::Shared;
 
 /// Why the proxy could not start.
@@ -67,6 +69,7 @@ pub struct Proxy {
     cancel: CancellationToken,
     tracker: TaskTracker,
     accept_loops: Vec<JoinHandle<()>>,
+    consumer: Option<CommandConsumer>,
     drain_timeout: Duration,
 }
 
@@ -82,13 +85,13 @@ impl Proxy {
         let embedded = if config.embedded_kafka() {
             let e = &config.kafka.embedded;
             let kafka =
-                EmbeddedKafka::start(e.brokers, e.partitions, &router.kafka_topics(), e.listen)
+                EmbeddedKafka::start(e.brokers, e.partitions, &config.kafka_topics(), e.listen)
                     .await?;
             tracing::info!(
                 bootstrap = %kafka.public_addr(),
                 brokers = e.brokers,
                 partitions = e.partitions,
-                topics = ?router.kafka_topics(),
+                topics = ?config.kafka_topics(),
                 "embedded Kafka broker started (in-memory, not durable); point Kafka clients at the bootstrap address"
             );
             Some(kafka)
@@ -104,7 +107,38 @@ impl Proxy {
             &kafka_bootstrap,
             config.mqtt.max_packet_size_bytes,
         )?;
-        let shared = Arc::new(Shared::new(config.mqtt.clone(), router, producer.clone()));
+        let replica = if config.commands.replica_id.is_empty() {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "replica".into());
+            format!("{host}-{}", std::process::id())
+        } else {
+            config.commands.replica_id.clone()
+        };
+        let table = Arc::new(SessionTable::default());
+        let journal = Arc::new(Journal::new(
+            producer.clone(),
+            &config.commands,
+            &config.lifecycle,
+            replica.clone(),
+        ));
+        // Started before the listeners: no command written after start-up is missed.
+        let consumer = CommandConsumer::start(
+            &kafka_bootstrap,
+            &config.commands,
+            &config.lifecycle,
+            table.clone(),
+            journal.clone(),
+        )?;
+        tracing::info!(replica, commands = config.commands.enabled, topic = %config.commands.topic, "command consumer started");
+        let shared = Arc::new(Shared::new(
+            config.mqtt.clone(),
+            router,
+            producer.clone(),
+            config.commands.clone(),
+            table,
+            journal,
+        ));
         let permits = Arc::new(Semaphore::new(config.listeners.max_connections));
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -147,6 +181,7 @@ impl Proxy {
             cancel,
             tracker,
             accept_loops,
+            consumer: Some(consumer),
             drain_timeout: Duration::from_millis(config.shutdown.drain_timeout_ms),
         })
     }
@@ -192,6 +227,9 @@ impl Proxy {
                 Ok(()) => 0,
                 Err(_) => self.tracker.len(),
             };
+        if let Some(c) = self.consumer {
+            let _ = tokio::task::spawn_blocking(move || c.stop()).await;
+        }
         let left = self.drain_timeout.saturating_sub(started.elapsed());
         let records_unflushed = self
             .producer

@@ -1007,12 +1007,17 @@ async fn unmatched_topic_goes_to_the_dead_letter_topic_when_configured() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribe_is_refused_per_filter_and_the_connection_stays_up() {
+async fn subscribe_outside_the_allowed_filters_is_refused_and_the_connection_stays_up() {
     let t = TestProxy::start().await;
     let port = t.tcp_port();
     for v in [V311, V5] {
         let mut raw = open(port, "subscriber", v).await;
-        raw.send(&subscribe_bytes(&["commands/#", "a/b"], v)).await;
+        // Allowed is devices/subscriber/commands/#; neither of these is inside it.
+        raw.send(&subscribe_bytes(
+            &["commands/#", "devices/other/commands/#"],
+            v,
+        ))
+        .await;
         let (b1, body) = read_packet(&mut raw).await;
         assert_eq!(b1, 0x90, "SUBACK ({v:?})");
         assert_eq!(&body[..2], &[0, 5], "SUBACK packet id");
@@ -1022,7 +1027,7 @@ async fn subscribe_is_refused_per_filter_and_the_connection_stays_up() {
         };
         let refused = match v {
             Version::V311 => 0x80,
-            Version::V5 => reason::IMPLEMENTATION_SPECIFIC_ERROR,
+            Version::V5 => reason::NOT_AUTHORIZED,
         };
         assert_eq!(
             codes,
@@ -1124,7 +1129,8 @@ async fn keep_alive_expiry_closes_the_connection() {
     };
 
     let silent = |v: Version| async move {
-        let (mut raw, _) = open_ka(port, "sleepy", v, 1).await;
+        // One client id per concurrent connection: a shared id would be a takeover.
+        let (mut raw, _) = open_ka(port, &format!("sleepy-{v:?}"), v, 1).await;
         let started = Instant::now();
         expect_refusal(&mut raw, v, reason::KEEP_ALIVE_TIMEOUT, "silent").await;
         in_window(started.elapsed(), &format!("silent {v:?}"));
@@ -1404,14 +1410,11 @@ async fn v5_client_maximum_packet_size_bounds_what_the_proxy_sends() {
         (0x40, reason::TOPIC_NAME_INVALID)
     );
     sizes.push(("PUBACK", 2 + body.len()));
-    // SUBSCRIBE: SUBACK 0x83.
+    // SUBSCRIBE to a filter this device may not use: SUBACK 0x87.
     raw.send(&subscribe_bytes(&["commands/#"], V5)).await;
     let (b1, body) = read_packet(&mut raw).await;
     assert_eq!(b1, 0x90);
-    assert_eq!(
-        properties(&body[2..]).1,
-        [reason::IMPLEMENTATION_SPECIFIC_ERROR]
-    );
+    assert_eq!(properties(&body[2..]).1, [reason::NOT_AUTHORIZED]);
     sizes.push(("SUBACK", 2 + body.len()));
     // Wildcard topic: DISCONNECT 0x90.
     raw.send(&publish_bytes(

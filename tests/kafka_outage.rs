@@ -22,6 +22,19 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until the proxy's own records about `client_id` (lifecycle and
+/// session announcement) are in Kafka, so the producer's in-flight count
+/// afterwards is only the test's messages.
+async fn journal_settled(t: &TestProxy, client_id: &str) {
+    for topic in ["iot.lifecycle", "iot.sessions"] {
+        let id = client_id.to_owned();
+        consume_until(&t.bootstrap(), topic, move |rs| {
+            rs.iter().any(|r| r.key == id)
+        })
+        .await;
+    }
+}
+
 fn pubacks_so_far(c: &mut V4) -> usize {
     let mut n = 0;
     while let Ok(ev) = c.events.try_recv() {
@@ -47,6 +60,7 @@ async fn no_puback_while_kafka_is_down_and_nothing_lost_after() {
         .await
         .unwrap();
     assert_eq!(c.pubacks(1).await.len(), 1);
+    journal_settled(&t, "outage").await;
 
     kafka.broker_down(1).unwrap();
     for i in 0..N {
@@ -161,6 +175,9 @@ async fn shutdown_finishes_in_flight_acks_then_disconnects_v5_with_0x8b() {
     let connack = raw.read_exact(2).await;
     assert_eq!(connack[0], 0x20);
     raw.read_exact(connack[1] as usize).await;
+    let t = TestProxy { proxy, dir: _dir };
+    journal_settled(&t, "draining").await;
+    let TestProxy { proxy, dir: _dir } = t;
     kafka.broker_down(1).unwrap();
     let publish = Packet::Publish(Publish {
         dup: false,

@@ -3,6 +3,7 @@
 //! embedded Kafka-protocol broker used when `bootstrap_servers = "embedded"`
 //! ([`embedded`]).
 
+pub mod commands;
 pub mod embedded;
 pub mod producer;
 pub mod record;

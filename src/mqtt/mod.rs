@@ -6,3 +6,4 @@ pub mod codec;
 pub mod encode;
 pub mod error;
 pub mod packet;
+pub mod topic;

@@ -27,14 +27,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::framed::{Framed, WriteError};
-use crate::config::MqttConfig;
+use crate::config::{CommandsConfig, MqttConfig};
+use crate::kafka::commands::{Journal, Status};
 use crate::kafka::producer::{Delivery, DeliveryOutcome, Producer, Record, SendError};
 use crate::kafka::record;
 use crate::metrics as m;
 use crate::mqtt::codec::Limits;
 use crate::mqtt::error::ProtocolError;
 use crate::mqtt::packet::*;
+use crate::mqtt::topic;
 use crate::router::Router;
+use crate::session::table::{Command, SessionTable};
+use tokio::sync::{mpsc, Notify};
 
 /// State every connection of a replica shares.
 pub struct Shared {
@@ -46,11 +50,24 @@ pub struct Shared {
     pub router: Router,
     /// The replica's producer.
     pub producer: Producer,
+    /// Commands: subscribe rules and queue sizes.
+    pub commands: CommandsConfig,
+    /// Who is connected here.
+    pub table: Arc<SessionTable>,
+    /// Receipts, lifecycle records, session announcements.
+    pub journal: Arc<Journal>,
 }
 
 impl Shared {
     /// Bundles the shared state.
-    pub fn new(mqtt: MqttConfig, router: Router, producer: Producer) -> Shared {
+    pub fn new(
+        mqtt: MqttConfig,
+        router: Router,
+        producer: Producer,
+        commands: CommandsConfig,
+        table: Arc<SessionTable>,
+        journal: Arc<Journal>,
+    ) -> Shared {
         let limits = Limits {
             max_packet_size: mqtt.max_packet_size_bytes,
             max_user_properties: mqtt.max_user_properties,
@@ -60,6 +77,9 @@ impl Shared {
             limits,
             router,
             producer,
+            commands,
+            table,
+            journal,
         }
     }
 }
@@ -91,6 +111,8 @@ pub enum CloseReason {
     Write(WriteError),
     /// The replica is shutting down.
     Shutdown,
+    /// The same client id connected again, here or on another replica [MQTT-3.1.4-2].
+    TakenOver,
 }
 
 impl CloseReason {
@@ -109,6 +131,7 @@ impl CloseReason {
             CloseReason::DeliveryFailed(_) => "kafka_delivery_failed",
             CloseReason::Write(_) => "write_failed",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::TakenOver => "taken_over",
         }
     }
 
@@ -120,6 +143,7 @@ impl CloseReason {
             CloseReason::PublishRefused(code, _) => Some(*code),
             CloseReason::DeliveryFailed(_) => Some(reason::UNSPECIFIED_ERROR),
             CloseReason::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
+            CloseReason::TakenOver => Some(reason::SESSION_TAKEN_OVER),
             _ => None,
         }
     }
@@ -160,6 +184,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::DeliveryFailed(e) => write!(f, "kafka did not take a record: {e}"),
             CloseReason::Write(e) => write!(f, "{e}"),
             CloseReason::Shutdown => write!(f, "replica shutting down"),
+            CloseReason::TakenOver => write!(f, "client id connected again (session taken over)"),
         }
     }
 }
@@ -193,7 +218,7 @@ pub async fn run<T, S, H>(
             Ok(c) => c,
             Err(reason) => return log_close_before_connect(&reason),
         };
-        let mut session = match Box::pin(Session::accept(&mut framed, *connect, &shared)).await {
+        let mut session = match Box::pin(Session::accept(&mut framed, *connect, &shared, peer)).await {
             Ok(s) => s,
             Err(reason) => return log_close_before_connect(&reason),
         };
@@ -222,6 +247,9 @@ pub async fn run<T, S, H>(
             };
             Box::pin(goodbye).await;
         }
+        shared.table.deregister(&session.client_id, session.generation);
+        session.drop_commands(&shared.journal);
+        shared.journal.lifecycle(&session.client_id, "disconnected", &peer.to_string(), Some(reason.label()));
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
         metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
         let secs = started.elapsed().as_secs();
@@ -360,6 +388,25 @@ struct Session {
     refused: u64,
     /// Records sent to the dead-letter topic.
     dead_lettered: u64,
+    /// This session's entry in the session table.
+    generation: u64,
+    /// Notified when a newer connect of the same client id takes over.
+    kick: Option<Arc<Notify>>,
+    /// The client's Receive Maximum: unacknowledged QoS 1 commands at once.
+    client_receive_max: u16,
+    /// Subscriptions and commands, allocated on the first granted SUBSCRIBE.
+    outbound: Option<Box<Outbound>>,
+}
+
+/// Commands state of a session with at least one subscription.
+struct Outbound {
+    /// Granted filters with their maximum QoS.
+    subscriptions: Vec<(String, QoS)>,
+    /// Commands the consumer queued for this connection.
+    rx: mpsc::Receiver<Box<Command>>,
+    /// QoS 1 commands sent and not yet acknowledged, by packet id.
+    unacked: VecDeque<(u16, Box<Command>)>,
+    next_id: u16,
 }
 
 enum Step {
@@ -374,6 +421,7 @@ impl Session {
         framed: &mut Framed<S>,
         connect: Connect,
         shared: &Shared,
+        peer: SocketAddr,
     ) -> Result<Session, CloseReason> {
         let cfg = &shared.mqtt;
         let v5 = connect.version == Version::V5;
@@ -448,13 +496,27 @@ impl Session {
             code: 0,
             properties,
         };
+        // Take over an older session of this client id (here now, elsewhere
+        // through the announcement) before the client hears it is connected.
+        let connected_at = now_ms();
+        let registration = shared.table.register(&client_id, connected_at);
+        shared.journal.announce(&client_id, connected_at);
+        shared
+            .journal
+            .lifecycle(&client_id, "connected", &peer.to_string(), None);
         // [MQTT-3.1.2-24]: never send a 5.0 client more than it said it accepts.
         framed.set_max_outbound(connect.properties.maximum_packet_size.map(|m| m as usize));
         framed.queue(&Packet::ConnAck(ack), connect.version);
-        framed
-            .flush(write_timeout)
-            .await
-            .map_err(CloseReason::Write)?;
+        if let Err(e) = framed.flush(write_timeout).await {
+            shared.table.deregister(&client_id, registration.generation);
+            shared.journal.lifecycle(
+                &client_id,
+                "disconnected",
+                &peer.to_string(),
+                Some("write_failed"),
+            );
+            return Err(CloseReason::Write(e));
+        }
         Ok(Session {
             version: connect.version,
             client_id,
@@ -468,6 +530,10 @@ impl Session {
             published: 0,
             refused: 0,
             dead_lettered: 0,
+            generation: registration.generation,
+            kick: Some(registration.kick),
+            client_receive_max: connect.properties.receive_maximum.unwrap_or(32),
+            outbound: None,
         })
     }
 
@@ -548,6 +614,12 @@ impl Session {
                     Ok(_) => input_ready = true,
                     Err(e) => return CloseReason::Io(e),
                 },
+                _ = notified(&self.kick) => return CloseReason::TakenOver,
+                cmd = next_command(&mut self.outbound), if !draining && self.can_send_command() => {
+                    if let Some(cmd) = cmd {
+                        self.deliver(framed, cmd, &shared.journal);
+                    }
+                }
                 _ = &mut keep_alive, if reading && !self.keep_alive.is_zero() => {
                     return CloseReason::KeepAliveTimeout;
                 }
@@ -623,31 +695,33 @@ impl Session {
             }
             Packet::PingReq => framed.queue(&Packet::PingResp, v),
             Packet::Disconnect(_) => return Err(CloseReason::ClientDisconnected),
-            Packet::Subscribe(s) => {
-                // Commands to devices are not served yet: refuse every filter.
-                let code = match v {
-                    Version::V311 => return_code::SUBACK_FAILURE,
-                    Version::V5 => reason::IMPLEMENTATION_SPECIFIC_ERROR,
-                };
-                let ack = SubAck {
-                    packet_id: s.packet_id,
-                    properties: self.reason_string("subscriptions are not served by this proxy"),
-                    codes: vec![code; s.filters.len()],
-                };
-                tracing::debug!(filters = s.filters.len(), "SUBSCRIBE refused: not served");
+            Packet::Subscribe(sub) => {
+                let ack = self.subscribe(sub, shared);
                 framed.queue(&Packet::SubAck(ack), v);
             }
             Packet::Unsubscribe(u) => {
+                let codes = u
+                    .filters
+                    .iter()
+                    .map(|f| match self.outbound.as_mut() {
+                        Some(o) if o.subscriptions.iter().any(|(g, _)| g == f) => {
+                            o.subscriptions.retain(|(g, _)| g != f);
+                            reason::SUCCESS
+                        }
+                        _ => reason::NO_SUBSCRIPTION_EXISTED,
+                    })
+                    .collect();
                 let ack = SubAck {
                     packet_id: u.packet_id,
                     properties: Properties::default(),
-                    codes: vec![reason::NO_SUBSCRIPTION_EXISTED; u.filters.len()],
+                    codes,
                 };
                 framed.queue(&Packet::UnsubAck(ack), v);
             }
-            // The proxy sends no PUBLISH yet, so there is nothing for these to acknowledge.
-            Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {
-                tracing::debug!("ignoring acknowledgement for a packet the proxy never sent");
+            Packet::PubAck(ack) => self.command_acked(ack.packet_id, &shared.journal),
+            // The proxy sends commands at QoS 0 or 1 only: nothing to do for these.
+            Packet::PubRec(_) | Packet::PubComp(_) => {
+                tracing::debug!("ignoring QoS 2 acknowledgement for a packet the proxy never sent");
             }
             Packet::Auth(_) => return Err(CloseReason::Protocol(ProtocolError::UnexpectedAuth)),
             // The decoder refuses CONNECT after the first and every server-only packet.
@@ -942,4 +1016,200 @@ fn generate_client_id() -> String {
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
     h.write_i64(now_ms());
     format!("auto-{:016x}", h.finish())
+}
+
+/// Resolves when the session is taken over (never, before it is registered).
+async fn notified(kick: &Option<Arc<Notify>>) {
+    match kick {
+        Some(k) => k.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next queued command, once the session has subscribed.
+async fn next_command(outbound: &mut Option<Box<Outbound>>) -> Option<Box<Command>> {
+    match outbound {
+        Some(o) => o.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    /// Whether another command may be written now (the client's Receive Maximum).
+    fn can_send_command(&self) -> bool {
+        self.outbound
+            .as_ref()
+            .is_some_and(|o| o.unacked.len() < self.client_receive_max as usize)
+    }
+
+    /// Grants the filters the configuration allows this device, refuses the rest.
+    fn subscribe(&mut self, sub: Subscribe, shared: &Shared) -> SubAck {
+        let v5 = self.version == Version::V5;
+        let refused = if v5 {
+            reason::NOT_AUTHORIZED
+        } else {
+            return_code::SUBACK_FAILURE
+        };
+        let mut codes = Vec::with_capacity(sub.filters.len());
+        let mut why = None;
+        for f in &sub.filters {
+            let allowed = shared
+                .commands
+                .subscribe_filters
+                .iter()
+                .map(|t| t.replace("{device_id}", &self.client_id))
+                .any(|a| topic::covers(&a, &f.filter));
+            let code = if !shared.commands.enabled {
+                why = Some("commands are disabled on this proxy");
+                refused
+            } else if !topic::valid_filter(&f.filter) {
+                why = Some("malformed topic filter");
+                if v5 {
+                    reason::TOPIC_FILTER_INVALID
+                } else {
+                    return_code::SUBACK_FAILURE
+                }
+            } else if f.filter.starts_with("$share/") {
+                why = Some("shared subscriptions are not supported");
+                if v5 {
+                    0x9E
+                } else {
+                    return_code::SUBACK_FAILURE
+                }
+            } else if v5 && sub.properties.subscription_identifier.is_some() {
+                why = Some("subscription identifiers are not supported");
+                reason::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED
+            } else if !allowed {
+                why = Some("filter not allowed for this device (commands.subscribe_filters)");
+                refused
+            } else {
+                let qos = f.qos.min(QoS::AtLeastOnce);
+                let out = self.outbound.get_or_insert_with(|| {
+                    let (tx, rx) = mpsc::channel(shared.commands.max_queued_per_device);
+                    shared
+                        .table
+                        .set_commands(&self.client_id, self.generation, tx);
+                    Box::new(Outbound {
+                        subscriptions: Vec::new(),
+                        rx,
+                        unacked: VecDeque::new(),
+                        next_id: 1,
+                    })
+                });
+                out.subscriptions.retain(|(g, _)| g != &f.filter);
+                out.subscriptions.push((f.filter.clone(), qos));
+                qos as u8
+            };
+            codes.push(code);
+        }
+        if let Some(why) = why {
+            tracing::info!(why, "SUBSCRIBE partly refused");
+        }
+        SubAck {
+            packet_id: sub.packet_id,
+            properties: why.map(|w| self.reason_string(w)).unwrap_or_default(),
+            codes,
+        }
+    }
+
+    /// Writes one command to the device, or records why not.
+    fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        framed: &mut Framed<S>,
+        cmd: Box<Command>,
+        journal: &Journal,
+    ) {
+        let now = now_ms();
+        if cmd.expires_at_ms.is_some_and(|at| at <= now) {
+            return journal.receipt(&cmd, Status::Expired, "expired before delivery");
+        }
+        let Some(out) = self.outbound.as_mut() else {
+            return journal.receipt(&cmd, Status::NotSubscribed, "device has no subscription");
+        };
+        let Some(granted) = out
+            .subscriptions
+            .iter()
+            .filter(|(f, _)| topic::matches(f, &cmd.mqtt_topic))
+            .map(|(_, q)| *q)
+            .max()
+        else {
+            return journal.receipt(
+                &cmd,
+                Status::NotSubscribed,
+                "no subscription matches the command topic",
+            );
+        };
+        let qos = cmd.qos.min(granted);
+        let packet_id = if qos == QoS::AtMostOnce {
+            0
+        } else {
+            // Next id not in use by an unacknowledged command.
+            let mut id = out.next_id;
+            while out.unacked.iter().any(|(u, _)| *u == id) {
+                id = id.checked_add(1).unwrap_or(1);
+            }
+            out.next_id = id.checked_add(1).unwrap_or(1);
+            id
+        };
+        let properties = Properties {
+            // 5.0: the remaining lifetime travels with the message [MQTT-3.3.2-6].
+            message_expiry_interval: cmd
+                .expires_at_ms
+                .filter(|_| self.version == Version::V5)
+                .map(|at| ((at - now) / 1000).max(1) as u32),
+            ..Properties::default()
+        };
+        let publish = Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: cmd.mqtt_topic.clone(),
+            packet_id,
+            properties,
+            payload: cmd.payload.clone(),
+        });
+        if !framed.fits(&publish, self.version) {
+            return journal.receipt(
+                &cmd,
+                Status::Dropped,
+                "larger than the device's maximum packet size",
+            );
+        }
+        framed.queue(&publish, self.version);
+        if qos == QoS::AtMostOnce {
+            journal.receipt(&cmd, Status::Delivered, "written at QoS 0");
+        } else {
+            out.unacked.push_back((packet_id, cmd));
+        }
+    }
+
+    /// A PUBACK for a command: the device has it.
+    fn command_acked(&mut self, packet_id: u16, journal: &Journal) {
+        let Some(out) = self.outbound.as_mut() else {
+            return;
+        };
+        if let Some(pos) = out.unacked.iter().position(|(id, _)| *id == packet_id) {
+            if let Some((_, cmd)) = out.unacked.remove(pos) {
+                journal.receipt(&cmd, Status::Delivered, "acknowledged by the device");
+            }
+        }
+    }
+
+    /// At disconnect: every command still owed to the device gets a receipt.
+    fn drop_commands(&mut self, journal: &Journal) {
+        let Some(out) = self.outbound.as_mut() else {
+            return;
+        };
+        for (_, cmd) in out.unacked.drain(..) {
+            journal.receipt(
+                &cmd,
+                Status::Dropped,
+                "device disconnected before acknowledging",
+            );
+        }
+        out.rx.close();
+        while let Ok(cmd) = out.rx.try_recv() {
+            journal.receipt(&cmd, Status::Dropped, "device disconnected before delivery");
+        }
+    }
 }

@@ -110,6 +110,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         self.max_outbound = max;
     }
 
+    /// Whether `packet` fits the client's Maximum Packet Size.
+    pub fn fits(&self, packet: &Packet, version: Version) -> bool {
+        let Some(max) = self.max_outbound else {
+            return true;
+        };
+        let mut probe = BytesMut::new();
+        encode(packet, version, &mut probe);
+        probe.len() <= max
+    }
+
     /// Queues a packet for the next [`Framed::flush`]. If it is larger than
     /// the client accepts, its reason string and user properties are dropped,
     /// as 5.0 prescribes [MQTT-3.4.2-2] [MQTT-3.9.2-1] [MQTT-3.14.2-3].

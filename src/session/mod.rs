@@ -5,5 +5,6 @@
 
 pub mod connection;
 pub mod framed;
+pub mod table;
 
 pub use connection::{CloseReason, Shared};

@@ -1,0 +1,350 @@
+//! The reverse path: the command consumer and the records the proxy writes
+//! about devices (receipts, lifecycle, session announcements).
+//!
+//! Every replica reads every partition of the commands topic (no consumer
+//! group: a device may be connected to any replica) from the end as of
+//! start-up, and hands each command to the session table; only the replica
+//! holding the device acts on it. The same thread reads the sessions topic,
+//! where replicas announce connects, and kicks local sessions that a newer
+//! connect elsewhere replaced.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message, OwnedHeaders};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::producer::{Delivery, Producer, Record, SendError};
+use super::KafkaError;
+use crate::config::{CommandsConfig, LifecycleConfig};
+use crate::metrics as m;
+use crate::mqtt::packet::QoS;
+use crate::session::table::{Command, Offer, SessionTable};
+
+/// Header: explicit MQTT topic of a command.
+pub const H_TOPIC: &str = "mqtt.topic";
+/// Header: command name for the topic template.
+pub const H_NAME: &str = "command.name";
+/// Header: command id, echoed in the receipt.
+pub const H_ID: &str = "command.id";
+/// Header: QoS of a command, `0` or `1`.
+pub const H_QOS: &str = "mqtt.qos";
+/// Header: seconds after the record's timestamp when the command expires.
+pub const H_EXPIRY: &str = "mqtt.message_expiry_interval";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Writes receipts, lifecycle records and session announcements. QoS 0
+/// style: nobody waits; failures are counted and logged.
+pub struct Journal {
+    producer: Producer,
+    receipts_topic: String,
+    lifecycle_topic: String,
+    sessions_topic: String,
+    /// This replica's name.
+    pub replica: String,
+}
+
+/// What happened to a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// The device acknowledged it (QoS 1) or it was written to the device (QoS 0).
+    Delivered,
+    /// It expired before it could be delivered.
+    Expired,
+    /// The device is connected but not subscribed to the command's topic.
+    NotSubscribed,
+    /// Dropped: queue full, too large for the device, or the device left before acknowledging.
+    Dropped,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Delivered => "delivered",
+            Status::Expired => "expired",
+            Status::NotSubscribed => "not_subscribed",
+            Status::Dropped => "dropped",
+        }
+    }
+}
+
+impl Journal {
+    /// A journal writing with `producer`.
+    pub fn new(
+        producer: Producer,
+        commands: &CommandsConfig,
+        lifecycle: &LifecycleConfig,
+        replica: String,
+    ) -> Journal {
+        Journal {
+            producer,
+            receipts_topic: commands.receipts_topic.clone(),
+            lifecycle_topic: lifecycle.topic.clone(),
+            sessions_topic: lifecycle.sessions_topic.clone(),
+            replica,
+        }
+    }
+
+    fn write(&self, topic: &str, key: &str, value: &serde_json::Value) {
+        if topic.is_empty() {
+            return;
+        }
+        let payload = value.to_string();
+        let rec = Record {
+            topic,
+            key: key.as_bytes(),
+            payload: payload.as_bytes(),
+            headers: OwnedHeaders::new(),
+            timestamp_ms: now_ms(),
+        };
+        match self.producer.send(rec, Box::new(Delivery::Fire)) {
+            Ok(()) => {}
+            Err(SendError::QueueFull(..)) => {
+                metrics::counter!(m::JOURNAL_DROPPED).increment(1);
+                tracing::warn!(topic, key, "producer queue full; journal record dropped");
+            }
+            Err(SendError::Refused(e)) => {
+                metrics::counter!(m::JOURNAL_DROPPED).increment(1);
+                tracing::warn!(topic, key, error = %e, "journal record refused");
+            }
+        }
+    }
+
+    /// Writes the receipt of one command.
+    pub fn receipt(&self, cmd: &Command, status: Status, detail: &str) {
+        metrics::counter!(m::COMMANDS, "status" => status.as_str()).increment(1);
+        let v = serde_json::json!({
+            "status": status.as_str(),
+            "detail": detail,
+            "command_id": cmd.command_id,
+            "device_id": cmd.device_id,
+            "mqtt_topic": cmd.mqtt_topic,
+            "source": {"topic": cmd.source.0, "partition": cmd.source.1, "offset": cmd.source.2},
+            "replica": self.replica,
+            "at_ms": now_ms(),
+        });
+        self.write(&self.receipts_topic, &cmd.device_id, &v);
+    }
+
+    /// Writes a connected / disconnected record.
+    pub fn lifecycle(&self, client_id: &str, event: &str, peer: &str, reason: Option<&str>) {
+        let v = serde_json::json!({
+            "event": event,
+            "client_id": client_id,
+            "peer": peer,
+            "reason": reason,
+            "replica": self.replica,
+            "at_ms": now_ms(),
+        });
+        self.write(&self.lifecycle_topic, client_id, &v);
+    }
+
+    /// Announces that `client_id` connected here at `at_ms`.
+    pub fn announce(&self, client_id: &str, at_ms: i64) {
+        let v = serde_json::json!({"replica": self.replica, "at_ms": at_ms});
+        self.write(&self.sessions_topic, client_id, &v);
+    }
+}
+
+/// Decodes a commands-topic record.
+pub fn parse_command<M: Message>(m: &M, cfg: &CommandsConfig) -> Result<Command, String> {
+    let device_id = m
+        .key()
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .filter(|k| !k.is_empty())
+        .ok_or("record without a UTF-8 device id key")?
+        .to_owned();
+    let header = |name: &str| -> Option<String> {
+        let h = m.headers()?;
+        h.iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_owned)
+    };
+    let mqtt_topic = match header(H_TOPIC) {
+        Some(t) => t,
+        None => {
+            let name = header(H_NAME).unwrap_or_else(|| "command".into());
+            cfg.topic_template
+                .replace("{device_id}", &device_id)
+                .replace("{name}", &name)
+        }
+    };
+    if mqtt_topic.is_empty() || mqtt_topic.contains(['+', '#']) || mqtt_topic.contains('\0') {
+        return Err(format!("invalid MQTT topic {mqtt_topic:?}"));
+    }
+    let qos = match header(H_QOS).as_deref() {
+        None => cfg.default_qos,
+        Some("0") => 0,
+        Some("1") | Some("2") => 1,
+        Some(other) => return Err(format!("invalid {H_QOS} header {other:?}")),
+    };
+    let timestamp = m.timestamp().to_millis().unwrap_or_else(now_ms);
+    let expires_at_ms = match header(H_EXPIRY) {
+        None => None,
+        Some(s) => Some(
+            timestamp
+                + 1000
+                    * s.parse::<i64>()
+                        .map_err(|_| format!("invalid {H_EXPIRY} header {s:?}"))?,
+        ),
+    };
+    Ok(Command {
+        device_id,
+        mqtt_topic,
+        payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        qos: if qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        },
+        expires_at_ms,
+        command_id: header(H_ID),
+        source: (m.topic().to_owned(), m.partition(), m.offset()),
+    })
+}
+
+/// The running consumer thread.
+pub struct CommandConsumer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CommandConsumer {
+    /// Assigns every partition of the commands and sessions topics from
+    /// their current end (so start-up returns only once nothing written
+    /// after it can be missed) and starts consuming.
+    pub fn start(
+        bootstrap: &str,
+        cfg: &CommandsConfig,
+        lifecycle: &LifecycleConfig,
+        table: Arc<SessionTable>,
+        journal: Arc<Journal>,
+    ) -> Result<CommandConsumer, KafkaError> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", format!("mqtt-kafka-proxy-{}", journal.replica))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "50")
+            .create()
+            .map_err(KafkaError::Client)?;
+        let mut tpl = TopicPartitionList::new();
+        let mut topics = vec![lifecycle.sessions_topic.as_str()];
+        if cfg.enabled {
+            topics.push(cfg.topic.as_str());
+        }
+        for topic in topics {
+            let md = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .map_err(KafkaError::Client)?;
+            let partitions = md.topics().first().map_or(0, |t| t.partitions().len());
+            for p in 0..partitions as i32 {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .map_err(KafkaError::Client)?;
+                tpl.add_partition_offset(topic, p, Offset::Offset(high))
+                    .map_err(KafkaError::Client)?;
+            }
+        }
+        consumer.assign(&tpl).map_err(KafkaError::Client)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let cfg = cfg.clone();
+        let sessions_topic = lifecycle.sessions_topic.clone();
+        let thread = std::thread::Builder::new()
+            .name("command-consumer".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    let Some(msg) = consumer.poll(Duration::from_millis(100)) else {
+                        continue;
+                    };
+                    let msg = match msg {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "command consumer error");
+                            continue;
+                        }
+                    };
+                    if msg.topic() == sessions_topic {
+                        on_session(&msg, &table, &journal);
+                    } else {
+                        on_command(&msg, &cfg, &table, &journal);
+                    }
+                }
+            })
+            .map_err(|e| KafkaError::Embedded(format!("spawn command consumer: {e}")))?;
+        Ok(CommandConsumer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn on_command<M: Message>(msg: &M, cfg: &CommandsConfig, table: &SessionTable, journal: &Journal) {
+    let cmd = match parse_command(msg, cfg) {
+        Ok(c) => Box::new(c),
+        Err(e) => {
+            metrics::counter!(m::COMMANDS, "status" => "invalid").increment(1);
+            tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "command record ignored");
+            return;
+        }
+    };
+    if cmd.expires_at_ms.is_some_and(|at| at <= now_ms()) {
+        // Only the replica holding the device reports it, so each outcome is written once.
+        if table.contains(&cmd.device_id) {
+            journal.receipt(&cmd, Status::Expired, "expired before delivery");
+        }
+        return;
+    }
+    match table.offer(cmd) {
+        Offer::Queued | Offer::NotHere => {}
+        Offer::NotSubscribed(cmd) => {
+            journal.receipt(&cmd, Status::NotSubscribed, "device has no subscription")
+        }
+        Offer::QueueFull(cmd) => {
+            journal.receipt(&cmd, Status::Dropped, "device command queue full")
+        }
+    }
+}
+
+fn on_session<M: Message>(msg: &M, table: &SessionTable, journal: &Journal) {
+    let Some(client_id) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+        return;
+    };
+    let Some(v) = msg
+        .payload()
+        .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+    else {
+        return;
+    };
+    let replica = v
+        .get("replica")
+        .and_then(|r| r.as_str())
+        .unwrap_or_default();
+    let at_ms = v.get("at_ms").and_then(|a| a.as_i64()).unwrap_or(0);
+    if replica != journal.replica && table.kick_if_older(client_id, at_ms) {
+        tracing::info!(
+            client_id,
+            replica,
+            "session taken over by a newer connect on another replica"
+        );
+    }
+}

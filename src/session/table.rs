@@ -1,0 +1,207 @@
+//! The session table: which device is connected to this replica, sharded
+//! (`DashMap`) by client id. The command consumer looks devices up here to
+//! hand them commands; a new connection with a client id that is already
+//! present kicks the old one out [MQTT-3.1.4-2], and so does a newer connect
+//! announced by another replica on the sessions topic.
+//!
+//! Lock scope: no `DashMap` guard is ever held across an `.await` — handles
+//! are cloned out first. Entries carry a generation, so a closing task can
+//! only remove its own entry, never its successor's.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use tokio::sync::{mpsc, Notify};
+
+use crate::mqtt::packet::QoS;
+
+/// A command on its way to a device, decoded from a commands-topic record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The device (record key).
+    pub device_id: String,
+    /// MQTT topic to publish on.
+    pub mqtt_topic: String,
+    /// Payload, unchanged from the record value.
+    pub payload: Bytes,
+    /// Requested QoS (0 or 1).
+    pub qos: QoS,
+    /// When the command expires, ms since the epoch (record time + expiry).
+    pub expires_at_ms: Option<i64>,
+    /// The `command.id` header, echoed in the receipt.
+    pub command_id: Option<String>,
+    /// Where the record came from: topic, partition, offset.
+    pub source: (String, i32, i64),
+}
+
+/// One connected session's handles.
+struct Entry {
+    generation: u64,
+    connected_at_ms: i64,
+    kick: Arc<Notify>,
+    /// Present once the device has a granted subscription.
+    commands: Option<mpsc::Sender<Box<Command>>>,
+}
+
+/// What a newly registered session holds.
+pub struct Registration {
+    /// Identifies this session's entry.
+    pub generation: u64,
+    /// Notified when the session is taken over.
+    pub kick: Arc<Notify>,
+}
+
+/// Result of offering a command to the table.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// Queued for the connection.
+    Queued,
+    /// The device is connected here but has no subscription.
+    NotSubscribed(Box<Command>),
+    /// The connection's command queue is full.
+    QueueFull(Box<Command>),
+    /// The device is not connected to this replica.
+    NotHere,
+}
+
+/// Connected sessions of this replica.
+#[derive(Default)]
+pub struct SessionTable {
+    map: DashMap<String, Entry>,
+    next_generation: AtomicU64,
+}
+
+impl SessionTable {
+    /// Registers a session; an existing one with the same client id is kicked.
+    pub fn register(&self, client_id: &str, connected_at_ms: i64) -> Registration {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let kick = Arc::new(Notify::new());
+        let old = self.map.insert(
+            client_id.to_owned(),
+            Entry {
+                generation,
+                connected_at_ms,
+                kick: kick.clone(),
+                commands: None,
+            },
+        );
+        if let Some(old) = old {
+            old.kick.notify_one();
+        }
+        Registration { generation, kick }
+    }
+
+    /// Attaches the command queue of a session that now has a subscription.
+    pub fn set_commands(&self, client_id: &str, generation: u64, tx: mpsc::Sender<Box<Command>>) {
+        if let Some(mut e) = self.map.get_mut(client_id) {
+            if e.generation == generation {
+                e.commands = Some(tx);
+            }
+        }
+    }
+
+    /// Removes a session's entry, unless a newer session replaced it.
+    pub fn deregister(&self, client_id: &str, generation: u64) {
+        self.map
+            .remove_if(client_id, |_, e| e.generation == generation);
+    }
+
+    /// Hands a command to the device's connection, if it is here.
+    pub fn offer(&self, cmd: Box<Command>) -> Offer {
+        // Clone the sender out: the shard lock is released before sending.
+        let tx = match self.map.get(&cmd.device_id) {
+            None => return Offer::NotHere,
+            Some(e) => e.commands.clone(),
+        };
+        match tx {
+            None => Offer::NotSubscribed(cmd),
+            Some(tx) => match tx.try_send(cmd) {
+                Ok(()) => Offer::Queued,
+                Err(mpsc::error::TrySendError::Full(cmd)) => Offer::QueueFull(cmd),
+                // The connection just ended; it is gone from here in a moment.
+                Err(mpsc::error::TrySendError::Closed(_)) => Offer::NotHere,
+            },
+        }
+    }
+
+    /// Kicks the local session of `client_id` if it connected before
+    /// `remote_at_ms` (another replica announced a newer connect).
+    pub fn kick_if_older(&self, client_id: &str, remote_at_ms: i64) -> bool {
+        let kick = match self.map.get(client_id) {
+            Some(e) if e.connected_at_ms <= remote_at_ms => e.kick.clone(),
+            _ => return false,
+        };
+        kick.notify_one();
+        true
+    }
+
+    /// Whether `client_id` is connected here.
+    pub fn contains(&self, client_id: &str) -> bool {
+        self.map.contains_key(client_id)
+    }
+
+    /// Sessions connected here.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no session is connected here.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(device: &str) -> Box<Command> {
+        Box::new(Command {
+            device_id: device.into(),
+            mqtt_topic: format!("devices/{device}/commands/x"),
+            payload: Bytes::from_static(b"go"),
+            qos: QoS::AtLeastOnce,
+            expires_at_ms: None,
+            command_id: None,
+            source: ("iot.commands".into(), 0, 0),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_second_registration_kicks_the_first_and_a_stale_deregister_is_ignored() {
+        let t = SessionTable::default();
+        let first = t.register("d", 1);
+        let kicked = first.kick.notified();
+        let second = t.register("d", 2);
+        // notify_one stores a permit, so the kick is not lost if nobody waits yet.
+        kicked.await;
+        t.deregister("d", first.generation);
+        assert_eq!(t.len(), 1, "the old task must not remove its successor");
+        t.deregister("d", second.generation);
+        assert!(t.is_empty());
+    }
+
+    #[tokio::test]
+    async fn commands_reach_subscribed_sessions_only() {
+        let t = SessionTable::default();
+        assert_eq!(t.offer(cmd("d")), Offer::NotHere);
+        let r = t.register("d", 1);
+        assert!(matches!(t.offer(cmd("d")), Offer::NotSubscribed(_)));
+        let (tx, mut rx) = mpsc::channel(1);
+        t.set_commands("d", r.generation, tx);
+        assert_eq!(t.offer(cmd("d")), Offer::Queued);
+        assert!(matches!(t.offer(cmd("d")), Offer::QueueFull(_)));
+        assert_eq!(rx.recv().await.unwrap().device_id, "d");
+    }
+
+    #[test]
+    fn only_older_local_sessions_are_kicked_by_remote_connects() {
+        let t = SessionTable::default();
+        t.register("d", 100);
+        assert!(!t.kick_if_older("d", 99));
+        assert!(t.kick_if_older("d", 100));
+        assert!(!t.kick_if_older("other", 1000));
+    }
+}

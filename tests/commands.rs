@@ -1,0 +1,264 @@
+//! Commands back to devices: a back-end writes a record to the commands topic
+//! (key = device id) and the device, connected to any replica and
+//! subscribed, receives it as a PUBLISH; every outcome lands in the receipts
+//! topic. Also session takeover (same replica and across replicas) and the
+//! lifecycle records.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use rumqttc::{Event, Packet, QoS};
+
+/// Produces one command record; `headers` are (name, value) pairs.
+async fn command(bootstrap: &str, device: &str, payload: &str, headers: &[(&str, &str)]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let mut h = OwnedHeaders::new();
+    for (k, v) in headers {
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    producer
+        .send(
+            FutureRecord::to("iot.commands")
+                .key(device)
+                .payload(payload)
+                .headers(h),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
+fn receipt(r: &Rec) -> serde_json::Value {
+    serde_json::from_slice(&r.value).unwrap()
+}
+
+/// Waits for the receipt of the command with `id`.
+async fn receipt_with_id(bootstrap: &str, id: &str) -> serde_json::Value {
+    let want = id.to_owned();
+    let recs = consume_until(bootstrap, "iot.command-receipts", move |rs| {
+        rs.iter().any(|r| receipt(r)["command_id"] == want.as_str())
+    })
+    .await;
+    recs.iter()
+        .map(receipt)
+        .find(|v| v["command_id"] == id)
+        .unwrap()
+}
+
+async fn subscribed(port: u16, id: &str) -> V4 {
+    let mut c = v4_connect(v4_options(id, port)).await;
+    c.client
+        .subscribe(format!("devices/{id}/commands/#"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let ack = next_matching(&mut c.events, |e| {
+        matches!(e, Event::Incoming(Packet::SubAck(_)))
+    })
+    .await
+    .unwrap();
+    let Event::Incoming(Packet::SubAck(ack)) = ack else {
+        unreachable!()
+    };
+    assert_eq!(
+        ack.return_codes,
+        vec![rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    c
+}
+
+async fn next_publish(c: &mut V4) -> rumqttc::Publish {
+    let ev = next_matching(&mut c.events, |e| {
+        matches!(e, Event::Incoming(Packet::Publish(_)))
+    })
+    .await
+    .unwrap();
+    let Event::Incoming(Packet::Publish(p)) = ev else {
+        unreachable!()
+    };
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_reach_a_subscribed_device_at_qos_0_and_1_with_receipts() {
+    let t = TestProxy::start_with(|c| c.commands.replica_id = "replica-a".into()).await;
+    let b = t.bootstrap();
+    let mut dev = subscribed(t.tcp_port(), "dev-cmd").await;
+
+    command(
+        &b,
+        "dev-cmd",
+        "reboot now",
+        &[
+            ("command.name", "reboot"),
+            ("command.id", "c-1"),
+            ("mqtt.qos", "1"),
+        ],
+    )
+    .await;
+    let p = next_publish(&mut dev).await;
+    assert_eq!(p.topic, "devices/dev-cmd/commands/reboot");
+    assert_eq!(&p.payload[..], b"reboot now");
+    assert_eq!(p.qos, QoS::AtLeastOnce);
+    // rumqttc acknowledges it; the receipt says delivered.
+    let r = receipt_with_id(&b, "c-1").await;
+    assert_eq!(r["status"], "delivered");
+    assert_eq!(r["device_id"], "dev-cmd");
+    assert_eq!(r["replica"], "replica-a");
+    assert_eq!(r["source"]["topic"], "iot.commands");
+
+    command(
+        &b,
+        "dev-cmd",
+        "{\"led\":\"on\"}",
+        &[
+            ("mqtt.topic", "devices/dev-cmd/commands/led"),
+            ("mqtt.qos", "0"),
+            ("command.id", "c-2"),
+        ],
+    )
+    .await;
+    let p = next_publish(&mut dev).await;
+    assert_eq!(
+        (p.topic.as_str(), p.qos),
+        ("devices/dev-cmd/commands/led", QoS::AtMostOnce)
+    );
+    assert_eq!(receipt_with_id(&b, "c-2").await["status"], "delivered");
+    t.proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribed_and_expired_commands_are_not_delivered_and_say_so() {
+    let t = TestProxy::start().await;
+    let b = t.bootstrap();
+    // Connected, never subscribed.
+    let _idle = v4_connect(v4_options("dev-quiet", t.tcp_port())).await;
+    command(&b, "dev-quiet", "x", &[("command.id", "c-unsub")]).await;
+    assert_eq!(
+        receipt_with_id(&b, "c-unsub").await["status"],
+        "not_subscribed"
+    );
+
+    // Subscribed: an already expired command is skipped, the next one arrives.
+    let mut dev = subscribed(t.tcp_port(), "dev-exp").await;
+    command(
+        &b,
+        "dev-exp",
+        "stale",
+        &[
+            ("command.id", "c-old"),
+            ("mqtt.message_expiry_interval", "-5"),
+        ],
+    )
+    .await;
+    command(
+        &b,
+        "dev-exp",
+        "fresh",
+        &[
+            ("command.id", "c-new"),
+            ("mqtt.message_expiry_interval", "60"),
+        ],
+    )
+    .await;
+    let p = next_publish(&mut dev).await;
+    assert_eq!(
+        &p.payload[..],
+        b"fresh",
+        "the expired command must not be delivered"
+    );
+    assert_eq!(receipt_with_id(&b, "c-old").await["status"], "expired");
+    assert_eq!(receipt_with_id(&b, "c-new").await["status"], "delivered");
+    t.proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_on_two_replicas_both_receive_their_commands() {
+    let a = TestProxy::start_with(|c| c.commands.replica_id = "A".into()).await;
+    let b_boot = a.bootstrap();
+    let boot = b_boot.clone();
+    let b = TestProxy::start_with(move |c| {
+        c.kafka.bootstrap_servers = boot;
+        c.commands.replica_id = "B".into();
+        c.listeners.tls.enabled = false;
+    })
+    .await;
+    let mut on_a = subscribed(a.tcp_port(), "dev-a").await;
+    let mut on_b = subscribed(b.tcp_port(), "dev-b").await;
+    command(&b_boot, "dev-a", "for a", &[("command.id", "ca")]).await;
+    command(&b_boot, "dev-b", "for b", &[("command.id", "cb")]).await;
+    assert_eq!(&next_publish(&mut on_a).await.payload[..], b"for a");
+    assert_eq!(&next_publish(&mut on_b).await.payload[..], b"for b");
+    let ra = receipt_with_id(&b_boot, "ca").await;
+    let rb = receipt_with_id(&b_boot, "cb").await;
+    assert_eq!(
+        (ra["status"].as_str(), ra["replica"].as_str()),
+        (Some("delivered"), Some("A"))
+    );
+    assert_eq!(
+        (rb["status"].as_str(), rb["replica"].as_str()),
+        (Some("delivered"), Some("B"))
+    );
+    b.proxy.shutdown().await;
+    a.proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_connecting_again_takes_over_here_and_across_replicas() {
+    let a = TestProxy::start_with(|c| c.commands.replica_id = "A".into()).await;
+    let boot = a.bootstrap();
+    let b = TestProxy::start_with(move |c| {
+        c.kafka.bootstrap_servers = boot;
+        c.commands.replica_id = "B".into();
+        c.listeners.tls.enabled = false;
+    })
+    .await;
+    // Same replica: the first connection gets DISCONNECT 0x8E.
+    let mut first = v5_connect(v5_options("dev-twice", a.tcp_port())).await;
+    let _second = v5_connect(v5_options("dev-twice", a.tcp_port())).await;
+    let end = next_matching(&mut first.events, |_| false)
+        .await
+        .unwrap_err();
+    assert!(end.contains("SessionTakenOver"), "{end}");
+
+    // Across replicas: connected on A, connects on B, A closes its session.
+    let mut on_a = v5_connect(v5_options("dev-roams", a.tcp_port())).await;
+    let _on_b = v5_connect(v5_options("dev-roams", b.tcp_port())).await;
+    let end = next_matching(&mut on_a.events, |_| false)
+        .await
+        .unwrap_err();
+    assert!(end.contains("SessionTakenOver"), "{end}");
+    b.proxy.shutdown().await;
+    a.proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_and_disconnects_are_recorded_in_the_lifecycle_topic() {
+    let t = TestProxy::start().await;
+    let c = v4_connect(v4_options("dev-life", t.tcp_port())).await;
+    c.client.disconnect().await.unwrap();
+    let recs = consume_until(&t.bootstrap(), "iot.lifecycle", |rs| {
+        rs.iter().filter(|r| r.key == "dev-life").count() >= 2
+    })
+    .await;
+    let events: Vec<serde_json::Value> = recs
+        .iter()
+        .filter(|r| r.key == "dev-life")
+        .map(receipt)
+        .collect();
+    assert_eq!(events[0]["event"], "connected");
+    assert_eq!(events[1]["event"], "disconnected");
+    assert_eq!(events[1]["reason"], "client_disconnected");
+    t.proxy.shutdown().await;
+}
