@@ -262,3 +262,104 @@ async fn connects_and_disconnects_are_recorded_in_the_lifecycle_topic() {
     assert_eq!(events[1]["reason"], "client_disconnected");
     t.proxy.shutdown().await;
 }
+
+fn connect_with_will(id: &str, will_topic: &str) -> Vec<u8> {
+    use mqtt_kafka_proxy::mqtt::packet::*;
+    encode(
+        &Packet::Connect(Box::new(Connect {
+            version: Version::V311,
+            client_id: id.into(),
+            clean_start: true,
+            keep_alive: 30,
+            username: None,
+            password: None,
+            will: Some(Will {
+                topic: will_topic.into(),
+                payload: bytes::Bytes::from_static(b"{\"online\":false}"),
+                qos: mqtt_kafka_proxy::mqtt::packet::QoS::AtLeastOnce,
+                retain: false,
+                properties: Properties::default(),
+            }),
+            properties: Properties::default(),
+        })),
+        Version::V311,
+    )
+}
+
+/// Waits for the lifecycle record saying `id` disconnected: the proxy has
+/// finished with that connection, will included.
+async fn disconnected(bootstrap: &str, id: &str) {
+    let want = id.to_owned();
+    consume_until(bootstrap, "iot.lifecycle", move |rs| {
+        rs.iter()
+            .any(|r| r.key == want && receipt(r)["event"] == "disconnected")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_will_is_produced_when_a_connection_dies_not_on_a_clean_disconnect() {
+    let t = TestProxy::start().await;
+    let b = t.bootstrap();
+
+    // Killed: the socket closes without DISCONNECT.
+    let mut killed = Raw::connect(t.tcp_port()).await;
+    killed
+        .send(&connect_with_will(
+            "dev-dies",
+            "devices/dev-dies/events/status",
+        ))
+        .await;
+    assert_eq!(killed.read_exact(4).await, [0x20, 0x02, 0x00, 0x00]);
+    drop(killed);
+    let recs = consume_until(&b, "iot.events", |rs| {
+        rs.iter().any(|r| r.key == "dev-dies")
+    })
+    .await;
+    let will = recs.iter().find(|r| r.key == "dev-dies").unwrap();
+    assert_eq!(will.value, b"{\"online\":false}");
+    assert_eq!(will.header("mqtt.will").as_deref(), Some("1"));
+    assert_eq!(
+        will.header("mqtt.topic").as_deref(),
+        Some("devices/dev-dies/events/status")
+    );
+
+    // Clean: DISCONNECT discards the will. A sentinel from the same client id,
+    // sent after the proxy recorded the disconnect, shares the will's
+    // partition, so a wrongly produced will would be found before it.
+    let mut clean = Raw::connect(t.tcp_port()).await;
+    clean
+        .send(&connect_with_will(
+            "dev-leaves",
+            "devices/dev-leaves/events/status",
+        ))
+        .await;
+    assert_eq!(clean.read_exact(4).await, [0x20, 0x02, 0x00, 0x00]);
+    clean.send(&[0xE0, 0x00]).await;
+    clean.read_to_close().await;
+    disconnected(&b, "dev-leaves").await;
+    let mut again = v4_connect(v4_options("dev-leaves", t.tcp_port())).await;
+    again
+        .client
+        .publish(
+            "devices/dev-leaves/events/status",
+            QoS::AtLeastOnce,
+            false,
+            "sentinel",
+        )
+        .await
+        .unwrap();
+    again.pubacks(1).await;
+    let recs = consume_until(&b, "iot.events", |rs| {
+        rs.iter()
+            .any(|r| r.key == "dev-leaves" && r.value == b"sentinel")
+    })
+    .await;
+    let mine: Vec<&Rec> = recs.iter().filter(|r| r.key == "dev-leaves").collect();
+    assert_eq!(
+        mine.len(),
+        1,
+        "only the sentinel: no will after a clean DISCONNECT"
+    );
+    t.proxy.shutdown().await;
+}

@@ -28,6 +28,9 @@ pub const H_PAYLOAD_FORMAT: &str = "mqtt.payload_format";
 /// Header (5.0): message expiry interval in seconds.
 pub const H_MESSAGE_EXPIRY: &str = "mqtt.message_expiry_interval";
 
+/// Header: `1` on a record produced from a device's last will.
+pub const H_WILL: &str = "mqtt.will";
+
 /// Prefix reserved for the proxy's own headers; user properties may not use it.
 pub const RESERVED_PREFIX: &str = "mqtt.";
 

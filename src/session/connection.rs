@@ -249,6 +249,10 @@ pub async fn run<T, S, H>(
         }
         shared.table.deregister(&session.client_id, session.generation);
         session.drop_commands(&shared.journal);
+        // A drain is not a device failure: devices reconnect elsewhere, so no wills.
+        if let (Some(will), false) = (session.will.take(), matches!(reason, CloseReason::Shutdown)) {
+            publish_will(&shared, &session.client_id, session.version, *will, session.will_delay);
+        }
         shared.journal.lifecycle(&session.client_id, "disconnected", &peer.to_string(), Some(reason.label()));
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
         metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
@@ -396,6 +400,10 @@ struct Session {
     client_receive_max: u16,
     /// Subscriptions and commands, allocated on the first granted SUBSCRIBE.
     outbound: Option<Box<Outbound>>,
+    /// The last will, until a normal DISCONNECT discards it.
+    will: Option<Box<Will>>,
+    /// 5.0 will delay, capped by the session expiry interval [MQTT-3.1.3-9].
+    will_delay: Duration,
 }
 
 /// Commands state of a session with at least one subscription.
@@ -534,6 +542,16 @@ impl Session {
             kick: Some(registration.kick),
             client_receive_max: connect.properties.receive_maximum.unwrap_or(32),
             outbound: None,
+            will_delay: Duration::from_secs(
+                connect
+                    .will
+                    .as_ref()
+                    .and_then(|w| w.properties.will_delay_interval)
+                    .unwrap_or(0)
+                    .min(connect.properties.session_expiry_interval.unwrap_or(0))
+                    .into(),
+            ),
+            will: connect.will.map(Box::new),
         })
     }
 
@@ -694,7 +712,13 @@ impl Session {
                 framed.queue(&Packet::PubComp(Ack::new(ack.packet_id, code)), v);
             }
             Packet::PingReq => framed.queue(&Packet::PingResp, v),
-            Packet::Disconnect(_) => return Err(CloseReason::ClientDisconnected),
+            Packet::Disconnect(d) => {
+                // Only 5.0's "disconnect with will message" (0x04) keeps the will.
+                if d.reason != 0x04 {
+                    self.will = None;
+                }
+                return Err(CloseReason::ClientDisconnected);
+            }
             Packet::Subscribe(sub) => {
                 let ack = self.subscribe(sub, shared);
                 framed.queue(&Packet::SubAck(ack), v);
@@ -1212,4 +1236,74 @@ impl Session {
             journal.receipt(&cmd, Status::Dropped, "device disconnected before delivery");
         }
     }
+}
+
+/// Produces a last will through the routes, like a PUBLISH from the device
+/// (header `mqtt.will = 1`), after its delay unless the client id connects
+/// again first (here, or announced by another replica).
+fn publish_will(
+    shared: &Arc<Shared>,
+    client_id: &str,
+    version: Version,
+    will: Will,
+    delay: Duration,
+) {
+    let disconnected_at = now_ms();
+    let publish = Publish {
+        dup: false,
+        qos: will.qos,
+        retain: will.retain,
+        topic: will.topic,
+        packet_id: 0,
+        properties: will.properties,
+        payload: will.payload,
+    };
+    let produce = {
+        let shared = shared.clone();
+        let client_id = client_id.to_owned();
+        move || {
+            let Some(dest) = shared.router.route(&publish.topic, &client_id) else {
+                metrics::counter!(m::PUBLISH_REFUSED, "reason" => "no_route").increment(1);
+                tracing::warn!(topic = %publish.topic, "last will matches no route; not produced");
+                return;
+            };
+            let headers = record::headers(&publish, &publish.topic, &client_id, version).insert(
+                rdkafka::message::Header {
+                    key: record::H_WILL,
+                    value: Some("1"),
+                },
+            );
+            let rec = Record {
+                topic: dest.kafka_topic,
+                key: dest.key.as_bytes(),
+                payload: &publish.payload,
+                headers,
+                timestamp_ms: now_ms(),
+            };
+            match shared.producer.send(rec, Box::new(Delivery::Fire)) {
+                Ok(()) => tracing::info!(topic = %publish.topic, "last will produced"),
+                Err(_) => {
+                    metrics::counter!(m::QOS0_DROPPED).increment(1);
+                    tracing::warn!(topic = %publish.topic, "last will could not be produced");
+                }
+            }
+        }
+    };
+    if delay.is_zero() {
+        return produce();
+    }
+    shared.table.hold_will(client_id, disconnected_at);
+    let shared = shared.clone();
+    let client_id = client_id.to_owned();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        if shared.table.release_will(&client_id, disconnected_at) {
+            produce();
+        } else {
+            tracing::info!(
+                client_id,
+                "last will cancelled: the client connected again within its delay"
+            );
+        }
+    });
 }

@@ -71,6 +71,10 @@ pub enum Offer {
 pub struct SessionTable {
     map: DashMap<String, Entry>,
     next_generation: AtomicU64,
+    /// Delayed wills (5.0 Will Delay Interval): client id → when it disconnected.
+    /// A connect of the client id, here or announced by another replica,
+    /// cancels its will.
+    pending_wills: DashMap<String, i64>,
 }
 
 impl SessionTable {
@@ -90,6 +94,7 @@ impl SessionTable {
         if let Some(old) = old {
             old.kick.notify_one();
         }
+        self.pending_wills.remove(client_id);
         Registration { generation, kick }
     }
 
@@ -126,9 +131,26 @@ impl SessionTable {
         }
     }
 
+    /// Holds the will of `client_id`, which disconnected at `at_ms`, until
+    /// its delay passes.
+    pub fn hold_will(&self, client_id: &str, at_ms: i64) {
+        self.pending_wills.insert(client_id.to_owned(), at_ms);
+    }
+
+    /// After the delay: whether the held will is still due (no connect of
+    /// the client id since), releasing it.
+    pub fn release_will(&self, client_id: &str, at_ms: i64) -> bool {
+        self.pending_wills
+            .remove_if(client_id, |_, held| *held == at_ms)
+            .is_some()
+    }
+
     /// Kicks the local session of `client_id` if it connected before
-    /// `remote_at_ms` (another replica announced a newer connect).
+    /// `remote_at_ms` (another replica announced a newer connect), and
+    /// cancels a will held for it.
     pub fn kick_if_older(&self, client_id: &str, remote_at_ms: i64) -> bool {
+        self.pending_wills
+            .remove_if(client_id, |_, held| *held <= remote_at_ms);
         let kick = match self.map.get(client_id) {
             Some(e) if e.connected_at_ms <= remote_at_ms => e.kick.clone(),
             _ => return false,
@@ -194,6 +216,19 @@ mod tests {
         assert_eq!(t.offer(cmd("d")), Offer::Queued);
         assert!(matches!(t.offer(cmd("d")), Offer::QueueFull(_)));
         assert_eq!(rx.recv().await.unwrap().device_id, "d");
+    }
+
+    #[test]
+    fn a_reconnect_here_or_elsewhere_cancels_a_held_will() {
+        let t = SessionTable::default();
+        t.hold_will("d", 10);
+        assert!(t.release_will("d", 10), "nobody came back: the will is due");
+        t.hold_will("d", 20);
+        t.register("d", 25);
+        assert!(!t.release_will("d", 20), "reconnected here");
+        t.hold_will("e", 30);
+        t.kick_if_older("e", 31);
+        assert!(!t.release_will("e", 30), "reconnected on another replica");
     }
 
     #[test]
