@@ -372,8 +372,12 @@ pub struct CommandsConfig {
     pub subscribe_filters: Vec<String>,
     /// QoS of a command without an `mqtt.qos` header (0 or 1). Default 1.
     pub default_qos: u8,
-    /// Commands queued per connection before further ones are dropped. Default 64.
+    /// Commands queued per connection before further ones are dropped, and
+    /// held per offline device (oldest dropped first). Default 64.
     pub max_queued_per_device: usize,
+    /// How long a command waits for an offline device with a persistent
+    /// session (also how far back the start-up rebuild reads). Default 3600000.
+    pub offline_max_age_ms: u64,
     /// Name of this replica in receipts and session records; empty means
     /// `hostname-pid`. Default empty.
     pub replica_id: String,
@@ -389,6 +393,7 @@ impl Default for CommandsConfig {
             subscribe_filters: vec!["devices/{device_id}/commands/#".into()],
             default_qos: 1,
             max_queued_per_device: 64,
+            offline_max_age_ms: 3_600_000,
             replica_id: String::new(),
         }
     }

@@ -25,6 +25,7 @@ use crate::kafka::KafkaError;
 use crate::router::Router;
 use crate::server::listener::{self, Transport};
 use crate::server::tls::{self, TlsError};
+use crate::session::offline::OfflineIndex;
 use crate::session::table::SessionTable;
 use crate::session::Shared;
 
@@ -116,6 +117,10 @@ impl Proxy {
             config.commands.replica_id.clone()
         };
         let table = Arc::new(SessionTable::default());
+        let offline = Arc::new(OfflineIndex::new(
+            config.commands.max_queued_per_device,
+            config.commands.offline_max_age_ms as i64,
+        ));
         let journal = Arc::new(Journal::new(
             producer.clone(),
             &config.commands,
@@ -128,6 +133,7 @@ impl Proxy {
             &config.commands,
             &config.lifecycle,
             table.clone(),
+            offline.clone(),
             journal.clone(),
         )?;
         tracing::info!(replica, commands = config.commands.enabled, topic = %config.commands.topic, "command consumer started");
@@ -137,6 +143,7 @@ impl Proxy {
             producer.clone(),
             config.commands.clone(),
             table,
+            offline,
             journal,
         ));
         let permits = Arc::new(Semaphore::new(config.listeners.max_connections));

@@ -363,3 +363,74 @@ async fn the_will_is_produced_when_a_connection_dies_not_on_a_clean_disconnect()
     );
     t.proxy.shutdown().await;
 }
+
+fn persistent(id: &str, port: u16) -> rumqttc::MqttOptions {
+    let mut o = v4_options(id, port);
+    o.set_clean_session(false);
+    o
+}
+
+async fn second_replica(a: &TestProxy, name: &'static str) -> TestProxy {
+    let boot = a.bootstrap();
+    TestProxy::start_with(move |c| {
+        c.kafka.bootstrap_servers = boot;
+        c.commands.replica_id = name.into();
+        c.listeners.tls.enabled = false;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_device_gets_its_command_when_it_reconnects_to_the_other_replica() {
+    let a = TestProxy::start_with(|c| c.commands.replica_id = "A".into()).await;
+    let b = second_replica(&a, "B").await;
+    let boot = a.bootstrap();
+    // Persistent session on A, then offline.
+    let dev = v4_connect(persistent("dev-away", a.tcp_port())).await;
+    dev.client.disconnect().await.unwrap();
+    disconnected(&boot, "dev-away").await;
+
+    command(
+        &boot,
+        "dev-away",
+        "while you were out",
+        &[("command.id", "c-away")],
+    )
+    .await;
+    // Back, on the other replica, without subscribing again.
+    let mut back = v4_connect(persistent("dev-away", b.tcp_port())).await;
+    let p = next_publish(&mut back).await;
+    assert_eq!(&p.payload[..], b"while you were out");
+    assert_eq!(p.topic, "devices/dev-away/commands/command");
+    let r = receipt_with_id(&boot, "c-away").await;
+    assert_eq!(
+        (r["status"].as_str(), r["replica"].as_str()),
+        (Some("delivered"), Some("B"))
+    );
+    b.proxy.shutdown().await;
+    a.proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_rebuilds_its_offline_index_from_kafka() {
+    let a = TestProxy::start_with(|c| c.commands.replica_id = "A".into()).await;
+    let boot = a.bootstrap();
+    let b = second_replica(&a, "B").await;
+    let dev = v4_connect(persistent("dev-later", b.tcp_port())).await;
+    dev.client.disconnect().await.unwrap();
+    disconnected(&boot, "dev-later").await;
+    command(&boot, "dev-later", "first", &[("command.id", "c-l1")]).await;
+    // Replica B goes away and comes back empty-handed: it must read the
+    // command back from Kafka.
+    b.proxy.shutdown().await;
+    command(&boot, "dev-later", "second", &[("command.id", "c-l2")]).await;
+    let b2 = second_replica(&a, "B2").await;
+    let mut back = v4_connect(persistent("dev-later", b2.tcp_port())).await;
+    let got = [next_publish(&mut back).await, next_publish(&mut back).await];
+    let payloads: Vec<&[u8]> = got.iter().map(|p| &p.payload[..]).collect();
+    assert_eq!(payloads, [&b"first"[..], b"second"], "both, in order");
+    assert_eq!(receipt_with_id(&boot, "c-l1").await["status"], "delivered");
+    assert_eq!(receipt_with_id(&boot, "c-l2").await["status"], "delivered");
+    b2.proxy.shutdown().await;
+    a.proxy.shutdown().await;
+}

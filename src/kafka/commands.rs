@@ -22,6 +22,7 @@ use super::KafkaError;
 use crate::config::{CommandsConfig, LifecycleConfig};
 use crate::metrics as m;
 use crate::mqtt::packet::QoS;
+use crate::session::offline::OfflineIndex;
 use crate::session::table::{Command, Offer, SessionTable};
 
 /// Header: explicit MQTT topic of a command.
@@ -211,6 +212,7 @@ pub fn parse_command<M: Message>(m: &M, cfg: &CommandsConfig) -> Result<Command,
         expires_at_ms,
         command_id: header(H_ID),
         source: (m.topic().to_owned(), m.partition(), m.offset()),
+        created_ms: timestamp,
     })
 }
 
@@ -229,6 +231,7 @@ impl CommandConsumer {
         cfg: &CommandsConfig,
         lifecycle: &LifecycleConfig,
         table: Arc<SessionTable>,
+        offline: Arc<OfflineIndex>,
         journal: Arc<Journal>,
     ) -> Result<CommandConsumer, KafkaError> {
         let consumer: BaseConsumer = ClientConfig::new()
@@ -238,11 +241,14 @@ impl CommandConsumer {
             .set("fetch.wait.max.ms", "50")
             .create()
             .map_err(KafkaError::Client)?;
-        let mut tpl = TopicPartitionList::new();
         let mut topics = vec![lifecycle.sessions_topic.as_str()];
         if cfg.enabled {
             topics.push(cfg.topic.as_str());
+            topics.push(cfg.receipts_topic.as_str());
         }
+        // Where each partition ends now: the rebuild reads up to here, live
+        // consumption starts here.
+        let mut ends: Vec<(String, i32, i64)> = Vec::new();
         for topic in topics {
             let md = consumer
                 .fetch_metadata(Some(topic), Duration::from_secs(10))
@@ -252,9 +258,16 @@ impl CommandConsumer {
                 let (_, high) = consumer
                     .fetch_watermarks(topic, p, Duration::from_secs(10))
                     .map_err(KafkaError::Client)?;
-                tpl.add_partition_offset(topic, p, Offset::Offset(high))
-                    .map_err(KafkaError::Client)?;
+                ends.push((topic.to_owned(), p, high));
             }
+        }
+        if cfg.enabled {
+            rebuild(&consumer, cfg, &ends, &offline)?;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, p, high) in &ends {
+            tpl.add_partition_offset(topic, *p, Offset::Offset(*high))
+                .map_err(KafkaError::Client)?;
         }
         consumer.assign(&tpl).map_err(KafkaError::Client)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -277,8 +290,12 @@ impl CommandConsumer {
                     };
                     if msg.topic() == sessions_topic {
                         on_session(&msg, &table, &journal);
+                    } else if msg.topic() == cfg.receipts_topic {
+                        if let Some((device, source)) = parse_receipt(&msg) {
+                            offline.settle(&device, &source);
+                        }
                     } else {
-                        on_command(&msg, &cfg, &table, &journal);
+                        on_command(&msg, &cfg, &table, &offline, &journal);
                     }
                 }
             })
@@ -298,7 +315,13 @@ impl CommandConsumer {
     }
 }
 
-fn on_command<M: Message>(msg: &M, cfg: &CommandsConfig, table: &SessionTable, journal: &Journal) {
+fn on_command<M: Message>(
+    msg: &M,
+    cfg: &CommandsConfig,
+    table: &SessionTable,
+    offline: &OfflineIndex,
+    journal: &Journal,
+) {
     let cmd = match parse_command(msg, cfg) {
         Ok(c) => Box::new(c),
         Err(e) => {
@@ -315,7 +338,12 @@ fn on_command<M: Message>(msg: &M, cfg: &CommandsConfig, table: &SessionTable, j
         return;
     }
     match table.offer(cmd) {
-        Offer::Queued | Offer::NotHere => {}
+        Offer::Queued => {}
+        // Maybe connected to another replica, maybe offline: held until a
+        // receipt says it was handled, or the device connects here.
+        Offer::NotHere(cmd) => {
+            offline.hold(cmd, now_ms());
+        }
         Offer::NotSubscribed(cmd) => {
             journal.receipt(&cmd, Status::NotSubscribed, "device has no subscription")
         }
@@ -347,4 +375,96 @@ fn on_session<M: Message>(msg: &M, table: &SessionTable, journal: &Journal) {
             "session taken over by a newer connect on another replica"
         );
     }
+}
+
+/// The device id and source (topic, partition, offset) a receipt is about.
+fn parse_receipt<M: Message>(msg: &M) -> Option<(String, (String, i32, i64))> {
+    let v: serde_json::Value = serde_json::from_slice(msg.payload()?).ok()?;
+    let src = v.get("source")?;
+    Some((
+        v.get("device_id")?.as_str()?.to_owned(),
+        (
+            src.get("topic")?.as_str()?.to_owned(),
+            src.get("partition")?.as_i64()? as i32,
+            src.get("offset")?.as_i64()?,
+        ),
+    ))
+}
+
+/// Start-up: reads the commands and receipts of the last
+/// `offline_max_age_ms` up to `ends` and holds every command nobody has
+/// reported an outcome for, so a restarted replica can still deliver them.
+fn rebuild(
+    consumer: &BaseConsumer,
+    cfg: &CommandsConfig,
+    ends: &[(String, i32, i64)],
+    offline: &OfflineIndex,
+) -> Result<(), KafkaError> {
+    let since = now_ms() - cfg.offline_max_age_ms as i64;
+    let mut tpl = TopicPartitionList::new();
+    let mut pending: std::collections::HashMap<(String, i32), i64> = Default::default();
+    for (topic, p, high) in ends {
+        if topic != &cfg.topic && topic != &cfg.receipts_topic {
+            continue;
+        }
+        // Brokers without timestamp lookup: read what the topic still has.
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .map_err(KafkaError::Client)?;
+        if *high > 0 {
+            pending.insert((topic.clone(), *p), *high);
+        }
+    }
+    if pending.is_empty() {
+        return Ok(());
+    }
+    consumer.assign(&tpl).map_err(KafkaError::Client)?;
+    let mut commands = Vec::new();
+    let mut settled = std::collections::HashSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !pending.is_empty() && std::time::Instant::now() < deadline {
+        let Some(Ok(msg)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let key = (msg.topic().to_owned(), msg.partition());
+        let Some(&high) = pending.get(&key) else {
+            continue;
+        };
+        if msg.offset() >= high {
+            pending.remove(&key);
+            continue;
+        }
+        if msg.offset() + 1 >= high {
+            pending.remove(&key);
+        }
+        if msg.timestamp().to_millis().unwrap_or(0) < since {
+            continue;
+        }
+        if msg.topic() == cfg.receipts_topic {
+            if let Some((_, source)) = parse_receipt(&msg) {
+                settled.insert(source);
+            }
+        } else if let Ok(c) = parse_command(&msg, cfg) {
+            commands.push(Box::new(c));
+        }
+    }
+    if !pending.is_empty() {
+        tracing::warn!(
+            partitions = pending.len(),
+            "offline index rebuild did not reach the end of every partition in 60 s"
+        );
+    }
+    let now = now_ms();
+    let mut held = 0;
+    for c in commands {
+        if !settled.contains(&c.source) {
+            offline.hold(c, now);
+            held += 1;
+        }
+    }
+    tracing::info!(
+        held,
+        receipts = settled.len(),
+        "offline command index rebuilt from Kafka"
+    );
+    Ok(())
 }

@@ -37,6 +37,7 @@ use crate::mqtt::error::ProtocolError;
 use crate::mqtt::packet::*;
 use crate::mqtt::topic;
 use crate::router::Router;
+use crate::session::offline::OfflineIndex;
 use crate::session::table::{Command, SessionTable};
 use tokio::sync::{mpsc, Notify};
 
@@ -54,6 +55,8 @@ pub struct Shared {
     pub commands: CommandsConfig,
     /// Who is connected here.
     pub table: Arc<SessionTable>,
+    /// Commands waiting for devices with persistent sessions.
+    pub offline: Arc<OfflineIndex>,
     /// Receipts, lifecycle records, session announcements.
     pub journal: Arc<Journal>,
 }
@@ -66,6 +69,7 @@ impl Shared {
         producer: Producer,
         commands: CommandsConfig,
         table: Arc<SessionTable>,
+        offline: Arc<OfflineIndex>,
         journal: Arc<Journal>,
     ) -> Shared {
         let limits = Limits {
@@ -79,6 +83,7 @@ impl Shared {
             producer,
             commands,
             table,
+            offline,
             journal,
         }
     }
@@ -507,7 +512,61 @@ impl Session {
         // Take over an older session of this client id (here now, elsewhere
         // through the announcement) before the client hears it is connected.
         let connected_at = now_ms();
-        let registration = shared.table.register(&client_id, connected_at);
+        // A persistent session (3.1.1 clean session 0, 5.0 session expiry > 0)
+        // is subscribed to the device's allowed command filters from the
+        // start: the proxy keeps no subscriptions between connections, and
+        // such a device does not resubscribe.
+        let persistent = shared.commands.enabled
+            && match connect.version {
+                Version::V311 => !connect.clean_start,
+                Version::V5 => connect.properties.session_expiry_interval.unwrap_or(0) > 0,
+            };
+        let outbound = persistent.then(|| {
+            let (tx, rx) = mpsc::channel(shared.commands.max_queued_per_device);
+            let subscriptions = shared
+                .commands
+                .subscribe_filters
+                .iter()
+                .map(|f| (f.replace("{device_id}", &client_id), QoS::AtLeastOnce))
+                .collect();
+            (
+                tx,
+                Box::new(Outbound {
+                    subscriptions,
+                    rx,
+                    unacked: VecDeque::new(),
+                    next_id: 1,
+                }),
+            )
+        });
+        let registration = shared.table.register(
+            &client_id,
+            connected_at,
+            outbound.as_ref().map(|(tx, _)| tx.clone()),
+        );
+        // Commands that waited for this device: delivered if its session
+        // persists, reported as dropped if it started clean.
+        for cmd in shared.offline.take(&client_id, connected_at) {
+            match &outbound {
+                Some((tx, _)) => {
+                    if let Err(e) = tx.try_send(cmd) {
+                        let cmd = match e {
+                            mpsc::error::TrySendError::Full(c)
+                            | mpsc::error::TrySendError::Closed(c) => c,
+                        };
+                        shared
+                            .journal
+                            .receipt(&cmd, Status::Dropped, "device command queue full");
+                    }
+                }
+                None => shared.journal.receipt(
+                    &cmd,
+                    Status::Dropped,
+                    "device reconnected with a clean session",
+                ),
+            }
+        }
+        let outbound = outbound.map(|(_, o)| o);
         shared.journal.announce(&client_id, connected_at);
         shared
             .journal
@@ -541,7 +600,7 @@ impl Session {
             generation: registration.generation,
             kick: Some(registration.kick),
             client_receive_max: connect.properties.receive_maximum.unwrap_or(32),
-            outbound: None,
+            outbound,
             will_delay: Duration::from_secs(
                 connect
                     .will

@@ -5,6 +5,7 @@
 
 pub mod connection;
 pub mod framed;
+pub mod offline;
 pub mod table;
 
 pub use connection::{CloseReason, Shared};

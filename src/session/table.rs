@@ -34,6 +34,8 @@ pub struct Command {
     pub command_id: Option<String>,
     /// Where the record came from: topic, partition, offset.
     pub source: (String, i32, i64),
+    /// The record's timestamp, ms since the epoch.
+    pub created_ms: i64,
 }
 
 /// One connected session's handles.
@@ -63,7 +65,7 @@ pub enum Offer {
     /// The connection's command queue is full.
     QueueFull(Box<Command>),
     /// The device is not connected to this replica.
-    NotHere,
+    NotHere(Box<Command>),
 }
 
 /// Connected sessions of this replica.
@@ -79,7 +81,12 @@ pub struct SessionTable {
 
 impl SessionTable {
     /// Registers a session; an existing one with the same client id is kicked.
-    pub fn register(&self, client_id: &str, connected_at_ms: i64) -> Registration {
+    pub fn register(
+        &self,
+        client_id: &str,
+        connected_at_ms: i64,
+        commands: Option<mpsc::Sender<Box<Command>>>,
+    ) -> Registration {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
         let kick = Arc::new(Notify::new());
         let old = self.map.insert(
@@ -88,7 +95,7 @@ impl SessionTable {
                 generation,
                 connected_at_ms,
                 kick: kick.clone(),
-                commands: None,
+                commands,
             },
         );
         if let Some(old) = old {
@@ -117,7 +124,7 @@ impl SessionTable {
     pub fn offer(&self, cmd: Box<Command>) -> Offer {
         // Clone the sender out: the shard lock is released before sending.
         let tx = match self.map.get(&cmd.device_id) {
-            None => return Offer::NotHere,
+            None => return Offer::NotHere(cmd),
             Some(e) => e.commands.clone(),
         };
         match tx {
@@ -126,7 +133,7 @@ impl SessionTable {
                 Ok(()) => Offer::Queued,
                 Err(mpsc::error::TrySendError::Full(cmd)) => Offer::QueueFull(cmd),
                 // The connection just ended; it is gone from here in a moment.
-                Err(mpsc::error::TrySendError::Closed(_)) => Offer::NotHere,
+                Err(mpsc::error::TrySendError::Closed(cmd)) => Offer::NotHere(cmd),
             },
         }
     }
@@ -188,15 +195,16 @@ mod tests {
             expires_at_ms: None,
             command_id: None,
             source: ("iot.commands".into(), 0, 0),
+            created_ms: 0,
         })
     }
 
     #[tokio::test]
     async fn a_second_registration_kicks_the_first_and_a_stale_deregister_is_ignored() {
         let t = SessionTable::default();
-        let first = t.register("d", 1);
+        let first = t.register("d", 1, None);
         let kicked = first.kick.notified();
-        let second = t.register("d", 2);
+        let second = t.register("d", 2, None);
         // notify_one stores a permit, so the kick is not lost if nobody waits yet.
         kicked.await;
         t.deregister("d", first.generation);
@@ -208,8 +216,8 @@ mod tests {
     #[tokio::test]
     async fn commands_reach_subscribed_sessions_only() {
         let t = SessionTable::default();
-        assert_eq!(t.offer(cmd("d")), Offer::NotHere);
-        let r = t.register("d", 1);
+        assert!(matches!(t.offer(cmd("d")), Offer::NotHere(_)));
+        let r = t.register("d", 1, None);
         assert!(matches!(t.offer(cmd("d")), Offer::NotSubscribed(_)));
         let (tx, mut rx) = mpsc::channel(1);
         t.set_commands("d", r.generation, tx);
@@ -224,7 +232,7 @@ mod tests {
         t.hold_will("d", 10);
         assert!(t.release_will("d", 10), "nobody came back: the will is due");
         t.hold_will("d", 20);
-        t.register("d", 25);
+        t.register("d", 25, None);
         assert!(!t.release_will("d", 20), "reconnected here");
         t.hold_will("e", 30);
         t.kick_if_older("e", 31);
@@ -234,7 +242,7 @@ mod tests {
     #[test]
     fn only_older_local_sessions_are_kicked_by_remote_connects() {
         let t = SessionTable::default();
-        t.register("d", 100);
+        t.register("d", 100, None);
         assert!(!t.kick_if_older("d", 99));
         assert!(t.kick_if_older("d", 100));
         assert!(!t.kick_if_older("other", 1000));
