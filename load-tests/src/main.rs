@@ -5,6 +5,7 @@
 //! records produced straight into the same broker by an rdkafka producer (the
 //! physical limit of ingest). Prints both rates and their ratio.
 
+mod command_bench;
 mod device;
 mod direct;
 mod lean;
@@ -35,6 +36,8 @@ enum Cmd {
     IngestBench(IngestArgs),
     /// Start a broker, K replicas and the simulated fleet; verify; write the report.
     Rig(rig::RigArgs),
+    /// Commands from Kafka to devices on two replicas, beside a direct consumer.
+    CommandBench(command_bench::CommandBenchArgs),
     /// (Internal) one worker process of the rig; the argument is its JSON spec.
     Worker {
         /// The worker's spec as JSON.
@@ -75,6 +78,7 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
         Cmd::IngestBench(a) => rt.block_on(ingest_bench(a)),
+        Cmd::CommandBench(a) => rt.block_on(command_bench::run(a)),
         Cmd::Worker { spec } => rt.block_on(worker::run(serde_json::from_str(&spec)?)),
         Cmd::Rig(a) => {
             let report = rt.block_on(rig::run(a.clone()))?;
