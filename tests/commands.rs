@@ -187,13 +187,7 @@ async fn unsubscribed_and_expired_commands_are_not_delivered_and_say_so() {
 async fn devices_on_two_replicas_both_receive_their_commands() {
     let a = TestProxy::start_with(|c| c.commands.replica_id = "A".into()).await;
     let b_boot = a.bootstrap();
-    let boot = b_boot.clone();
-    let b = TestProxy::start_with(move |c| {
-        c.kafka.bootstrap_servers = boot;
-        c.commands.replica_id = "B".into();
-        c.listeners.tls.enabled = false;
-    })
-    .await;
+    let b = second_replica(&a, "B").await;
     let mut on_a = subscribed(a.tcp_port(), "dev-a").await;
     let mut on_b = subscribed(b.tcp_port(), "dev-b").await;
     command(&b_boot, "dev-a", "for a", &[("command.id", "ca")]).await;
@@ -217,13 +211,7 @@ async fn devices_on_two_replicas_both_receive_their_commands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_id_connecting_again_takes_over_here_and_across_replicas() {
     let a = TestProxy::start_with(|c| c.commands.replica_id = "A".into()).await;
-    let boot = a.bootstrap();
-    let b = TestProxy::start_with(move |c| {
-        c.kafka.bootstrap_servers = boot;
-        c.commands.replica_id = "B".into();
-        c.listeners.tls.enabled = false;
-    })
-    .await;
+    let b = second_replica(&a, "B").await;
     // Same replica: the first connection gets DISCONNECT 0x8E.
     let mut first = v5_connect(v5_options("dev-twice", a.tcp_port())).await;
     let _second = v5_connect(v5_options("dev-twice", a.tcp_port())).await;
