@@ -254,6 +254,9 @@ impl Proxy {
         } else {
             tracing::warn!(?report, "drain deadline passed with work left");
         }
+        // The producer goes before the broker it talks to, so an embedded
+        // broker's shutdown is not logged as "all brokers down".
+        drop(self.producer);
         drop(self.embedded);
         report
     }
