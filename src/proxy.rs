@@ -57,7 +57,7 @@ pub struct ShutdownReport {
     /// Connections still open when the drain deadline passed.
     pub connections_left: usize,
     /// Records Kafka had not acknowledged when the flush gave up.
-    pub records_unflushed: i32,
+    pub records_unflushed: i64,
 }
 
 /// A running replica.
@@ -215,7 +215,7 @@ impl Proxy {
     }
 
     /// Records handed to the producer that Kafka has not acknowledged yet.
-    pub fn producer_in_flight(&self) -> i32 {
+    pub fn producer_in_flight(&self) -> i64 {
         self.producer.in_flight()
     }
 

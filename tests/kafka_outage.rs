@@ -76,13 +76,13 @@ async fn no_puback_while_kafka_is_down_and_nothing_lost_after() {
     }
     // The proxy reads exactly one window of records, then stops reading.
     eventually("a full window in flight", || {
-        t.proxy.producer_in_flight() == WINDOW as i32
+        t.proxy.producer_in_flight() == WINDOW as i64
     })
     .await;
     assert_eq!(pubacks_so_far(&mut c), 0, "no PUBACK while Kafka is down");
     assert_eq!(
         t.proxy.producer_in_flight(),
-        WINDOW as i32,
+        WINDOW as i64,
         "the socket is not read beyond receive_maximum"
     );
 

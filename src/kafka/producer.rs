@@ -6,7 +6,7 @@
 //! record back and connections wait on [`Producer::wait_for_space`] instead
 //! of reading more from their sockets — backpressure, never a buffer.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +37,9 @@ pub enum Delivery {
 pub struct ProxyContext {
     space: Notify,
     waiting: AtomicUsize,
+    /// Records handed to librdkafka and not yet reported on. Unlike
+    /// librdkafka's `outq_len`, this counts records only, not protocol requests.
+    records: AtomicI64,
 }
 
 impl ClientContext for ProxyContext {
@@ -50,6 +53,7 @@ impl ProducerContext for ProxyContext {
     type DeliveryOpaque = Box<Delivery>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, delivery: Box<Delivery>) {
+        self.records.fetch_sub(1, Ordering::AcqRel);
         let outcome = match result {
             Ok(_) => Ok(()),
             Err((e, _)) => Err(e.to_string()),
@@ -136,6 +140,7 @@ impl Producer {
         let context = ProxyContext {
             space: Notify::new(),
             waiting: AtomicUsize::new(0),
+            records: AtomicI64::new(0),
         };
         let inner: ThreadedProducer<ProxyContext> = cc
             .create_with_context(context)
@@ -152,7 +157,14 @@ impl Producer {
             .payload(record.payload)
             .headers(record.headers)
             .timestamp(record.timestamp_ms);
-        match self.inner.send(base) {
+        // Counted before the send: the delivery callback may run before send returns.
+        let records = &self.inner.context().records;
+        records.fetch_add(1, Ordering::AcqRel);
+        let sent = self.inner.send(base);
+        if sent.is_err() {
+            records.fetch_sub(1, Ordering::AcqRel);
+        }
+        match sent {
             Ok(()) => Ok(()),
             Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
                 metrics::counter!(m::KAFKA_QUEUE_FULL).increment(1);
@@ -173,18 +185,18 @@ impl Producer {
         ctx.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Records not yet acknowledged by Kafka.
-    pub fn in_flight(&self) -> i32 {
-        self.inner.in_flight_count()
+    /// Records handed to the producer that have no outcome yet.
+    pub fn in_flight(&self) -> i64 {
+        self.inner.context().records.load(Ordering::Acquire)
     }
 
     /// Waits (on a blocking thread) until every queued record has an outcome,
-    /// or the timeout passes. Returns the number still in flight.
-    pub async fn flush(&self, timeout: Duration) -> i32 {
+    /// or the timeout passes. Returns the number of records still without one.
+    pub async fn flush(&self, timeout: Duration) -> i64 {
         let inner = self.inner.clone();
         let result = tokio::task::spawn_blocking(move || {
             let _ = inner.flush(timeout);
-            inner.in_flight_count()
+            inner.context().records.load(Ordering::Acquire)
         })
         .await;
         result.unwrap_or(-1)
