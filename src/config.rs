@@ -367,6 +367,10 @@ pub struct CommandsConfig {
     /// and `{name}` (the `command.name` header, default `command`) are filled
     /// in. Default `devices/{device_id}/commands/{name}`.
     pub topic_template: String,
+    /// Compacted topic of retained commands (desired state, latest per
+    /// device and MQTT topic, sent on SUBSCRIBE); empty disables. Default
+    /// `iot.retained-commands`.
+    pub retained_topic: String,
     /// Filters a device may subscribe to; `{device_id}` is the device's own
     /// id. Default `["devices/{device_id}/commands/#"]`.
     pub subscribe_filters: Vec<String>,
@@ -389,6 +393,7 @@ impl Default for CommandsConfig {
             enabled: true,
             topic: "iot.commands".into(),
             receipts_topic: "iot.command-receipts".into(),
+            retained_topic: "iot.retained-commands".into(),
             topic_template: "devices/{device_id}/commands/{name}".into(),
             subscribe_filters: vec!["devices/{device_id}/commands/#".into()],
             default_qos: 1,
@@ -483,6 +488,9 @@ impl Config {
         if self.commands.enabled {
             topics.push(self.commands.topic.clone());
             topics.push(self.commands.receipts_topic.clone());
+            if !self.commands.retained_topic.is_empty() {
+                topics.push(self.commands.retained_topic.clone());
+            }
         }
         topics.push(self.lifecycle.sessions_topic.clone());
         if !self.lifecycle.topic.is_empty() {

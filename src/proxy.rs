@@ -26,6 +26,7 @@ use crate::router::Router;
 use crate::server::listener::{self, Transport};
 use crate::server::tls::{self, TlsError};
 use crate::session::offline::OfflineIndex;
+use crate::session::retained::RetainedStore;
 use crate::session::table::SessionTable;
 use crate::session::Shared;
 
@@ -117,6 +118,7 @@ impl Proxy {
             config.commands.replica_id.clone()
         };
         let table = Arc::new(SessionTable::default());
+        let retained = Arc::new(RetainedStore::default());
         let offline = Arc::new(OfflineIndex::new(
             config.commands.max_queued_per_device,
             config.commands.offline_max_age_ms as i64,
@@ -134,6 +136,7 @@ impl Proxy {
             &config.lifecycle,
             table.clone(),
             offline.clone(),
+            retained.clone(),
             journal.clone(),
         )?;
         tracing::info!(replica, commands = config.commands.enabled, topic = %config.commands.topic, "command consumer started");
@@ -144,6 +147,7 @@ impl Proxy {
             config.commands.clone(),
             table,
             offline,
+            retained,
             journal,
         ));
         let permits = Arc::new(Semaphore::new(config.listeners.max_connections));

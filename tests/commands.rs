@@ -422,3 +422,63 @@ async fn a_restarted_replica_rebuilds_its_offline_index_from_kafka() {
     b2.proxy.shutdown().await;
     a.proxy.shutdown().await;
 }
+
+/// Writes desired state to the retained-commands topic.
+async fn retained(bootstrap: &str, device: &str, mqtt_topic: &str, payload: &str) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let h = OwnedHeaders::new().insert(Header {
+        key: "mqtt.topic",
+        value: Some(mqtt_topic),
+    });
+    producer
+        .send(
+            FutureRecord::to("iot.retained-commands")
+                .key(device)
+                .payload(payload)
+                .headers(h),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_commands_are_sent_on_subscribe_latest_per_topic_even_after_a_restart() {
+    let a = TestProxy::start_with(|c| c.commands.replica_id = "A".into()).await;
+    let boot = a.bootstrap();
+    let led = "devices/dev-state/commands/led";
+    let fan = "devices/dev-state/commands/fan";
+    retained(&boot, "dev-state", led, "on").await;
+    retained(&boot, "dev-state", led, "off").await;
+    retained(&boot, "dev-state", fan, "2").await;
+    retained(&boot, "dev-state", fan, "").await; // deleted
+                                                 // A command after the retained ones: it arrives after them, so the device
+                                                 // has seen everything retained once this shows up.
+    let marker = "devices/dev-state/commands/marker";
+
+    // A replica started after the writes loads them from the topic.
+    let b = second_replica(&a, "B").await;
+    for port in [a.tcp_port(), b.tcp_port()] {
+        let mut dev = subscribed(port, "dev-state").await;
+        let p = next_publish(&mut dev).await;
+        assert_eq!(
+            (p.topic.as_str(), &p.payload[..], p.retain),
+            (led, &b"off"[..], true)
+        );
+        command(&boot, "dev-state", "m", &[("mqtt.topic", marker)]).await;
+        let p = next_publish(&mut dev).await;
+        assert_eq!(
+            p.topic, marker,
+            "only the latest led state; the fan state was deleted"
+        );
+        assert!(!p.retain);
+        dev.client.disconnect().await.unwrap();
+        disconnected(&boot, "dev-state").await;
+    }
+    b.proxy.shutdown().await;
+    a.proxy.shutdown().await;
+}

@@ -23,6 +23,7 @@ use crate::config::{CommandsConfig, LifecycleConfig};
 use crate::metrics as m;
 use crate::mqtt::packet::QoS;
 use crate::session::offline::OfflineIndex;
+use crate::session::retained::RetainedStore;
 use crate::session::table::{Command, Offer, SessionTable};
 
 /// Header: explicit MQTT topic of a command.
@@ -213,6 +214,7 @@ pub fn parse_command<M: Message>(m: &M, cfg: &CommandsConfig) -> Result<Command,
         command_id: header(H_ID),
         source: (m.topic().to_owned(), m.partition(), m.offset()),
         created_ms: timestamp,
+        retain: false,
     })
 }
 
@@ -232,6 +234,7 @@ impl CommandConsumer {
         lifecycle: &LifecycleConfig,
         table: Arc<SessionTable>,
         offline: Arc<OfflineIndex>,
+        retained: Arc<RetainedStore>,
         journal: Arc<Journal>,
     ) -> Result<CommandConsumer, KafkaError> {
         let consumer: BaseConsumer = ClientConfig::new()
@@ -245,6 +248,9 @@ impl CommandConsumer {
         if cfg.enabled {
             topics.push(cfg.topic.as_str());
             topics.push(cfg.receipts_topic.as_str());
+            if !cfg.retained_topic.is_empty() {
+                topics.push(cfg.retained_topic.as_str());
+            }
         }
         // Where each partition ends now: the rebuild reads up to here, live
         // consumption starts here.
@@ -262,7 +268,7 @@ impl CommandConsumer {
             }
         }
         if cfg.enabled {
-            rebuild(&consumer, cfg, &ends, &offline)?;
+            rebuild(&consumer, cfg, &ends, &offline, &retained)?;
         }
         let mut tpl = TopicPartitionList::new();
         for (topic, p, high) in &ends {
@@ -294,6 +300,8 @@ impl CommandConsumer {
                         if let Some((device, source)) = parse_receipt(&msg) {
                             offline.settle(&device, &source);
                         }
+                    } else if msg.topic() == cfg.retained_topic {
+                        on_retained(&msg, &cfg, &table, &retained, &journal);
                     } else {
                         on_command(&msg, &cfg, &table, &offline, &journal);
                     }
@@ -391,20 +399,54 @@ fn parse_receipt<M: Message>(msg: &M) -> Option<(String, (String, i32, i64))> {
     ))
 }
 
+/// A retained command: kept (or deleted), and handed to the device now if
+/// it is connected here and subscribed.
+fn on_retained<M: Message>(
+    msg: &M,
+    cfg: &CommandsConfig,
+    table: &SessionTable,
+    retained: &RetainedStore,
+    journal: &Journal,
+) {
+    let mut cmd = match parse_command(msg, cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(offset = msg.offset(), error = %e, "retained command ignored");
+            return;
+        }
+    };
+    cmd.retain = true;
+    retained.set(&cmd);
+    if cmd.payload.is_empty() {
+        return;
+    }
+    // Live delivery is an ordinary forward: retain flag 0 [MQTT-3.3.1-9].
+    cmd.retain = false;
+    match table.offer(Box::new(cmd)) {
+        // Not here or not subscribed: it stays retained for the next SUBSCRIBE.
+        Offer::Queued | Offer::NotHere(_) | Offer::NotSubscribed(_) => {}
+        Offer::QueueFull(cmd) => {
+            journal.receipt(&cmd, Status::Dropped, "device command queue full")
+        }
+    }
+}
+
 /// Start-up: reads the commands and receipts of the last
 /// `offline_max_age_ms` up to `ends` and holds every command nobody has
-/// reported an outcome for, so a restarted replica can still deliver them.
+/// reported an outcome for, so a restarted replica can still deliver them;
+/// and loads every retained command.
 fn rebuild(
     consumer: &BaseConsumer,
     cfg: &CommandsConfig,
     ends: &[(String, i32, i64)],
     offline: &OfflineIndex,
+    retained: &RetainedStore,
 ) -> Result<(), KafkaError> {
     let since = now_ms() - cfg.offline_max_age_ms as i64;
     let mut tpl = TopicPartitionList::new();
     let mut pending: std::collections::HashMap<(String, i32), i64> = Default::default();
     for (topic, p, high) in ends {
-        if topic != &cfg.topic && topic != &cfg.receipts_topic {
+        if topic != &cfg.topic && topic != &cfg.receipts_topic && topic != &cfg.retained_topic {
             continue;
         }
         // Brokers without timestamp lookup: read what the topic still has.
@@ -435,6 +477,14 @@ fn rebuild(
         }
         if msg.offset() + 1 >= high {
             pending.remove(&key);
+        }
+        if msg.topic() == cfg.retained_topic {
+            // Compacted desired state: every record counts, whatever its age.
+            if let Ok(mut c) = parse_command(&msg, cfg) {
+                c.retain = true;
+                retained.set(&c);
+            }
+            continue;
         }
         if msg.timestamp().to_millis().unwrap_or(0) < since {
             continue;

@@ -38,6 +38,7 @@ use crate::mqtt::packet::*;
 use crate::mqtt::topic;
 use crate::router::Router;
 use crate::session::offline::OfflineIndex;
+use crate::session::retained::RetainedStore;
 use crate::session::table::{Command, SessionTable};
 use tokio::sync::{mpsc, Notify};
 
@@ -57,6 +58,8 @@ pub struct Shared {
     pub table: Arc<SessionTable>,
     /// Commands waiting for devices with persistent sessions.
     pub offline: Arc<OfflineIndex>,
+    /// Retained commands, sent on SUBSCRIBE.
+    pub retained: Arc<RetainedStore>,
     /// Receipts, lifecycle records, session announcements.
     pub journal: Arc<Journal>,
 }
@@ -70,6 +73,7 @@ impl Shared {
         commands: CommandsConfig,
         table: Arc<SessionTable>,
         offline: Arc<OfflineIndex>,
+        retained: Arc<RetainedStore>,
         journal: Arc<Journal>,
     ) -> Shared {
         let limits = Limits {
@@ -84,6 +88,7 @@ impl Shared {
             commands,
             table,
             offline,
+            retained,
             journal,
         }
     }
@@ -779,8 +784,15 @@ impl Session {
                 return Err(CloseReason::ClientDisconnected);
             }
             Packet::Subscribe(sub) => {
-                let ack = self.subscribe(sub, shared);
+                let (ack, send_retained) = self.subscribe(sub, shared);
                 framed.queue(&Packet::SubAck(ack), v);
+                // Retained commands follow the SUBACK, with the retain flag set.
+                for filter in send_retained {
+                    for mut cmd in shared.retained.matching(&self.client_id, &filter) {
+                        cmd.retain = true;
+                        self.deliver(framed, cmd, &shared.journal);
+                    }
+                }
             }
             Packet::Unsubscribe(u) => {
                 let codes = u
@@ -1126,7 +1138,9 @@ impl Session {
     }
 
     /// Grants the filters the configuration allows this device, refuses the rest.
-    fn subscribe(&mut self, sub: Subscribe, shared: &Shared) -> SubAck {
+    /// Returns the SUBACK and the granted filters whose retained commands
+    /// are to be sent (5.0 retain handling 0 always, 1 for a new subscription).
+    fn subscribe(&mut self, sub: Subscribe, shared: &Shared) -> (SubAck, Vec<String>) {
         let v5 = self.version == Version::V5;
         let refused = if v5 {
             reason::NOT_AUTHORIZED
@@ -1135,6 +1149,7 @@ impl Session {
         };
         let mut codes = Vec::with_capacity(sub.filters.len());
         let mut why = None;
+        let mut send_retained = Vec::new();
         for f in &sub.filters {
             let allowed = shared
                 .commands
@@ -1179,8 +1194,12 @@ impl Session {
                         next_id: 1,
                     })
                 });
+                let existed = out.subscriptions.iter().any(|(g, _)| g == &f.filter);
                 out.subscriptions.retain(|(g, _)| g != &f.filter);
                 out.subscriptions.push((f.filter.clone(), qos));
+                if f.retain_handling == 0 || (f.retain_handling == 1 && !existed) {
+                    send_retained.push(f.filter.clone());
+                }
                 qos as u8
             };
             codes.push(code);
@@ -1188,11 +1207,12 @@ impl Session {
         if let Some(why) = why {
             tracing::info!(why, "SUBSCRIBE partly refused");
         }
-        SubAck {
+        let ack = SubAck {
             packet_id: sub.packet_id,
             properties: why.map(|w| self.reason_string(w)).unwrap_or_default(),
             codes,
-        }
+        };
+        (ack, send_retained)
     }
 
     /// Writes one command to the device, or records why not.
@@ -1245,7 +1265,7 @@ impl Session {
         let publish = Packet::Publish(Publish {
             dup: false,
             qos,
-            retain: false,
+            retain: cmd.retain,
             topic: cmd.mqtt_topic.clone(),
             packet_id,
             properties,

@@ -6,6 +6,7 @@
 pub mod connection;
 pub mod framed;
 pub mod offline;
+pub mod retained;
 pub mod table;
 
 pub use connection::{CloseReason, Shared};

@@ -94,6 +94,7 @@ mod tests {
             command_id: None,
             source: ("iot.commands".into(), 0, offset),
             created_ms,
+            retain: false,
         })
     }
 

@@ -36,6 +36,8 @@ pub struct Command {
     pub source: (String, i32, i64),
     /// The record's timestamp, ms since the epoch.
     pub created_ms: i64,
+    /// A retained command (desired state), sent again on every SUBSCRIBE.
+    pub retain: bool,
 }
 
 /// One connected session's handles.
@@ -196,6 +198,7 @@ mod tests {
             command_id: None,
             source: ("iot.commands".into(), 0, 0),
             created_ms: 0,
+            retain: false,
         })
     }
 
