@@ -28,7 +28,7 @@ use crate::server::tls::{self, TlsError};
 use crate::session::offline::OfflineIndex;
 use crate::session::retained::RetainedStore;
 use crate::session::table::SessionTable;
-use crate::session::Shared;
+use crate::session::{connection, Shared};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -140,16 +140,17 @@ impl Proxy {
             journal.clone(),
         )?;
         tracing::info!(replica, commands = config.commands.enabled, topic = %config.commands.topic, "command consumer started");
-        let shared = Arc::new(Shared::new(
-            config.mqtt.clone(),
+        let shared = Arc::new(Shared {
+            limits: connection::limits(&config.mqtt),
+            mqtt: config.mqtt.clone(),
             router,
-            producer.clone(),
-            config.commands.clone(),
+            producer: producer.clone(),
+            commands: config.commands.clone(),
             table,
             offline,
             retained,
             journal,
-        ));
+        });
         let permits = Arc::new(Semaphore::new(config.listeners.max_connections));
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();

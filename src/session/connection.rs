@@ -64,33 +64,11 @@ pub struct Shared {
     pub journal: Arc<Journal>,
 }
 
-impl Shared {
-    /// Bundles the shared state.
-    pub fn new(
-        mqtt: MqttConfig,
-        router: Router,
-        producer: Producer,
-        commands: CommandsConfig,
-        table: Arc<SessionTable>,
-        offline: Arc<OfflineIndex>,
-        retained: Arc<RetainedStore>,
-        journal: Arc<Journal>,
-    ) -> Shared {
-        let limits = Limits {
-            max_packet_size: mqtt.max_packet_size_bytes,
-            max_user_properties: mqtt.max_user_properties,
-        };
-        Shared {
-            mqtt,
-            limits,
-            router,
-            producer,
-            commands,
-            table,
-            offline,
-            retained,
-            journal,
-        }
+/// The decoder limits a configuration asks for.
+pub fn limits(mqtt: &MqttConfig) -> Limits {
+    Limits {
+        max_packet_size: mqtt.max_packet_size_bytes,
+        max_user_properties: mqtt.max_user_properties,
     }
 }
 

@@ -12,7 +12,7 @@ use crate::mqtt::topic;
 /// Latest retained command per device and MQTT topic.
 #[derive(Default)]
 pub struct RetainedStore {
-    map: DashMap<String, Vec<Box<Command>>>,
+    map: DashMap<String, Vec<Command>>,
 }
 
 impl RetainedStore {
@@ -21,7 +21,7 @@ impl RetainedStore {
         let mut entry = self.map.entry(cmd.device_id.clone()).or_default();
         entry.retain(|c| c.mqtt_topic != cmd.mqtt_topic);
         if !cmd.payload.is_empty() {
-            entry.push(Box::new(cmd.clone()));
+            entry.push(cmd.clone());
         }
         let empty = entry.is_empty();
         drop(entry);
@@ -37,7 +37,7 @@ impl RetainedStore {
             .map(|v| {
                 v.iter()
                     .filter(|c| topic::matches(filter, &c.mqtt_topic))
-                    .cloned()
+                    .map(|c| Box::new(c.clone()))
                     .collect()
             })
             .unwrap_or_default()
