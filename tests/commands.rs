@@ -482,3 +482,27 @@ async fn retained_commands_are_sent_on_subscribe_latest_per_topic_even_after_a_r
     b.proxy.shutdown().await;
     a.proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_falls_out_of_the_offline_queue_is_reported_as_dropped() {
+    let t = TestProxy::start_with(|c| {
+        c.commands.replica_id = "A".into();
+        c.commands.max_queued_per_device = 1;
+    })
+    .await;
+    let boot = t.bootstrap();
+    let dev = v4_connect(persistent("dev-full", t.tcp_port())).await;
+    dev.client.disconnect().await.unwrap();
+    disconnected(&boot, "dev-full").await;
+    command(&boot, "dev-full", "first", &[("command.id", "c-f1")]).await;
+    command(&boot, "dev-full", "second", &[("command.id", "c-f2")]).await;
+    let r = receipt_with_id(&boot, "c-f1").await;
+    assert_eq!(
+        (r["status"].as_str(), r["replica"].as_str()),
+        (Some("dropped"), Some("A"))
+    );
+    let mut back = v4_connect(persistent("dev-full", t.tcp_port())).await;
+    assert_eq!(&next_publish(&mut back).await.payload[..], b"second");
+    assert_eq!(receipt_with_id(&boot, "c-f2").await["status"], "delivered");
+    t.proxy.shutdown().await;
+}

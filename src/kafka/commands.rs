@@ -218,6 +218,9 @@ pub fn parse_command<M: Message>(m: &M, cfg: &CommandsConfig) -> Result<Command,
     })
 }
 
+/// How often the offline index is swept for commands that aged out.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 /// The running consumer thread.
 pub struct CommandConsumer {
     stop: Arc<AtomicBool>,
@@ -268,7 +271,13 @@ impl CommandConsumer {
             }
         }
         if cfg.enabled {
-            rebuild(&consumer, cfg, &ends, &offline, &retained)?;
+            let state = Rebuild {
+                offline: &offline,
+                retained: &retained,
+                table: &table,
+                journal: &journal,
+            };
+            rebuild(&consumer, cfg, &lifecycle.sessions_topic, &ends, state)?;
         }
         let mut tpl = TopicPartitionList::new();
         for (topic, p, high) in &ends {
@@ -283,7 +292,14 @@ impl CommandConsumer {
         let thread = std::thread::Builder::new()
             .name("command-consumer".into())
             .spawn(move || {
+                let mut last_sweep = std::time::Instant::now();
                 while !flag.load(Ordering::Relaxed) {
+                    if last_sweep.elapsed() >= SWEEP_EVERY {
+                        last_sweep = std::time::Instant::now();
+                        for gone in offline.sweep(now_ms()) {
+                            report_gone(&gone, &table, &journal);
+                        }
+                    }
                     let Some(msg) = consumer.poll(Duration::from_millis(100)) else {
                         continue;
                     };
@@ -350,7 +366,9 @@ fn on_command<M: Message>(
         // Maybe connected to another replica, maybe offline: held until a
         // receipt says it was handled, or the device connects here.
         Offer::NotHere(cmd) => {
-            offline.hold(cmd, now_ms());
+            for gone in offline.hold(cmd, now_ms()) {
+                report_gone(&gone, table, journal);
+            }
         }
         Offer::NotSubscribed(cmd) => {
             journal.receipt(&cmd, Status::NotSubscribed, "device has no subscription")
@@ -376,6 +394,7 @@ fn on_session<M: Message>(msg: &M, table: &SessionTable, journal: &Journal) {
         .and_then(|r| r.as_str())
         .unwrap_or_default();
     let at_ms = v.get("at_ms").and_then(|a| a.as_i64()).unwrap_or(0);
+    table.note_owner(client_id, replica);
     if replica != journal.replica && table.kick_if_older(client_id, at_ms) {
         tracing::info!(
             client_id,
@@ -397,6 +416,26 @@ fn parse_receipt<M: Message>(msg: &M) -> Option<(String, (String, i32, i64))> {
             src.get("offset")?.as_i64()?,
         ),
     ))
+}
+
+/// A command that fell out of the offline index gets its receipt from one
+/// replica only: the one the device last connected to. (A device that has
+/// never connected has no such replica; its commands fall out unreported
+/// but counted.)
+pub fn report_gone(cmd: &Command, table: &SessionTable, journal: &Journal) {
+    if !table.owned_by(&cmd.device_id, &journal.replica) {
+        metrics::counter!(m::COMMANDS, "status" => "fell_out_unowned").increment(1);
+        return;
+    }
+    if cmd.expires_at_ms.is_some_and(|at| at <= now_ms()) {
+        journal.receipt(cmd, Status::Expired, "expired while the device was offline");
+    } else {
+        journal.receipt(
+            cmd,
+            Status::Dropped,
+            "fell out of the offline queue (per-device bound or age)",
+        );
+    }
 }
 
 /// A retained command: kept (or deleted), and handed to the device now if
@@ -435,18 +474,36 @@ fn on_retained<M: Message>(
 /// `offline_max_age_ms` up to `ends` and holds every command nobody has
 /// reported an outcome for, so a restarted replica can still deliver them;
 /// and loads every retained command.
+/// What the start-up rebuild fills in.
+struct Rebuild<'a> {
+    offline: &'a OfflineIndex,
+    retained: &'a RetainedStore,
+    table: &'a SessionTable,
+    journal: &'a Journal,
+}
+
 fn rebuild(
     consumer: &BaseConsumer,
     cfg: &CommandsConfig,
+    sessions_topic: &str,
     ends: &[(String, i32, i64)],
-    offline: &OfflineIndex,
-    retained: &RetainedStore,
+    state: Rebuild<'_>,
 ) -> Result<(), KafkaError> {
+    let Rebuild {
+        offline,
+        retained,
+        table,
+        journal,
+    } = state;
     let since = now_ms() - cfg.offline_max_age_ms as i64;
     let mut tpl = TopicPartitionList::new();
     let mut pending: std::collections::HashMap<(String, i32), i64> = Default::default();
     for (topic, p, high) in ends {
-        if topic != &cfg.topic && topic != &cfg.receipts_topic && topic != &cfg.retained_topic {
+        if topic != &cfg.topic
+            && topic != &cfg.receipts_topic
+            && topic != &cfg.retained_topic
+            && topic != sessions_topic
+        {
             continue;
         }
         // Brokers without timestamp lookup: read what the topic still has.
@@ -478,6 +535,19 @@ fn rebuild(
         if msg.offset() + 1 >= high {
             pending.remove(&key);
         }
+        if msg.topic() == sessions_topic {
+            // Who each device last connected to: the owner of its offline commands.
+            if let (Some(Ok(id)), Some(v)) = (
+                msg.key().map(std::str::from_utf8),
+                msg.payload()
+                    .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok()),
+            ) {
+                if let Some(r) = v.get("replica").and_then(|r| r.as_str()) {
+                    table.note_owner(id, r);
+                }
+            }
+            continue;
+        }
         if msg.topic() == cfg.retained_topic {
             // Compacted desired state: every record counts, whatever its age.
             if let Ok(mut c) = parse_command(&msg, cfg) {
@@ -507,7 +577,9 @@ fn rebuild(
     let mut held = 0;
     for c in commands {
         if !settled.contains(&c.source) {
-            offline.hold(c, now);
+            for gone in offline.hold(c, now) {
+                report_gone(&gone, table, journal);
+            }
             held += 1;
         }
     }

@@ -529,7 +529,21 @@ impl Session {
         );
         // Commands that waited for this device: delivered if its session
         // persists, reported as dropped if it started clean.
-        for cmd in shared.offline.take(&client_id, connected_at) {
+        let (waiting, stale) = shared.offline.take(&client_id, connected_at);
+        // This replica owns the device now: it reports what aged out.
+        for cmd in stale {
+            let status = if cmd.expires_at_ms.is_some_and(|at| at <= connected_at) {
+                Status::Expired
+            } else {
+                Status::Dropped
+            };
+            shared.journal.receipt(
+                &cmd,
+                status,
+                "expired or aged out while the device was offline",
+            );
+        }
+        for cmd in waiting {
             match &outbound {
                 Some((tx, _)) => {
                     if let Err(e) = tx.try_send(cmd) {
@@ -550,6 +564,7 @@ impl Session {
             }
         }
         let outbound = outbound.map(|(_, o)| o);
+        shared.table.note_owner(&client_id, &shared.journal.replica);
         shared.journal.announce(&client_id, connected_at);
         shared
             .journal

@@ -35,16 +35,28 @@ impl OfflineIndex {
         c.expires_at_ms.is_some_and(|at| at <= now_ms) || c.created_ms + self.max_age_ms <= now_ms
     }
 
-    /// Holds a command; returns how many old ones fell out for this device.
-    pub fn hold(&self, cmd: Box<Command>, now_ms: i64) -> usize {
+    /// Holds a command; returns the ones that fell out for this device
+    /// (over the per-device bound, or too old), oldest first.
+    pub fn hold(&self, cmd: Box<Command>, now_ms: i64) -> Vec<Box<Command>> {
         let mut q = self.map.entry(cmd.device_id.clone()).or_default();
         q.push_back(cmd);
-        let mut dropped = 0;
+        let mut dropped = Vec::new();
         while q.len() > self.max_per_device || q.front().is_some_and(|c| self.stale(c, now_ms)) {
-            q.pop_front();
-            dropped += 1;
+            dropped.extend(q.pop_front());
         }
         dropped
+    }
+
+    /// Removes every command that expired or aged out, all devices.
+    pub fn sweep(&self, now_ms: i64) -> Vec<Box<Command>> {
+        let mut gone = Vec::new();
+        self.map.retain(|_, q| {
+            let (stale, keep): (Vec<_>, Vec<_>) = q.drain(..).partition(|c| self.stale(c, now_ms));
+            gone.extend(stale);
+            q.extend(keep);
+            !q.is_empty()
+        });
+        gone
     }
 
     /// Forgets a command some replica has reported an outcome for.
@@ -61,11 +73,12 @@ impl OfflineIndex {
         }
     }
 
-    /// Takes every still-deliverable command of a device, oldest first.
-    pub fn take(&self, device_id: &str, now_ms: i64) -> Vec<Box<Command>> {
+    /// Takes a device's commands: (still deliverable, expired or aged out),
+    /// oldest first.
+    pub fn take(&self, device_id: &str, now_ms: i64) -> (Vec<Box<Command>>, Vec<Box<Command>>) {
         match self.map.remove(device_id) {
-            Some((_, q)) => q.into_iter().filter(|c| !self.stale(c, now_ms)).collect(),
-            None => Vec::new(),
+            Some((_, q)) => q.into_iter().partition(|c| !self.stale(c, now_ms)),
+            None => (Vec::new(), Vec::new()),
         }
     }
 
@@ -101,10 +114,15 @@ mod tests {
     #[test]
     fn bounded_per_device_oldest_first() {
         let idx = OfflineIndex::new(2, 1_000_000);
-        assert_eq!(idx.hold(cmd("d", 1, 0, None), 0), 0);
-        assert_eq!(idx.hold(cmd("d", 2, 0, None), 0), 0);
-        assert_eq!(idx.hold(cmd("d", 3, 0, None), 0), 1);
-        let offsets: Vec<i64> = idx.take("d", 0).iter().map(|c| c.source.2).collect();
+        assert!(idx.hold(cmd("d", 1, 0, None), 0).is_empty());
+        assert!(idx.hold(cmd("d", 2, 0, None), 0).is_empty());
+        let fell: Vec<i64> = idx
+            .hold(cmd("d", 3, 0, None), 0)
+            .iter()
+            .map(|c| c.source.2)
+            .collect();
+        assert_eq!(fell, [1]);
+        let offsets: Vec<i64> = idx.take("d", 0).0.iter().map(|c| c.source.2).collect();
         assert_eq!(offsets, [2, 3]);
         assert!(idx.is_empty());
     }
@@ -118,7 +136,21 @@ mod tests {
         idx.hold(cmd("d", 4, 60, None), 60);
         idx.settle("d", &("iot.commands".into(), 0, 4));
         // At 120: 1 is older than 100 ms, 2 expired at 50, 4 was settled.
-        let offsets: Vec<i64> = idx.take("d", 120).iter().map(|c| c.source.2).collect();
-        assert_eq!(offsets, [3]);
+        let (ok, stale) = idx.take("d", 120);
+        let offsets = |v: &[Box<Command>]| v.iter().map(|c| c.source.2).collect::<Vec<_>>();
+        assert_eq!(offsets(&ok), [3]);
+        assert_eq!(offsets(&stale), [1, 2]);
+    }
+
+    #[test]
+    fn a_sweep_removes_what_aged_out_everywhere() {
+        let idx = OfflineIndex::new(10, 100);
+        idx.hold(cmd("a", 1, 0, None), 0);
+        idx.hold(cmd("b", 2, 0, Some(500)), 0);
+        idx.hold(cmd("b", 3, 90, None), 90);
+        let mut gone: Vec<i64> = idx.sweep(150).iter().map(|c| c.source.2).collect();
+        gone.sort_unstable();
+        assert_eq!(gone, [1, 2], "older than 100 ms, whatever their own expiry");
+        assert_eq!(idx.len(), 1, "b's command from t=90 is still young");
     }
 }

@@ -79,6 +79,9 @@ pub struct SessionTable {
     /// A connect of the client id, here or announced by another replica,
     /// cancels its will.
     pending_wills: DashMap<String, i64>,
+    /// Client id → the replica it last connected to (from the sessions
+    /// topic): that replica reports what happens to its offline commands.
+    owners: DashMap<String, String>,
 }
 
 impl SessionTable {
@@ -166,6 +169,25 @@ impl SessionTable {
         };
         kick.notify_one();
         true
+    }
+
+    /// Records which replica `client_id` connected to last.
+    pub fn note_owner(&self, client_id: &str, replica: &str) {
+        if self
+            .owners
+            .get(client_id)
+            .is_some_and(|r| r.as_str() == replica)
+        {
+            return;
+        }
+        self.owners.insert(client_id.to_owned(), replica.to_owned());
+    }
+
+    /// Whether `replica` is the one `client_id` last connected to.
+    pub fn owned_by(&self, client_id: &str, replica: &str) -> bool {
+        self.owners
+            .get(client_id)
+            .is_some_and(|r| r.as_str() == replica)
     }
 
     /// Whether `client_id` is connected here.
