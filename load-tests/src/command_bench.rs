@@ -28,6 +28,30 @@ pub struct CommandBenchArgs {
     /// Commands to send (QoS 1), spread over the devices.
     #[arg(long, default_value_t = 100_000)]
     pub commands: u64,
+    /// Where `command-bench.json` and `command-bench.md` go.
+    #[arg(long, default_value = "load-tests/results/latest")]
+    pub out: std::path::PathBuf,
+}
+
+/// What the command benchmark measured.
+#[derive(Debug, serde::Serialize)]
+pub struct CommandReport {
+    /// Subscribed devices (half on each replica).
+    pub devices: u64,
+    /// Replicas holding the devices.
+    pub replicas: u32,
+    /// Commands produced.
+    pub commands: u64,
+    /// Commands the devices received.
+    pub delivered: u64,
+    /// Through the proxy: commands per second.
+    pub proxy_per_s: f64,
+    /// Through the proxy: Kafka-to-device latency p50 / p99, ms.
+    pub proxy_latency_ms: (f64, f64),
+    /// Direct consumer of the same records: per second.
+    pub direct_per_s: f64,
+    /// Direct consumer: latency p50 / p99, ms.
+    pub direct_latency_ms: (f64, f64),
 }
 
 fn now_us() -> u64 {
@@ -226,23 +250,33 @@ pub async fn run(a: CommandBenchArgs) -> Result<()> {
     let (direct_rate, direct_lat) = direct.await??;
     let (p50, p99) = percentiles(&lat)?;
     let (d50, d99) = percentiles(&direct_lat)?;
-    println!(
-        "command-bench: {} devices over 2 replicas, {} QoS 1 commands ({per} per device)",
-        a.devices, total
-    );
-    println!();
-    println!("| path | commands/s | latency p50 | latency p99 |");
-    println!("|---|---|---|---|");
-    println!(
-        "| Kafka → proxy → device (PUBLISH read) | {proxy_rate:.0} | {p50:.1} ms | {p99:.1} ms |"
-    );
-    println!("| Kafka → direct rdkafka consumer | {direct_rate:.0} | {d50:.1} ms | {d99:.1} ms |");
-    println!(
-        "| delivered / consumed | {} / {} | | |",
+    let report = CommandReport {
+        devices: a.devices,
+        replicas: 2,
+        commands: total,
+        delivered: lat.len() as u64,
+        proxy_per_s: proxy_rate,
+        proxy_latency_ms: (p50, p99),
+        direct_per_s: direct_rate,
+        direct_latency_ms: (d50, d99),
+    };
+    let table = format!(
+        "command-bench: {} devices over 2 replicas, {total} QoS 1 commands ({per} per device)\n\n\
+         | path | commands/s | latency p50 | latency p99 |\n|---|---|---|---|\n\
+         | Kafka → proxy → device (PUBLISH read) | {proxy_rate:.0} | {p50:.1} ms | {p99:.1} ms |\n\
+         | Kafka → direct rdkafka consumer | {direct_rate:.0} | {d50:.1} ms | {d99:.1} ms |\n\
+         | delivered / consumed | {} / {} | | |\n",
+        a.devices,
         lat.len(),
         direct_lat.len()
     );
+    print!("{table}");
+    std::fs::create_dir_all(&a.out)?;
+    std::fs::write(a.out.join("command-bench.md"), &table)?;
+    std::fs::write(a.out.join("command-bench.json"), serde_json::to_string_pretty(&report)?)?;
+    println!("report: {}/command-bench.{{json,md}}", a.out.display());
     b_proxy.shutdown().await;
     a_proxy.shutdown().await;
+    anyhow::ensure!(report.delivered == total, "{} of {total} commands delivered", report.delivered);
     Ok(())
 }
