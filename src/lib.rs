@@ -12,6 +12,10 @@
 //!                                                      ▲                                          │
 //!                                                      └──────────── delivery report ─────────────┘
 //!                                                                   (PUBACK / PUBREC)
+//!
+//! Kafka iot.commands ──▶ kafka::commands (every partition, every replica) ──▶ session::table
+//!     (sharded by device id) ──▶ connection ──PUBLISH──▶ device;  outcomes ──▶ iot.command-receipts
+//!     devices not here ──▶ session::offline (bounded, rebuilt from Kafka); iot.retained-commands ──▶ session::retained
 //! ```
 //!
 //! - [`config`]: the configuration tree and its validation.
