@@ -273,10 +273,17 @@ pub async fn run(a: CommandBenchArgs) -> Result<()> {
     print!("{table}");
     std::fs::create_dir_all(&a.out)?;
     std::fs::write(a.out.join("command-bench.md"), &table)?;
-    std::fs::write(a.out.join("command-bench.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(
+        a.out.join("command-bench.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
     println!("report: {}/command-bench.{{json,md}}", a.out.display());
     b_proxy.shutdown().await;
     a_proxy.shutdown().await;
-    anyhow::ensure!(report.delivered == total, "{} of {total} commands delivered", report.delivered);
+    anyhow::ensure!(
+        report.delivered == total,
+        "{} of {total} commands delivered",
+        report.delivered
+    );
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! that logs why the connection closed.
 //!
 //! Flow control is the point of this file. A QoS 1/2 PUBLISH becomes an
-//! [`InFlight`] entry whose acknowledgement is written only when Kafka has the
+//! `InFlight` entry whose acknowledgement is written only when Kafka has the
 //! record; entries are acknowledged in the order the PUBLISH packets arrived
 //! [MQTT-4.6.0-2]. The socket is not read while the producer queue is full
 //! or (3.1.1) while `receive_maximum` records are in flight, so a slow Kafka
