@@ -28,7 +28,7 @@ use tracing::Instrument;
 
 use super::framed::{Framed, WriteError};
 use crate::config::{CommandsConfig, MqttConfig};
-use crate::kafka::commands::{Journal, Status};
+use crate::kafka::commands::{self, Journal, Status};
 use crate::kafka::producer::{Delivery, DeliveryOutcome, Producer, Record, SendError};
 use crate::kafka::record;
 use crate::metrics as m;
@@ -527,21 +527,14 @@ impl Session {
             connected_at,
             outbound.as_ref().map(|(tx, _)| tx.clone()),
         );
-        // Commands that waited for this device: delivered if its session
-        // persists, reported as dropped if it started clean.
+        // This replica owns the device now: it reports what happens to the
+        // commands that waited for it.
+        shared.table.note_owner(&client_id, &shared.journal.replica);
+        // Delivered if its session persists, reported as dropped if it
+        // started clean; what aged out meanwhile is reported as such.
         let (waiting, stale) = shared.offline.take(&client_id, connected_at);
-        // This replica owns the device now: it reports what aged out.
         for cmd in stale {
-            let status = if cmd.expires_at_ms.is_some_and(|at| at <= connected_at) {
-                Status::Expired
-            } else {
-                Status::Dropped
-            };
-            shared.journal.receipt(
-                &cmd,
-                status,
-                "expired or aged out while the device was offline",
-            );
+            commands::report_gone(&cmd, &shared.table, &shared.journal);
         }
         for cmd in waiting {
             match &outbound {
@@ -564,7 +557,6 @@ impl Session {
             }
         }
         let outbound = outbound.map(|(_, o)| o);
-        shared.table.note_owner(&client_id, &shared.journal.replica);
         shared.journal.announce(&client_id, connected_at);
         shared
             .journal
