@@ -57,6 +57,16 @@ async fn receipt_with_id(bootstrap: &str, id: &str) -> serde_json::Value {
         .unwrap()
 }
 
+/// Asserts the receipt of command `id`: its status and the replica that wrote it.
+async fn assert_receipt(bootstrap: &str, id: &str, status: &str, replica: &str) {
+    let r = receipt_with_id(bootstrap, id).await;
+    assert_eq!(
+        (r["status"].as_str(), r["replica"].as_str()),
+        (Some(status), Some(replica)),
+        "receipt of {id}: {r}"
+    );
+}
+
 async fn subscribed(port: u16, id: &str) -> V4 {
     let mut c = v4_connect(v4_options(id, port)).await;
     c.client
@@ -194,16 +204,8 @@ async fn devices_on_two_replicas_both_receive_their_commands() {
     command(&b_boot, "dev-b", "for b", &[("command.id", "cb")]).await;
     assert_eq!(&next_publish(&mut on_a).await.payload[..], b"for a");
     assert_eq!(&next_publish(&mut on_b).await.payload[..], b"for b");
-    let ra = receipt_with_id(&b_boot, "ca").await;
-    let rb = receipt_with_id(&b_boot, "cb").await;
-    assert_eq!(
-        (ra["status"].as_str(), ra["replica"].as_str()),
-        (Some("delivered"), Some("A"))
-    );
-    assert_eq!(
-        (rb["status"].as_str(), rb["replica"].as_str()),
-        (Some("delivered"), Some("B"))
-    );
+    assert_receipt(&b_boot, "ca", "delivered", "A").await;
+    assert_receipt(&b_boot, "cb", "delivered", "B").await;
     b.proxy.shutdown().await;
     a.proxy.shutdown().await;
 }
@@ -390,11 +392,7 @@ async fn an_offline_device_gets_its_command_when_it_reconnects_to_the_other_repl
     let p = next_publish(&mut back).await;
     assert_eq!(&p.payload[..], b"while you were out");
     assert_eq!(p.topic, "devices/dev-away/commands/command");
-    let r = receipt_with_id(&boot, "c-away").await;
-    assert_eq!(
-        (r["status"].as_str(), r["replica"].as_str()),
-        (Some("delivered"), Some("B"))
-    );
+    assert_receipt(&boot, "c-away", "delivered", "B").await;
     b.proxy.shutdown().await;
     a.proxy.shutdown().await;
 }
@@ -496,11 +494,7 @@ async fn what_falls_out_of_the_offline_queue_is_reported_as_dropped() {
     disconnected(&boot, "dev-full").await;
     command(&boot, "dev-full", "first", &[("command.id", "c-f1")]).await;
     command(&boot, "dev-full", "second", &[("command.id", "c-f2")]).await;
-    let r = receipt_with_id(&boot, "c-f1").await;
-    assert_eq!(
-        (r["status"].as_str(), r["replica"].as_str()),
-        (Some("dropped"), Some("A"))
-    );
+    assert_receipt(&boot, "c-f1", "dropped", "A").await;
     let mut back = v4_connect(persistent("dev-full", t.tcp_port())).await;
     assert_eq!(&next_publish(&mut back).await.payload[..], b"second");
     assert_eq!(receipt_with_id(&boot, "c-f2").await["status"], "delivered");
