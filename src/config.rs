@@ -70,6 +70,10 @@ pub struct Config {
     pub commands: CommandsConfig,
     /// Device lifecycle and cross-replica session records.
     pub lifecycle: LifecycleConfig,
+    /// Who a device is: certificates, passwords, JWTs, an HTTP hook; and ACLs.
+    pub auth: AuthConfig,
+    /// Rate limits per source address and per device.
+    pub limits: LimitsConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
     /// Logging.
@@ -97,6 +101,8 @@ impl Default for Config {
             unmatched: UnmatchedConfig::default(),
             commands: CommandsConfig::default(),
             lifecycle: LifecycleConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
         }
@@ -165,6 +171,32 @@ pub struct TlsListenerConfig {
     /// and server certificate there (and `ca.crt` beside them) instead of
     /// failing. Default true; set false in production.
     pub generate_dev_certs: bool,
+    /// Client certificates: `none` (not asked for), `optional` (verified when
+    /// presented) or `required` (the handshake fails without one). Default `none`.
+    pub client_auth: ClientAuth,
+    /// PEM file of the CA certificates that sign device certificates;
+    /// required unless `client_auth = "none"`. Default empty.
+    pub client_ca_path: PathBuf,
+    /// PEM file of certificate revocation lists for device certificates;
+    /// empty for none. Default empty.
+    pub crl_path: PathBuf,
+    /// How often the certificate, key, CA and CRL files are checked for
+    /// changes; a change is loaded without a restart (new handshakes use it).
+    /// Default 10000.
+    pub reload_interval_ms: u64,
+}
+
+/// Whether the TLS listener asks devices for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// No client certificates.
+    #[default]
+    None,
+    /// Verified against `client_ca_path` when the device presents one.
+    Optional,
+    /// Every device must present a certificate signed by `client_ca_path`.
+    Required,
 }
 
 impl Default for TlsListenerConfig {
@@ -175,6 +207,10 @@ impl Default for TlsListenerConfig {
             cert_path: "certs/server.crt".into(),
             key_path: "certs/server.key".into(),
             generate_dev_certs: true,
+            client_auth: ClientAuth::None,
+            client_ca_path: PathBuf::new(),
+            crl_path: PathBuf::new(),
+            reload_interval_ms: 10_000,
         }
     }
 }
@@ -203,6 +239,17 @@ pub struct MqttConfig {
     /// Give a client that connects with an empty client id a generated one
     /// (`auto-…`); false refuses it (3.1.1: 0x02, 5.0: 0x85). Default true.
     pub assign_client_ids: bool,
+    /// Longest topic name in a PUBLISH and topic filter in a SUBSCRIBE, in
+    /// bytes. Default 256.
+    pub max_topic_bytes: usize,
+    /// QoS 2 packet ids a connection may hold between PUBREC and PUBREL
+    /// (3.1.1; for 5.0 Receive Maximum bounds them); more closes the
+    /// connection. Default 256.
+    pub max_awaiting_rel: usize,
+    /// Once the first byte of a packet has arrived, the rest must follow
+    /// within this time (slowloris guard; the CONNECT has
+    /// `connect_timeout_ms`). Default 30000.
+    pub partial_packet_timeout_ms: u64,
 }
 
 impl Default for MqttConfig {
@@ -216,6 +263,9 @@ impl Default for MqttConfig {
             max_user_properties: 32,
             write_timeout_ms: 30_000,
             assign_client_ids: true,
+            max_topic_bytes: 256,
+            max_awaiting_rel: 256,
+            partial_packet_timeout_ms: 30_000,
         }
     }
 }
@@ -379,6 +429,9 @@ pub struct CommandsConfig {
     /// Commands queued per connection before further ones are dropped, and
     /// held per offline device (oldest dropped first). Default 64.
     pub max_queued_per_device: usize,
+    /// QoS 1 commands sent to one connection and not yet acknowledged (also
+    /// bounded by the 5.0 client's Receive Maximum). Default 16.
+    pub max_unacked_per_device: u16,
     /// How long a command waits for an offline device with a persistent
     /// session (also how far back the start-up rebuild reads). Default 3600000.
     pub offline_max_age_ms: u64,
@@ -398,6 +451,7 @@ impl Default for CommandsConfig {
             subscribe_filters: vec!["devices/{device_id}/commands/#".into()],
             default_qos: 1,
             max_queued_per_device: 64,
+            max_unacked_per_device: 16,
             offline_max_age_ms: 3_600_000,
             replica_id: String::new(),
         }
@@ -439,6 +493,251 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// An authentication method, tried in the order of `auth.methods`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// The verified TLS client certificate (`listeners.tls.client_auth`).
+    Certificate,
+    /// User name and password against `auth.password.file`.
+    Password,
+    /// A JWT in the password field.
+    Jwt,
+    /// An external HTTP service.
+    Http,
+}
+
+/// Authentication and authorization.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Methods tried in order; the first that recognises the client decides
+    /// (allow or deny), one that does not (no certificate, unknown user, not
+    /// a JWT) passes to the next; if none recognises it, it is refused. Empty:
+    /// authentication off, the device id is the client id. Default empty.
+    pub methods: Vec<AuthMethod>,
+    /// How often the password file and JWT key files are checked for
+    /// changes. Default 10000.
+    pub reload_interval_ms: u64,
+    /// Certificate identity.
+    pub certificate: CertificateAuthConfig,
+    /// Password file.
+    pub password: PasswordAuthConfig,
+    /// JWT verification.
+    pub jwt: JwtAuthConfig,
+    /// HTTP auth hook.
+    pub http: HttpAuthConfig,
+    /// Publish / subscribe rules, first match wins. Nothing matching: denied
+    /// when authentication is on, allowed when it is off. Default empty.
+    pub acl: Vec<AclRule>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            methods: Vec::new(),
+            reload_interval_ms: 10_000,
+            certificate: CertificateAuthConfig::default(),
+            password: PasswordAuthConfig::default(),
+            jwt: JwtAuthConfig::default(),
+            http: HttpAuthConfig::default(),
+            acl: Vec::new(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// True when devices must authenticate.
+    pub fn enabled(&self) -> bool {
+        !self.methods.is_empty()
+    }
+}
+
+/// Which part of a client certificate is the device id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CertIdentity {
+    /// The subject's common name.
+    #[default]
+    Cn,
+    /// The first URI subject alternative name (e.g. `spiffe://fleet/dev-1`).
+    SanUri,
+}
+
+/// Certificate authentication.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CertificateAuthConfig {
+    /// Where the device id comes from: `cn` or `san_uri`. Default `cn`.
+    pub identity: CertIdentity,
+}
+
+/// Password authentication.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordAuthConfig {
+    /// `user:argon2-hash` lines, written by `mqtt-kafka-proxy passwd FILE
+    /// USER`; the user name is the device id. Default empty.
+    pub file: PathBuf,
+}
+
+/// JWT authentication: the token is the CONNECT password.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtAuthConfig {
+    /// PEM public key (RSA or EC) or a JWKS document, for RS256 / ES256.
+    /// Default empty.
+    pub key_file: PathBuf,
+    /// File holding the HS256 shared secret (trailing newline ignored).
+    /// Default empty.
+    pub secret_file: PathBuf,
+    /// Accepted algorithms (`HS256`, `RS256`, `ES256`). Default all three;
+    /// only those with a key configured can succeed.
+    pub algorithms: Vec<String>,
+    /// Required `iss`; empty: not checked. Default empty.
+    pub issuer: String,
+    /// Required `aud` (one of the token's); empty: not checked. Default empty.
+    pub audience: String,
+    /// Claim holding the device id. Default `sub`.
+    pub device_id_claim: String,
+    /// Clock skew allowed for `exp` and `nbf`, in seconds. Default 30.
+    pub leeway_s: u64,
+}
+
+impl Default for JwtAuthConfig {
+    fn default() -> Self {
+        JwtAuthConfig {
+            key_file: PathBuf::new(),
+            secret_file: PathBuf::new(),
+            algorithms: vec!["HS256".into(), "RS256".into(), "ES256".into()],
+            issuer: String::new(),
+            audience: String::new(),
+            device_id_claim: "sub".into(),
+            leeway_s: 30,
+        }
+    }
+}
+
+/// What the proxy does when the auth service cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Refuse (CONNACK 0x88 server unavailable / 3.1.1 0x03).
+    #[default]
+    Deny,
+    /// Let the client in (fail open).
+    Allow,
+}
+
+/// HTTP auth hook.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpAuthConfig {
+    /// URL POSTed a JSON request per decision. Default empty.
+    pub url: String,
+    /// Per-request deadline. Default 1000.
+    pub timeout_ms: u64,
+    /// How long an allow answer is reused. Default 60000.
+    pub allow_cache_ttl_ms: u64,
+    /// How long a deny answer is reused. Default 10000.
+    pub deny_cache_ttl_ms: u64,
+    /// Most cached answers. Default 100000.
+    pub cache_max_entries: usize,
+    /// When the service is down, slow or answers 5xx. Default `deny`.
+    pub on_error: OnError,
+    /// Also ask for each PUBLISH topic (cached per device and topic). Default false.
+    pub check_publish: bool,
+    /// Also ask for each SUBSCRIBE filter. Default false.
+    pub check_subscribe: bool,
+    /// Idle keep-alive connections kept to the service. Default 64.
+    pub max_idle_connections: usize,
+}
+
+impl Default for HttpAuthConfig {
+    fn default() -> Self {
+        HttpAuthConfig {
+            url: String::new(),
+            timeout_ms: 1000,
+            allow_cache_ttl_ms: 60_000,
+            deny_cache_ttl_ms: 10_000,
+            cache_max_entries: 100_000,
+            on_error: OnError::Deny,
+            check_publish: false,
+            check_subscribe: false,
+            max_idle_connections: 64,
+        }
+    }
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    /// Let it through.
+    Allow,
+    /// Refuse it.
+    Deny,
+}
+
+/// What an ACL rule is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AclAction {
+    /// PUBLISH topic names.
+    Publish,
+    /// SUBSCRIBE topic filters.
+    Subscribe,
+    /// Both.
+    All,
+}
+
+/// One ACL rule.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    /// `allow` or `deny`.
+    pub permission: Permission,
+    /// `publish`, `subscribe` or `all`.
+    pub action: AclAction,
+    /// Topic filter with `{device_id}`, `{username}`, `{client_id}`.
+    pub topic: String,
+}
+
+/// Rate limits.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// New connections accepted per second from one source address (token
+    /// bucket); more are closed at once. 0 disables. Default 100.
+    pub connects_per_second_per_source: u32,
+    /// Burst of new connections from one source address. Default 500.
+    pub connect_burst_per_source: u32,
+    /// PUBLISH packets per second per connection; 0 disables. Over it, 5.0:
+    /// DISCONNECT 0x96; 3.1.1: the socket is read slower. Default 0.
+    pub publish_per_second: u32,
+    /// Burst of PUBLISH packets. Default 100.
+    pub publish_burst: u32,
+    /// PUBLISH payload bytes per second per connection; 0 disables. Over it,
+    /// 5.0: the PUBLISH is refused with 0x97 quota exceeded; 3.1.1: the
+    /// socket is read slower. Default 0.
+    pub publish_bytes_per_second: u64,
+    /// Burst of payload bytes. Default 1048576.
+    pub publish_burst_bytes: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            connects_per_second_per_source: 100,
+            connect_burst_per_source: 500,
+            publish_per_second: 0,
+            publish_burst: 100,
+            publish_bytes_per_second: 0,
+            publish_burst_bytes: 1_048_576,
         }
     }
 }
@@ -540,6 +839,18 @@ impl Config {
         if m.write_timeout_ms == 0 {
             return Err(invalid("mqtt.write_timeout_ms", "must be at least 1"));
         }
+        if !(1..=65_535).contains(&m.max_topic_bytes) {
+            return Err(invalid("mqtt.max_topic_bytes", "must be between 1 and 65535"));
+        }
+        if m.max_awaiting_rel == 0 {
+            return Err(invalid("mqtt.max_awaiting_rel", "must be at least 1"));
+        }
+        if m.partial_packet_timeout_ms == 0 {
+            return Err(invalid(
+                "mqtt.partial_packet_timeout_ms",
+                "must be at least 1",
+            ));
+        }
         let k = &self.kafka;
         if k.bootstrap_servers.trim().is_empty() {
             return Err(invalid(
@@ -614,6 +925,13 @@ impl Config {
                 }
             }
         }
+        if c.max_unacked_per_device == 0 {
+            return Err(invalid(
+                "commands.max_unacked_per_device",
+                "must be at least 1",
+            ));
+        }
+        self.validate_security()?;
         if self.lifecycle.sessions_topic.is_empty() {
             return Err(invalid("lifecycle.sessions_topic", "must be set"));
         }
@@ -622,6 +940,123 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The TLS, authentication, ACL and limits part of [`Config::validate`].
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let tls = &self.listeners.tls;
+        if tls.reload_interval_ms == 0 {
+            return Err(invalid(
+                "listeners.tls.reload_interval_ms",
+                "must be at least 1",
+            ));
+        }
+        if tls.client_auth != ClientAuth::None && tls.client_ca_path.as_os_str().is_empty() {
+            return Err(invalid(
+                "listeners.tls.client_ca_path",
+                "must be set when listeners.tls.client_auth is \"optional\" or \"required\"",
+            ));
+        }
+        let a = &self.auth;
+        if a.reload_interval_ms == 0 {
+            return Err(invalid("auth.reload_interval_ms", "must be at least 1"));
+        }
+        let mut seen = Vec::new();
+        for m in &a.methods {
+            if seen.contains(m) {
+                return Err(invalid("auth.methods", format!("{m:?} is listed twice")));
+            }
+            seen.push(*m);
+            match m {
+                AuthMethod::Certificate => {
+                    if !tls.enabled || tls.client_auth == ClientAuth::None {
+                        return Err(invalid(
+                            "auth.methods",
+                            "\"certificate\" needs listeners.tls.enabled and listeners.tls.client_auth",
+                        ));
+                    }
+                }
+                AuthMethod::Password => {
+                    if a.password.file.as_os_str().is_empty() {
+                        return Err(invalid(
+                            "auth.password.file",
+                            "must be set when auth.methods has \"password\"",
+                        ));
+                    }
+                }
+                AuthMethod::Jwt => {
+                    let j = &a.jwt;
+                    if j.key_file.as_os_str().is_empty() && j.secret_file.as_os_str().is_empty() {
+                        return Err(invalid(
+                            "auth.jwt.key_file",
+                            "auth.jwt.key_file or auth.jwt.secret_file must be set when auth.methods has \"jwt\"",
+                        ));
+                    }
+                    if j.algorithms.is_empty() {
+                        return Err(invalid("auth.jwt.algorithms", "must not be empty"));
+                    }
+                    for alg in &j.algorithms {
+                        if !["HS256", "RS256", "ES256"].contains(&alg.as_str()) {
+                            return Err(invalid(
+                                "auth.jwt.algorithms",
+                                format!("{alg:?} is not one of HS256, RS256, ES256"),
+                            ));
+                        }
+                    }
+                    if j.device_id_claim.is_empty() {
+                        return Err(invalid("auth.jwt.device_id_claim", "must be set"));
+                    }
+                }
+                AuthMethod::Http => {}
+            }
+        }
+        let h = &a.http;
+        let http_used = a.methods.contains(&AuthMethod::Http) || h.check_publish || h.check_subscribe;
+        if http_used {
+            if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
+                return Err(invalid("auth.http.url", "must be an http:// or https:// URL"));
+            }
+            if h.timeout_ms == 0 {
+                return Err(invalid("auth.http.timeout_ms", "must be at least 1"));
+            }
+        }
+        for (i, rule) in a.acl.iter().enumerate() {
+            let sample = rule
+                .topic
+                .replace("{device_id}", "x")
+                .replace("{username}", "x")
+                .replace("{client_id}", "x");
+            if sample.contains('{') || sample.contains('}') {
+                return Err(invalid(
+                    "auth.acl",
+                    format!("rule {i} topic {:?}: only {{device_id}}, {{username}} and {{client_id}} may be used", rule.topic),
+                ));
+            }
+            if !crate::mqtt::topic::valid_filter(&sample) {
+                return Err(invalid(
+                    "auth.acl",
+                    format!("rule {i} topic {:?} is not a topic filter", rule.topic),
+                ));
+            }
+        }
+        let l = &self.limits;
+        if l.connects_per_second_per_source > 0 && l.connect_burst_per_source == 0 {
+            return Err(invalid("limits.connect_burst_per_source", "must be at least 1"));
+        }
+        if l.publish_per_second > 0 && l.publish_burst == 0 {
+            return Err(invalid("limits.publish_burst", "must be at least 1"));
+        }
+        if l.publish_bytes_per_second > 0
+            && l.publish_burst_bytes < self.mqtt.max_packet_size_bytes as u64
+        {
+            return Err(invalid(
+                "limits.publish_burst_bytes",
+                "must be at least mqtt.max_packet_size_bytes, or the largest PUBLISH could never pass",
+            ));
+        }
         Ok(())
     }
 }

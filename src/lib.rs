@@ -27,6 +27,7 @@
 //! - [`metrics`]: every metric name.
 //! - [`proxy`]: start-up and graceful shutdown of the whole replica.
 
+pub mod auth;
 pub mod config;
 pub mod kafka;
 pub mod metrics;

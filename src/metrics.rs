@@ -27,3 +27,17 @@ pub const KAFKA_CLIENT_ERRORS: &str = "kafka_client_errors_total";
 pub const COMMANDS: &str = "commands_total";
 /// Counter: receipts, lifecycle or session records the producer could not take.
 pub const JOURNAL_DROPPED: &str = "journal_records_dropped_total";
+/// Counter: authentication outcomes at CONNECT, labelled by `method` and `result` (allow, deny, error).
+pub const AUTH_DECISIONS: &str = "auth_decisions_total";
+/// Counter: requests to the HTTP auth hook, labelled by `result` (allow, deny, error).
+pub const AUTH_HTTP_REQUESTS: &str = "auth_http_requests_total";
+/// Counter: HTTP auth hook answers taken from the cache.
+pub const AUTH_HTTP_CACHE_HITS: &str = "auth_http_cache_hits_total";
+/// Histogram: HTTP auth hook request time, in seconds.
+pub const AUTH_HTTP_SECONDS: &str = "auth_http_request_seconds";
+/// Counter: reloads of credential, key and certificate files, labelled by `file` and `result` (ok, error).
+pub const FILE_RELOADS: &str = "file_reloads_total";
+/// Counter: PUBLISH / SUBSCRIBE refused by an ACL, labelled by `action`.
+pub const ACL_DENIED: &str = "acl_denied_total";
+/// Counter: limits hit, labelled by `limit` (connect_rate, publish_rate, publish_bytes, awaiting_rel, topic_length).
+pub const LIMITS_EXCEEDED: &str = "limits_exceeded_total";
