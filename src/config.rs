@@ -840,7 +840,10 @@ impl Config {
             return Err(invalid("mqtt.write_timeout_ms", "must be at least 1"));
         }
         if !(1..=65_535).contains(&m.max_topic_bytes) {
-            return Err(invalid("mqtt.max_topic_bytes", "must be between 1 and 65535"));
+            return Err(invalid(
+                "mqtt.max_topic_bytes",
+                "must be between 1 and 65535",
+            ));
         }
         if m.max_awaiting_rel == 0 {
             return Err(invalid("mqtt.max_awaiting_rel", "must be at least 1"));
@@ -1006,6 +1009,9 @@ impl Config {
                             ));
                         }
                     }
+                    if j.leeway_s > 86_400 {
+                        return Err(invalid("auth.jwt.leeway_s", "must be at most 86400"));
+                    }
                     if j.device_id_claim.is_empty() {
                         return Err(invalid("auth.jwt.device_id_claim", "must be set"));
                     }
@@ -1014,10 +1020,14 @@ impl Config {
             }
         }
         let h = &a.http;
-        let http_used = a.methods.contains(&AuthMethod::Http) || h.check_publish || h.check_subscribe;
+        let http_used =
+            a.methods.contains(&AuthMethod::Http) || h.check_publish || h.check_subscribe;
         if http_used {
             if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
-                return Err(invalid("auth.http.url", "must be an http:// or https:// URL"));
+                return Err(invalid(
+                    "auth.http.url",
+                    "must be an http:// or https:// URL",
+                ));
             }
             if h.timeout_ms == 0 {
                 return Err(invalid("auth.http.timeout_ms", "must be at least 1"));
@@ -1044,7 +1054,10 @@ impl Config {
         }
         let l = &self.limits;
         if l.connects_per_second_per_source > 0 && l.connect_burst_per_source == 0 {
-            return Err(invalid("limits.connect_burst_per_source", "must be at least 1"));
+            return Err(invalid(
+                "limits.connect_burst_per_source",
+                "must be at least 1",
+            ));
         }
         if l.publish_per_second > 0 && l.publish_burst == 0 {
             return Err(invalid("limits.publish_burst", "must be at least 1"));

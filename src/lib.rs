@@ -30,6 +30,7 @@
 pub mod auth;
 pub mod config;
 pub mod kafka;
+pub mod limits;
 pub mod metrics;
 pub mod mqtt;
 pub mod proxy;

@@ -41,10 +41,23 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         topics: Vec<String>,
     },
+    /// Add or replace USER in the password file FILE (argon2id hash). The
+    /// password is asked for on a terminal, or read as the first line of
+    /// standard input (`echo "$PW" | mqtt-kafka-proxy passwd FILE USER`).
+    Passwd {
+        /// The password file (`auth.password.file`); created with mode 0600 if missing.
+        file: PathBuf,
+        /// The user name, which becomes the device id.
+        user: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no config file: it only edits the password file.
+    if let Some(Command::Passwd { file, user }) = &cli.command {
+        return passwd(file, user);
+    }
     if cli.print_default_config {
         print!("{DEFAULT_CONFIG_TOML}");
         return ExitCode::SUCCESS;
@@ -103,6 +116,46 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn passwd(file: &std::path::Path, user: &str) -> ExitCode {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("password for {user}: "));
+        let again = rpassword::prompt_password("again: ");
+        match (first, again) {
+            (Ok(a), Ok(b)) if a == b => a,
+            (Ok(_), Ok(_)) => {
+                eprintln!("error: the passwords differ");
+                return ExitCode::FAILURE;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("error: cannot read the password: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().read_line(&mut line) {
+            eprintln!("error: cannot read the password from standard input: {e}");
+            return ExitCode::FAILURE;
+        }
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    if password.is_empty() {
+        eprintln!("error: empty password");
+        return ExitCode::FAILURE;
+    }
+    match mqtt_kafka_proxy::auth::passwd::set_entry(file, user, password.as_bytes()) {
+        Ok(()) => {
+            println!("{}: set password for {user}", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }

@@ -13,18 +13,19 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{AuthError, Authenticator};
 use crate::config::{Config, ConfigError};
 use crate::kafka::commands::{CommandConsumer, Journal};
 use crate::kafka::embedded::EmbeddedKafka;
 use crate::kafka::producer::Producer;
 use crate::kafka::KafkaError;
+use crate::limits::SourceLimiter;
 use crate::router::Router;
 use crate::server::listener::{self, Transport};
-use crate::server::tls::{self, TlsError};
+use crate::server::tls::{TlsError, TlsReloader};
 use crate::session::offline::OfflineIndex;
 use crate::session::retained::RetainedStore;
 use crate::session::table::SessionTable;
@@ -42,6 +43,9 @@ pub enum StartError {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A credential file or the auth hook could not be set up.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -84,6 +88,14 @@ impl Proxy {
                 key: "routes".into(),
                 reason: e.to_string(),
             })?;
+        // Credentials first: a broken password file should fail before Kafka starts.
+        let auth = Arc::new(Authenticator::new(&config.auth)?);
+        if auth.enabled() {
+            tracing::info!(methods = ?config.auth.methods, acl_rules = config.auth.acl.len(), "authentication on: the device id (Kafka key) is the authenticated identity");
+            for r in config.routes.iter().filter(|r| r.key != "{client_id}") {
+                tracing::warn!(filter = %r.filter, key = %r.key, "route key template ignored: with authentication on every record is keyed by the authenticated device id");
+            }
+        }
         let embedded = if config.embedded_kafka() {
             let e = &config.kafka.embedded;
             let kafka =
@@ -150,7 +162,14 @@ impl Proxy {
             offline,
             retained,
             journal,
+            auth: auth.clone(),
+            rate_limits: config.limits.clone(),
         });
+        let sources = SourceLimiter::new(
+            config.limits.connects_per_second_per_source,
+            config.limits.connect_burst_per_source,
+        )
+        .map(Arc::new);
         let permits = Arc::new(Semaphore::new(config.listeners.max_connections));
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -165,6 +184,7 @@ impl Proxy {
                 transport,
                 shared.clone(),
                 permits.clone(),
+                sources.clone(),
                 tracker.clone(),
                 cancel.clone(),
             )));
@@ -177,13 +197,23 @@ impl Proxy {
             spawn(tcp, Transport::Tcp);
         }
         let mut tls_addr = None;
+        let mut tls_reloader = None;
         if l.tls.enabled {
-            let acceptor = TlsAcceptor::from(tls::server_config(&l.tls)?);
+            let reloader = Arc::new(TlsReloader::new(&l.tls)?);
             let tcp = bind(l.tls.bind)?;
             tls_addr = tcp.local_addr().ok();
-            tracing::info!(addr = ?tls_addr, cert = %l.tls.cert_path.display(), "MQTT over TLS listening");
-            spawn(tcp, Transport::Tls(acceptor));
+            tracing::info!(addr = ?tls_addr, cert = %l.tls.cert_path.display(), client_auth = ?l.tls.client_auth, "MQTT over TLS listening");
+            spawn(tcp, Transport::Tls(reloader.clone()));
+            tls_reloader = Some(reloader);
         }
+        accept_loops.push(tokio::spawn(maintain(
+            auth,
+            tls_reloader,
+            sources,
+            Duration::from_millis(config.auth.reload_interval_ms),
+            Duration::from_millis(l.tls.reload_interval_ms),
+            cancel.clone(),
+        )));
         Ok(Proxy {
             tcp_addr,
             tls_addr,
@@ -264,6 +294,44 @@ impl Proxy {
         drop(self.producer);
         drop(self.embedded);
         report
+    }
+}
+
+/// Periodic upkeep until shutdown: reload changed credential and TLS files,
+/// forget idle source addresses.
+async fn maintain(
+    auth: Arc<Authenticator>,
+    tls: Option<Arc<TlsReloader>>,
+    sources: Option<Arc<SourceLimiter>>,
+    auth_every: Duration,
+    tls_every: Duration,
+    cancel: CancellationToken,
+) {
+    let mut auth_tick = tokio::time::interval(auth_every);
+    let mut tls_tick = tokio::time::interval(tls_every);
+    let mut sweep_tick = tokio::time::interval(Duration::from_secs(10));
+    for t in [&mut auth_tick, &mut tls_tick, &mut sweep_tick] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = auth_tick.tick() => {
+                let auth = auth.clone();
+                // File reads and parsing stay off the async workers.
+                let _ = tokio::task::spawn_blocking(move || auth.reload_files()).await;
+            }
+            _ = tls_tick.tick() => {
+                if let Some(tls) = tls.clone() {
+                    let _ = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await;
+                }
+            }
+            _ = sweep_tick.tick() => {
+                if let Some(s) = &sources {
+                    s.sweep();
+                }
+            }
+        }
     }
 }
 

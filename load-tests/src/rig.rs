@@ -246,6 +246,9 @@ key_path = "{key}"
 generate_dev_certs = false
 [mqtt]
 connect_timeout_ms = 60000
+# The simulator puts 12,500 devices behind one source address.
+[limits]
+connects_per_second_per_source = 0
 [kafka]
 bootstrap_servers = "{bootstrap}"
 linger_ms = {linger}

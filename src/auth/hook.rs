@@ -1,1 +1,1365 @@
-//! (being written)
+//! The HTTP auth hook: asks an external service whether a CONNECT, a PUBLISH
+//! topic or a SUBSCRIBE filter is allowed, and remembers the answers.
+//! [`super`]'s authenticator calls [`HttpHook::check`] at CONNECT; the
+//! session calls [`HttpHook::cached`] (then `check` on a miss) per PUBLISH
+//! topic / SUBSCRIBE filter when `check_publish` / `check_subscribe` are on.
+//!
+//! # Wire protocol
+//!
+//! One `POST` to `auth.http.url` per question, `Content-Type:
+//! application/json`, HTTP/1.1 over kept-alive connections:
+//!
+//! ```json
+//! {
+//!   "action":    "connect" | "publish" | "subscribe",
+//!   "client_id": "the MQTT client id",
+//!   "username":  "CONNECT user name" | null,
+//!   "password":  "CONNECT password, when it is valid UTF-8" | null,
+//!   "password_base64": "standard base64 with padding; present only when the password is not UTF-8 (then password is null)",
+//!   "device_id": "the device id (publish/subscribe), or the certificate identity at connect" | null,
+//!   "peer":      "ip:port of the device",
+//!   "topic":     "topic name (publish) or filter (subscribe)" | null
+//! }
+//! ```
+//!
+//! Answers:
+//!
+//! | response | verdict |
+//! |---|---|
+//! | `200` with `{"result":"allow","device_id":"dev-1"}` (`device_id` optional) | allow; at CONNECT the device id, when given and not empty, becomes the identity |
+//! | `200` with `{"result":"deny","reason":"why"}` (`reason` optional) | deny |
+//! | `204` | allow |
+//! | `401`, `403` | deny |
+//! | any other status (redirects are not followed), a `200` body that is not the JSON above (unknown fields are ignored) or is over 64 KiB, a connect error, no complete answer within `timeout_ms` | unavailable: the caller applies `on_error` |
+//!
+//! # Why it pools and caches
+//!
+//! At 100k devices a short-lived HTTP connection per question leaves the
+//! proxy's side of every closed connection in TIME_WAIT and runs out of
+//! ephemeral ports during a reconnect storm. So the client is built once
+//! and keeps up to `max_idle_connections` connections alive (TCP
+//! keep-alive on, idle ones closed after 90 s), and that same number caps
+//! the requests in flight: a burst waits for a pooled connection instead of
+//! opening (and later closing) thousands of extra ones. Time spent waiting
+//! for a connection counts against `timeout_ms`, the whole-question
+//! deadline.
+//!
+//! Allow answers are reused for `allow_cache_ttl_ms` and deny answers for
+//! `deny_cache_ttl_ms` (`0` disables caching that answer); unavailable
+//! answers never are. The cache key is every field of the question; the
+//! password is kept only as a 128-bit keyed digest (two SipHash-style std
+//! hashers with per-process random keys), never in clear. At most
+//! `cache_max_entries` answers are kept: when full, expired ones are swept
+//! out first, and if it is still full the new answer is simply not cached.
+//! Concurrent misses for the same question each go to the service; they
+//! are not coalesced (a connection handles its own packets in order, so
+//! that only happens across connections sharing a key).
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, TryLockError};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::config::HttpAuthConfig;
+use crate::metrics as m;
+
+/// How long an idle pooled connection to the service is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// TCP keep-alive on connections to the service, so a silently dropped
+/// connection is noticed instead of failing the next question.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Largest answer body read; a bigger one is unavailable.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+/// At most one warning line of each kind per this interval.
+const WARN_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest TTL honoured, so `Instant + ttl` cannot overflow.
+const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Why the hook could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    /// `auth.http.url` is not an absolute `http://` or `https://` URL.
+    #[error("auth hook url {url:?} is not usable: {reason}")]
+    BadUrl {
+        /// The configured URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// reqwest could not build the HTTP client (TLS backend, resolver).
+    #[error("cannot build the auth hook http client: {0}")]
+    Client(String),
+}
+
+/// What is being asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HookAction {
+    /// May this client connect (and as which device)?
+    Connect,
+    /// May this device publish to this topic?
+    Publish,
+    /// May this device subscribe to this filter?
+    Subscribe,
+}
+
+impl HookAction {
+    /// The `action` value on the wire.
+    fn wire_name(self) -> &'static str {
+        match self {
+            HookAction::Connect => "connect",
+            HookAction::Publish => "publish",
+            HookAction::Subscribe => "subscribe",
+        }
+    }
+}
+
+/// One question to the service. Borrowed, so asking costs no copies.
+#[derive(Clone, Copy)]
+pub struct HookRequest<'a> {
+    /// What is being asked.
+    pub action: HookAction,
+    /// The MQTT client id.
+    pub client_id: &'a str,
+    /// The CONNECT user name, if any.
+    pub username: Option<&'a str>,
+    /// The CONNECT password (Connect only). Sent as `"password"` when it is
+    /// valid UTF-8, else as standard base64 in `"password_base64"`; cached
+    /// only as a keyed digest.
+    pub password: Option<&'a [u8]>,
+    /// The device id established at CONNECT (Publish/Subscribe), or the
+    /// certificate identity at Connect if any.
+    pub device_id: Option<&'a str>,
+    /// Source address `ip:port`.
+    pub peer: &'a str,
+    /// Topic name (Publish) or filter (Subscribe).
+    pub topic: Option<&'a str>,
+}
+
+impl fmt::Debug for HookRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HookRequest")
+            .field("action", &self.action)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.map(|_| "<redacted>"))
+            .field("device_id", &self.device_id)
+            .field("peer", &self.peer)
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+/// The service's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookVerdict {
+    /// Allowed; the service may name the device id (used as the identity at
+    /// Connect). An empty `device_id` on the wire reads as `None`.
+    Allow {
+        /// The device id the service assigned, if it named one.
+        device_id: Option<String>,
+    },
+    /// Refused.
+    Deny {
+        /// The service's reason, for the log.
+        reason: Option<String>,
+    },
+    /// No usable answer (timeout, connection refused, 5xx, unparsable body);
+    /// the caller applies `on_error`. The text says which.
+    Unavailable(String),
+}
+
+/// The HTTP auth hook: a pooled client plus an answer cache. `Send + Sync`;
+/// build one at start-up and share it as `Arc<HttpHook>`.
+pub struct HttpHook {
+    /// Built once; owns the keep-alive pool.
+    client: reqwest::Client,
+    /// Where questions are POSTed.
+    url: reqwest::Url,
+    /// Whole-question deadline, waiting for a connection included.
+    timeout: Duration,
+    /// How long an allow is reused; zero: not cached.
+    allow_ttl: Duration,
+    /// How long a deny is reused; zero: not cached.
+    deny_ttl: Duration,
+    /// Most cached answers.
+    max_entries: usize,
+    /// Caps requests in flight at the pool size, so bursts reuse pooled
+    /// connections instead of opening extra ones that end in TIME_WAIT.
+    in_flight: Semaphore,
+    /// Permits in `in_flight`, for messages.
+    in_flight_max: usize,
+    /// Answers by [`HttpHook::key_digest`]. The entry holds the full key and
+    /// is compared on every hit, so a digest collision is only a miss (or
+    /// replaces the other entry), never a wrong answer.
+    cache: DashMap<u64, Entry>,
+    /// Keys the cache digest.
+    key_hasher: RandomState,
+    /// Two per-process random keys for the 128-bit password digest.
+    password_hashers: [RandomState; 2],
+    /// Reference point for `earliest_expiry_ms`.
+    epoch: Instant,
+    /// No cached entry expires before this (ms since `epoch`; `u64::MAX`:
+    /// none cached), so a full cache of fresh answers is not swept on every
+    /// miss.
+    earliest_expiry_ms: AtomicU64,
+    /// Held while sweeping, so concurrent misses do not all sweep.
+    sweep_lock: Mutex<()>,
+    /// Answers not cached because the cache was full of fresh ones.
+    cache_full_skips: AtomicU64,
+    /// Rate limit for the "no usable answer" warning.
+    unavailable_warn: WarnLimiter,
+    /// Rate limit for the "cache full" warning.
+    cache_full_warn: WarnLimiter,
+}
+
+impl fmt::Debug for HttpHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut url = self.url.clone();
+        if url.password().is_some() {
+            // Only fails for URLs that cannot have a password, and this one has one.
+            let _ = url.set_password(Some("redacted"));
+        }
+        f.debug_struct("HttpHook")
+            .field("url", &url.as_str())
+            .field("timeout", &self.timeout)
+            .field("cache_len", &self.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One cached answer, with the question it answers.
+struct Entry {
+    action: HookAction,
+    client_id: Box<str>,
+    username: Option<Box<str>>,
+    device_id: Option<Box<str>>,
+    topic: Option<Box<str>>,
+    /// Keyed digest of the password; the password itself is never kept.
+    password: Option<u128>,
+    verdict: HookVerdict,
+    expires_at: Instant,
+}
+
+impl Entry {
+    fn answers(&self, req: &HookRequest<'_>, password: Option<u128>) -> bool {
+        self.action == req.action
+            && *self.client_id == *req.client_id
+            && self.username.as_deref() == req.username
+            && self.device_id.as_deref() == req.device_id
+            && self.topic.as_deref() == req.topic
+            && self.password == password
+    }
+}
+
+/// The request body.
+#[derive(Serialize)]
+struct WireRequest<'a> {
+    action: &'static str,
+    client_id: &'a str,
+    username: Option<&'a str>,
+    password: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password_base64: Option<String>,
+    device_id: Option<&'a str>,
+    peer: &'a str,
+    topic: Option<&'a str>,
+}
+
+impl<'a> WireRequest<'a> {
+    fn new(req: &HookRequest<'a>) -> Self {
+        let (password, password_base64) = match req.password {
+            None => (None, None),
+            Some(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) => (Some(text), None),
+                Err(_) => (
+                    None,
+                    Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                ),
+            },
+        };
+        WireRequest {
+            action: req.action.wire_name(),
+            client_id: req.client_id,
+            username: req.username,
+            password,
+            password_base64,
+            device_id: req.device_id,
+            peer: req.peer,
+            topic: req.topic,
+        }
+    }
+}
+
+/// The `200` answer body.
+#[derive(Deserialize)]
+struct WireAnswer {
+    result: WireResult,
+    #[serde(default)]
+    device_id: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum WireResult {
+    Allow,
+    Deny,
+}
+
+/// Lets one warning through per [`WARN_INTERVAL`] and counts the rest.
+#[derive(Default)]
+struct WarnLimiter {
+    /// When the last line was let through, and how many were held back since.
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl WarnLimiter {
+    /// `Some(suppressed since the last line)` when this one should be logged.
+    fn admit(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match state.0 {
+            Some(last) if now.saturating_duration_since(last) < WARN_INTERVAL => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                state.0 = Some(now);
+                Some(std::mem::take(&mut state.1))
+            }
+        }
+    }
+}
+
+impl HttpHook {
+    /// Builds the pooled client and an empty cache. Does no I/O.
+    pub fn new(cfg: &HttpAuthConfig) -> Result<HttpHook, HookError> {
+        let bad_url = |reason: String| HookError::BadUrl {
+            url: cfg.url.clone(),
+            reason,
+        };
+        let url = reqwest::Url::parse(&cfg.url).map_err(|e| bad_url(e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad_url(format!(
+                "scheme {:?} is not http or https",
+                url.scheme()
+            )));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad_url("no host".to_owned()));
+        }
+        let timeout = Duration::from_millis(cfg.timeout_ms.max(1));
+        // Zero idle connections would mean a fresh connection per question,
+        // the TIME_WAIT storm this hook exists to avoid; keep at least one.
+        let pool = cfg.max_idle_connections.max(1);
+        let client = reqwest::Client::builder()
+            .http1_only()
+            .pool_max_idle_per_host(pool)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .tcp_keepalive(TCP_KEEPALIVE)
+            .tcp_nodelay(true)
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            // A redirected POST would resend the password elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            // The service is addressed directly; HTTP_PROXY and friends in
+            // the proxy's environment are not meant for it.
+            .no_proxy()
+            .user_agent(concat!("mqtt-kafka-proxy/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| HookError::Client(error_chain(&e)))?;
+        Ok(HttpHook {
+            client,
+            url,
+            timeout,
+            allow_ttl: Duration::from_millis(cfg.allow_cache_ttl_ms).min(MAX_TTL),
+            deny_ttl: Duration::from_millis(cfg.deny_cache_ttl_ms).min(MAX_TTL),
+            max_entries: cfg.cache_max_entries,
+            in_flight: Semaphore::new(pool),
+            in_flight_max: pool,
+            cache: DashMap::new(),
+            key_hasher: RandomState::new(),
+            password_hashers: [RandomState::new(), RandomState::new()],
+            epoch: Instant::now(),
+            earliest_expiry_ms: AtomicU64::new(u64::MAX),
+            sweep_lock: Mutex::new(()),
+            cache_full_skips: AtomicU64::new(0),
+            unavailable_warn: WarnLimiter::default(),
+            cache_full_warn: WarnLimiter::default(),
+        })
+    }
+
+    /// Answer from the cache without I/O, if a fresh one exists (used on the
+    /// hot publish path).
+    pub fn cached(&self, req: &HookRequest<'_>) -> Option<HookVerdict> {
+        let password = self.password_digest(req.password);
+        self.lookup(req, password, Instant::now())
+    }
+
+    /// Cached answer, or POST to the service (with `timeout_ms` as the
+    /// whole-request deadline) and cache Allow for `allow_cache_ttl_ms` and
+    /// Deny for `deny_cache_ttl_ms`; Unavailable is never cached.
+    pub async fn check(&self, req: &HookRequest<'_>) -> HookVerdict {
+        let password = self.password_digest(req.password);
+        if let Some(verdict) = self.lookup(req, password, Instant::now()) {
+            return verdict;
+        }
+        let verdict = self.ask(req).await;
+        self.store(req, password, &verdict, Instant::now());
+        verdict
+    }
+
+    /// Entries currently cached (for tests/metrics), expired ones not yet
+    /// swept included.
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// 128 bits from two independently keyed hashers. std's `RandomState`
+    /// keys made on one thread differ only by an increment, so each half
+    /// also hashes its own tag: two PRF outputs on distinct inputs. The
+    /// digest only has to tell passwords for the same question apart; a
+    /// collision (~2^-128 per guess, keys secret and per-process) would
+    /// reuse another password's cached answer.
+    fn password_digest(&self, password: Option<&[u8]>) -> Option<u128> {
+        let password = password?;
+        let half = |hasher: &RandomState, tag: u8| {
+            let mut h = hasher.build_hasher();
+            h.write_u8(tag);
+            password.hash(&mut h);
+            h.finish()
+        };
+        let high = half(&self.password_hashers[0], 1);
+        let low = half(&self.password_hashers[1], 2);
+        Some(u128::from(high) << 64 | u128::from(low))
+    }
+
+    /// The cache map key. 64 bits is enough: entries carry their full key.
+    fn key_digest(&self, req: &HookRequest<'_>, password: Option<u128>) -> u64 {
+        self.key_hasher.hash_one((
+            req.action,
+            req.client_id,
+            req.username,
+            req.device_id,
+            req.topic,
+            password,
+        ))
+    }
+
+    fn ms_since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A fresh cached answer as of `now`; an expired one is removed.
+    fn lookup(
+        &self,
+        req: &HookRequest<'_>,
+        password: Option<u128>,
+        now: Instant,
+    ) -> Option<HookVerdict> {
+        let key = self.key_digest(req, password);
+        let fresh = {
+            // The guard is dropped before `remove_if` below, which locks the
+            // same shard for writing.
+            let entry = self.cache.get(&key)?;
+            if !entry.answers(req, password) {
+                return None;
+            }
+            (now < entry.expires_at).then(|| entry.verdict.clone())
+        };
+        match fresh {
+            Some(verdict) => {
+                metrics::counter!(m::AUTH_HTTP_CACHE_HITS).increment(1);
+                Some(verdict)
+            }
+            None => {
+                // Re-checked under the write lock: a concurrent miss may have
+                // stored a fresh answer meanwhile.
+                self.cache.remove_if(&key, |_, e| now >= e.expires_at);
+                None
+            }
+        }
+    }
+
+    /// Caches an allow or deny answered at `now`.
+    fn store(
+        &self,
+        req: &HookRequest<'_>,
+        password: Option<u128>,
+        verdict: &HookVerdict,
+        now: Instant,
+    ) {
+        let ttl = match verdict {
+            HookVerdict::Allow { .. } => self.allow_ttl,
+            HookVerdict::Deny { .. } => self.deny_ttl,
+            HookVerdict::Unavailable(_) => return,
+        };
+        let Some(expires_at) = now.checked_add(ttl) else {
+            return;
+        };
+        if ttl.is_zero() || self.max_entries == 0 {
+            return;
+        }
+        let key = self.key_digest(req, password);
+        // `len()` and the insert are not atomic, so concurrent misses can
+        // overshoot the bound by at most the number of questions in flight.
+        if !self.cache.contains_key(&key) && self.cache.len() >= self.max_entries {
+            self.sweep(now);
+            if self.cache.len() >= self.max_entries {
+                let skipped = self.cache_full_skips.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(suppressed) = self.cache_full_warn.admit(now) {
+                    tracing::warn!(
+                        max_entries = self.max_entries,
+                        skipped_total = skipped,
+                        suppressed,
+                        "auth hook cache full of fresh answers; answer not cached"
+                    );
+                }
+                return;
+            }
+        }
+        self.cache.insert(
+            key,
+            Entry {
+                action: req.action,
+                client_id: req.client_id.into(),
+                username: req.username.map(Into::into),
+                device_id: req.device_id.map(Into::into),
+                topic: req.topic.map(Into::into),
+                password,
+                verdict: verdict.clone(),
+                expires_at,
+            },
+        );
+        // After the insert, so a concurrent sweep either sees the entry or
+        // its expiry lands here after the sweep reset the mark.
+        self.earliest_expiry_ms
+            .fetch_min(self.ms_since_epoch(expires_at), Ordering::Relaxed);
+    }
+
+    /// Drops expired entries, unless none can have expired yet or another
+    /// task is already sweeping.
+    fn sweep(&self, now: Instant) {
+        if self.ms_since_epoch(now) < self.earliest_expiry_ms.load(Ordering::Relaxed) {
+            return;
+        }
+        let _guard = match self.sweep_lock.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        self.earliest_expiry_ms.store(u64::MAX, Ordering::Relaxed);
+        let mut earliest = u64::MAX;
+        self.cache.retain(|_, entry| {
+            if now >= entry.expires_at {
+                return false;
+            }
+            earliest = earliest.min(self.ms_since_epoch(entry.expires_at));
+            true
+        });
+        self.earliest_expiry_ms
+            .fetch_min(earliest, Ordering::Relaxed);
+    }
+
+    /// One round trip under the whole-question deadline, with metrics and
+    /// the rate-limited warning.
+    async fn ask(&self, req: &HookRequest<'_>) -> HookVerdict {
+        let started = Instant::now();
+        let sent = AtomicBool::new(false);
+        let verdict = match tokio::time::timeout(self.timeout, self.round_trip(req, &sent)).await {
+            Ok(verdict) => verdict,
+            Err(_) if sent.load(Ordering::Relaxed) => HookVerdict::Unavailable(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            )),
+            Err(_) => HookVerdict::Unavailable(format!(
+                "no free connection to the service within {} ms (all {} busy)",
+                self.timeout.as_millis(),
+                self.in_flight_max
+            )),
+        };
+        metrics::histogram!(m::AUTH_HTTP_SECONDS).record(started.elapsed().as_secs_f64());
+        let result = match &verdict {
+            HookVerdict::Allow { .. } => "allow",
+            HookVerdict::Deny { reason } => {
+                tracing::debug!(action = ?req.action, client_id = req.client_id, reason = reason.as_deref(), "auth hook denied");
+                "deny"
+            }
+            HookVerdict::Unavailable(why) => {
+                if let Some(suppressed) = self.unavailable_warn.admit(Instant::now()) {
+                    tracing::warn!(
+                        url = %self.url,
+                        action = ?req.action,
+                        client_id = req.client_id,
+                        error = %why,
+                        suppressed,
+                        "auth hook gave no usable answer"
+                    );
+                }
+                "error"
+            }
+        };
+        metrics::counter!(m::AUTH_HTTP_REQUESTS, "result" => result).increment(1);
+        verdict
+    }
+
+    /// Waits for a connection slot, POSTs and reads the answer; sets `sent`
+    /// once the slot is taken. The caller bounds it with the deadline.
+    async fn round_trip(&self, req: &HookRequest<'_>, sent: &AtomicBool) -> HookVerdict {
+        // The semaphore is never closed, so this cannot fail; say so if it does.
+        let Ok(_permit) = self.in_flight.acquire().await else {
+            return HookVerdict::Unavailable("auth hook is shut down".to_owned());
+        };
+        sent.store(true, Ordering::Relaxed);
+        let response = match self
+            .client
+            .post(self.url.clone())
+            .json(&WireRequest::new(req))
+            .send()
+            .await
+        {
+            Ok(response) => response,
+            // reqwest's own deadline (the same length) may fire first.
+            Err(e) if e.is_timeout() => {
+                return HookVerdict::Unavailable(format!(
+                    "no answer within {} ms",
+                    self.timeout.as_millis()
+                ))
+            }
+            Err(e) if e.is_connect() => {
+                return HookVerdict::Unavailable(format!(
+                    "cannot connect to the service: {}",
+                    error_chain(&e)
+                ))
+            }
+            Err(e) => {
+                return HookVerdict::Unavailable(format!("request failed: {}", error_chain(&e)))
+            }
+        };
+        let status = response.status().as_u16();
+        // Read every answer to its end: only a fully read response puts the
+        // connection back in the pool.
+        let body = read_body(response).await;
+        // hyper hands the connection back to the pool from a task of its own
+        // that runs once the body is done; let it run before the permit goes,
+        // or the next question may find no idle connection and open another.
+        // YIELD
+        match status {
+            200 => match body {
+                Ok(body) => parse_answer(&body),
+                Err(why) => HookVerdict::Unavailable(why),
+            },
+            204 => HookVerdict::Allow { device_id: None },
+            401 | 403 => HookVerdict::Deny { reason: None },
+            other => HookVerdict::Unavailable(format!("unexpected status {other}")),
+        }
+    }
+}
+
+/// The whole body, up to [`MAX_BODY_BYTES`].
+async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err(format!("answer body over {MAX_BODY_BYTES} bytes"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(format!("reading the answer failed: {}", error_chain(&e))),
+        }
+    }
+}
+
+/// A `200` body: `{"result":"allow"|"deny", "device_id"?, "reason"?}`.
+fn parse_answer(body: &[u8]) -> HookVerdict {
+    match serde_json::from_slice::<WireAnswer>(body) {
+        Ok(WireAnswer {
+            result: WireResult::Allow,
+            device_id,
+            ..
+        }) => HookVerdict::Allow {
+            device_id: device_id.filter(|id| !id.is_empty()),
+        },
+        Ok(WireAnswer {
+            result: WireResult::Deny,
+            reason,
+            ..
+        }) => HookVerdict::Deny { reason },
+        Err(e) => HookVerdict::Unavailable(format!(
+            "200 answer is not {{\"result\":\"allow\"|\"deny\",...}}: {e}"
+        )),
+    }
+}
+
+/// An error and its sources, `outer: inner: root` (reqwest's own message
+/// hides the cause, e.g. "connection refused").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::task::JoinHandle;
+
+    type Handler = Arc<dyn Fn(&Value) -> (u16, String) + Send + Sync>;
+
+    /// What the test server saw of one request.
+    #[derive(Debug, Clone)]
+    struct Seen {
+        request_line: String,
+        /// Lower-cased names.
+        headers: Vec<(String, String)>,
+        body: Value,
+    }
+
+    impl Seen {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// A tiny keep-alive HTTP/1.1 server answering by a closure over the
+    /// JSON body, counting TCP connections and requests.
+    struct TestServer {
+        url: String,
+        connections: Arc<AtomicUsize>,
+        requests: Arc<AtomicUsize>,
+        seen: Arc<Mutex<Vec<Seen>>>,
+        task: JoinHandle<()>,
+    }
+
+    impl Drop for TestServer {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    impl TestServer {
+        async fn start(
+            delay: Duration,
+            handler: impl Fn(&Value) -> (u16, String) + Send + Sync + 'static,
+        ) -> TestServer {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let connections = Arc::new(AtomicUsize::new(0));
+            let requests = Arc::new(AtomicUsize::new(0));
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let handler: Handler = Arc::new(handler);
+            let task = tokio::spawn({
+                let connections = connections.clone();
+                let requests = requests.clone();
+                let seen = seen.clone();
+                async move {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            return;
+                        };
+                        connections.fetch_add(1, Ordering::SeqCst);
+                        tokio::spawn(serve_connection(
+                            stream,
+                            handler.clone(),
+                            delay,
+                            requests.clone(),
+                            seen.clone(),
+                        ));
+                    }
+                }
+            });
+            TestServer {
+                url: format!("http://{addr}/auth"),
+                connections,
+                requests,
+                seen,
+                task,
+            }
+        }
+
+        fn connections(&self) -> usize {
+            self.connections.load(Ordering::SeqCst)
+        }
+
+        fn requests(&self) -> usize {
+            self.requests.load(Ordering::SeqCst)
+        }
+
+        fn last(&self) -> Seen {
+            self.seen.lock().unwrap().last().cloned().unwrap()
+        }
+    }
+
+    async fn serve_connection(
+        stream: TcpStream,
+        handler: Handler,
+        delay: Duration,
+        requests: Arc<AtomicUsize>,
+        seen: Arc<Mutex<Vec<Seen>>>,
+    ) -> std::io::Result<()> {
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if read.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            let request_line = line.trim_end().to_owned();
+            let mut headers = Vec::new();
+            let mut length = 0;
+            loop {
+                line.clear();
+                if read.read_line(&mut line).await? == 0 {
+                    return Ok(());
+                }
+                let header = line.trim_end();
+                if header.is_empty() {
+                    break;
+                }
+                let (name, value) = header.split_once(':').expect("header line");
+                let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_owned());
+                if name == "content-length" {
+                    length = value.parse().expect("content-length");
+                }
+                headers.push((name, value));
+            }
+            let mut body = vec![0; length];
+            read.read_exact(&mut body).await?;
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            requests.fetch_add(1, Ordering::SeqCst);
+            seen.lock().unwrap().push(Seen {
+                request_line,
+                headers,
+                body: body.clone(),
+            });
+            if !delay.is_zero() {
+                // A slow service, not synchronisation.
+                tokio::time::sleep(delay).await;
+            }
+            let (status, text) = handler(&body);
+            let head = if status == 204 {
+                "HTTP/1.1 204 No Content\r\n\r\n".to_owned()
+            } else {
+                format!(
+                    "HTTP/1.1 {status} Answer\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    text.len()
+                )
+            };
+            write.write_all(head.as_bytes()).await?;
+            write.write_all(text.as_bytes()).await?;
+        }
+    }
+
+    fn config(url: &str) -> HttpAuthConfig {
+        HttpAuthConfig {
+            url: url.to_owned(),
+            timeout_ms: 10_000,
+            ..HttpAuthConfig::default()
+        }
+    }
+
+    fn hook(url: &str) -> HttpHook {
+        HttpHook::new(&config(url)).unwrap()
+    }
+
+    fn connect<'a>(client_id: &'a str, password: &'a [u8]) -> HookRequest<'a> {
+        HookRequest {
+            action: HookAction::Connect,
+            client_id,
+            username: Some("user"),
+            password: Some(password),
+            device_id: None,
+            peer: "10.0.0.1:5555",
+            topic: None,
+        }
+    }
+
+    fn allow() -> (u16, String) {
+        (200, r#"{"result":"allow"}"#.to_owned())
+    }
+
+    fn is_unavailable(v: &HookVerdict) -> bool {
+        matches!(v, HookVerdict::Unavailable(_))
+    }
+
+    #[tokio::test]
+    async fn allow_with_device_id_and_the_request_carries_every_field() {
+        let server = TestServer::start(Duration::ZERO, |_| {
+            (
+                200,
+                r#"{"result":"allow","device_id":"dev-7","extra":1}"#.to_owned(),
+            )
+        })
+        .await;
+        let hook = hook(&server.url);
+        let verdict = hook.check(&connect("c1", b"secret")).await;
+        assert_eq!(
+            verdict,
+            HookVerdict::Allow {
+                device_id: Some("dev-7".to_owned())
+            }
+        );
+        let seen = server.last();
+        assert_eq!(seen.request_line, "POST /auth HTTP/1.1");
+        assert_eq!(seen.header("content-type"), Some("application/json"));
+        assert_eq!(
+            seen.body,
+            json!({
+                "action": "connect",
+                "client_id": "c1",
+                "username": "user",
+                "password": "secret",
+                "device_id": null,
+                "peer": "10.0.0.1:5555",
+                "topic": null,
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn publish_and_subscribe_send_topic_and_device_id() {
+        let server = TestServer::start(Duration::ZERO, |_| allow()).await;
+        let hook = hook(&server.url);
+        for (action, name) in [
+            (HookAction::Publish, "publish"),
+            (HookAction::Subscribe, "subscribe"),
+        ] {
+            let req = HookRequest {
+                action,
+                client_id: "c1",
+                username: None,
+                password: None,
+                device_id: Some("dev-1"),
+                peer: "[::1]:4000",
+                topic: Some("t/+/x"),
+            };
+            assert_eq!(
+                hook.check(&req).await,
+                HookVerdict::Allow { device_id: None }
+            );
+            assert_eq!(
+                server.last().body,
+                json!({
+                    "action": name,
+                    "client_id": "c1",
+                    "username": null,
+                    "password": null,
+                    "device_id": "dev-1",
+                    "peer": "[::1]:4000",
+                    "topic": "t/+/x",
+                })
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn non_utf8_password_goes_as_base64() {
+        let server = TestServer::start(Duration::ZERO, |_| allow()).await;
+        let hook = hook(&server.url);
+        hook.check(&connect("c1", &[0xff, 0x00, 0x41])).await;
+        let body = server.last().body;
+        assert_eq!(body["password"], Value::Null);
+        assert_eq!(body["password_base64"], "/wBB");
+    }
+
+    #[tokio::test]
+    async fn deny_via_json_carries_the_reason() {
+        let server = TestServer::start(Duration::ZERO, |_| {
+            (200, r#"{"result":"deny","reason":"banned"}"#.to_owned())
+        })
+        .await;
+        let verdict = hook(&server.url).check(&connect("c1", b"pw")).await;
+        assert_eq!(
+            verdict,
+            HookVerdict::Deny {
+                reason: Some("banned".to_owned())
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn no_content_is_allow() {
+        let server = TestServer::start(Duration::ZERO, |_| (204, String::new())).await;
+        let verdict = hook(&server.url).check(&connect("c1", b"pw")).await;
+        assert_eq!(verdict, HookVerdict::Allow { device_id: None });
+    }
+
+    #[tokio::test]
+    async fn unauthorized_and_forbidden_are_deny() {
+        for status in [401, 403] {
+            let server =
+                TestServer::start(Duration::ZERO, move |_| (status, "nope".to_owned())).await;
+            let verdict = hook(&server.url).check(&connect("c1", b"pw")).await;
+            assert_eq!(verdict, HookVerdict::Deny { reason: None }, "{status}");
+        }
+    }
+
+    #[tokio::test]
+    async fn server_error_is_unavailable_and_not_cached() {
+        let server = TestServer::start(Duration::ZERO, |_| (500, "{}".to_owned())).await;
+        let hook = hook(&server.url);
+        let req = connect("c1", b"pw");
+        match hook.check(&req).await {
+            HookVerdict::Unavailable(why) => assert!(why.contains("500"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(hook.cache_len(), 0);
+        assert_eq!(hook.cached(&req), None);
+        assert!(is_unavailable(&hook.check(&req).await));
+        assert_eq!(server.requests(), 2);
+    }
+
+    #[tokio::test]
+    async fn other_statuses_and_bad_bodies_are_unavailable() {
+        for (status, body) in [
+            (200, "not json"),
+            (200, r#"{"result":"maybe"}"#),
+            (200, r#"{"device_id":"d"}"#),
+            (302, ""),
+            (404, ""),
+        ] {
+            let server =
+                TestServer::start(Duration::ZERO, move |_| (status, body.to_owned())).await;
+            let verdict = hook(&server.url).check(&connect("c1", b"pw")).await;
+            assert!(is_unavailable(&verdict), "{status} {body}: {verdict:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_body_is_unavailable() {
+        let big = format!(
+            r#"{{"result":"allow","reason":"{}"}}"#,
+            "x".repeat(MAX_BODY_BYTES)
+        );
+        let server = TestServer::start(Duration::ZERO, move |_| (200, big.clone())).await;
+        let verdict = hook(&server.url).check(&connect("c1", b"pw")).await;
+        assert!(is_unavailable(&verdict), "{verdict:?}");
+    }
+
+    #[tokio::test]
+    async fn slow_service_is_unavailable() {
+        let server = TestServer::start(Duration::from_secs(2), |_| allow()).await;
+        let hook = HttpHook::new(&HttpAuthConfig {
+            timeout_ms: 200,
+            ..config(&server.url)
+        })
+        .unwrap();
+        match hook.check(&connect("c1", b"pw")).await {
+            HookVerdict::Unavailable(why) => assert!(why.contains("200 ms"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(hook.cache_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_unavailable() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let hook = hook(&format!("http://{addr}/auth"));
+        match hook.check(&connect("c1", b"pw")).await {
+            HookVerdict::Unavailable(why) => assert!(why.contains("connect"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn allow_is_cached() {
+        let server = TestServer::start(Duration::ZERO, |_| {
+            (200, r#"{"result":"allow","device_id":"dev-1"}"#.to_owned())
+        })
+        .await;
+        let hook = hook(&server.url);
+        let req = connect("c1", b"pw");
+        assert_eq!(hook.cached(&req), None);
+        let first = hook.check(&req).await;
+        assert_eq!(server.requests(), 1);
+        assert_eq!(hook.check(&req).await, first);
+        assert_eq!(hook.cached(&req), Some(first));
+        assert_eq!(server.requests(), 1);
+        assert_eq!(hook.cache_len(), 1);
+    }
+
+    #[tokio::test]
+    async fn deny_is_cached() {
+        let server = TestServer::start(Duration::ZERO, |_| (403, String::new())).await;
+        let hook = hook(&server.url);
+        let req = connect("c1", b"pw");
+        let first = hook.check(&req).await;
+        assert_eq!(first, HookVerdict::Deny { reason: None });
+        assert_eq!(hook.check(&req).await, first);
+        assert_eq!(hook.cached(&req), Some(first));
+        assert_eq!(server.requests(), 1);
+    }
+
+    #[tokio::test]
+    async fn every_field_is_part_of_the_key() {
+        let server = TestServer::start(Duration::ZERO, |body| {
+            if body["password"] == "good" {
+                allow()
+            } else {
+                (403, String::new())
+            }
+        })
+        .await;
+        let hook = hook(&server.url);
+        let good = connect("c1", b"good");
+        let bad = connect("c1", b"bad");
+        assert_eq!(
+            hook.check(&good).await,
+            HookVerdict::Allow { device_id: None }
+        );
+        assert_eq!(hook.check(&bad).await, HookVerdict::Deny { reason: None });
+        assert_eq!(server.requests(), 2);
+        assert_eq!(hook.cache_len(), 2);
+        assert_eq!(hook.cached(&connect("c1", b"other")), None);
+        assert_eq!(
+            hook.cached(&HookRequest {
+                password: None,
+                ..good
+            }),
+            None
+        );
+        let variants = [
+            HookRequest {
+                client_id: "c2",
+                ..good
+            },
+            HookRequest {
+                username: None,
+                ..good
+            },
+            HookRequest {
+                device_id: Some("d"),
+                ..good
+            },
+            HookRequest {
+                topic: Some("t"),
+                ..good
+            },
+            HookRequest {
+                action: HookAction::Publish,
+                ..good
+            },
+        ];
+        for req in variants {
+            assert_eq!(hook.cached(&req), None, "{req:?}");
+        }
+        // The peer is not part of the key: a reconnect from a new port reuses it.
+        assert!(hook
+            .cached(&HookRequest {
+                peer: "10.0.0.2:1",
+                ..good
+            })
+            .is_some());
+    }
+
+    #[tokio::test]
+    async fn answers_expire_after_their_ttl() {
+        let server = TestServer::start(Duration::ZERO, |body| {
+            if body["client_id"] == "allowed" {
+                allow()
+            } else {
+                (403, String::new())
+            }
+        })
+        .await;
+        let hook = HttpHook::new(&HttpAuthConfig {
+            allow_cache_ttl_ms: 60_000,
+            deny_cache_ttl_ms: 10_000,
+            ..config(&server.url)
+        })
+        .unwrap();
+        let allowed = connect("allowed", b"pw");
+        let denied = connect("denied", b"pw");
+        hook.check(&allowed).await;
+        hook.check(&denied).await;
+        let digest = hook.password_digest(Some(b"pw"));
+        let now = Instant::now();
+        let later = |ms| now + Duration::from_millis(ms);
+        assert!(hook.lookup(&denied, digest, later(9_000)).is_some());
+        assert!(hook.lookup(&denied, digest, later(10_001)).is_none());
+        assert_eq!(hook.cache_len(), 1, "expired entry removed on read");
+        assert!(hook.lookup(&allowed, digest, later(59_000)).is_some());
+        assert!(hook.lookup(&allowed, digest, later(60_001)).is_none());
+        assert_eq!(hook.cache_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn zero_ttl_disables_caching() {
+        let server = TestServer::start(Duration::ZERO, |_| allow()).await;
+        let hook = HttpHook::new(&HttpAuthConfig {
+            allow_cache_ttl_ms: 0,
+            ..config(&server.url)
+        })
+        .unwrap();
+        let req = connect("c1", b"pw");
+        hook.check(&req).await;
+        hook.check(&req).await;
+        assert_eq!(server.requests(), 2);
+        assert_eq!(hook.cache_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn full_cache_sweeps_expired_then_skips() {
+        let hook = HttpHook::new(&HttpAuthConfig {
+            cache_max_entries: 2,
+            allow_cache_ttl_ms: 1_000,
+            ..config("http://127.0.0.1:9/auth")
+        })
+        .unwrap();
+        let allow = HookVerdict::Allow { device_id: None };
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let (a, b, c, d) = (
+            connect("a", b"pw"),
+            connect("b", b"pw"),
+            connect("c", b"pw"),
+            connect("d", b"pw"),
+        );
+        let pw = hook.password_digest(Some(b"pw"));
+        hook.store(&a, pw, &allow, at(0));
+        hook.store(&b, pw, &allow, at(500));
+        hook.store(&c, pw, &allow, at(600));
+        assert_eq!(hook.cache_len(), 2);
+        assert_eq!(hook.cache_full_skips.load(Ordering::Relaxed), 1);
+        assert!(hook.lookup(&c, pw, at(600)).is_none());
+        // Refreshing a cached key is not growth.
+        hook.store(&b, pw, &allow, at(700));
+        assert_eq!(hook.cache_full_skips.load(Ordering::Relaxed), 1);
+        // `a` has expired by now: swept, and `d` fits.
+        hook.store(&d, pw, &allow, at(1_100));
+        assert_eq!(hook.cache_len(), 2);
+        assert!(hook.lookup(&d, pw, at(1_100)).is_some());
+        assert!(hook.lookup(&b, pw, at(1_100)).is_some());
+        assert_eq!(hook.cache_full_skips.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn sequential_questions_share_one_connection() {
+        let server = TestServer::start(Duration::ZERO, |_| allow()).await;
+        let hook = hook(&server.url);
+        for i in 0..50 {
+            let id = format!("c{i}");
+            let verdict = hook.check(&connect(&id, b"pw")).await;
+            assert_eq!(verdict, HookVerdict::Allow { device_id: None });
+        }
+        assert_eq!(server.requests(), 50);
+        assert_eq!(server.connections(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_questions_stay_within_the_pool() {
+        let server = TestServer::start(Duration::ZERO, |_| allow()).await;
+        let hook = Arc::new(
+            HttpHook::new(&HttpAuthConfig {
+                max_idle_connections: 8,
+                ..config(&server.url)
+            })
+            .unwrap(),
+        );
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let hook = hook.clone();
+                tokio::spawn(async move {
+                    let id = format!("burst{i}");
+                    hook.check(&connect(&id, b"pw")).await
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), HookVerdict::Allow { device_id: None });
+        }
+        let opened = server.connections();
+        eprintln!("OPENED {opened}");
+        assert!(opened <= 8, "{opened} connections for 8 slots");
+        for i in 0..20 {
+            let id = format!("after{i}");
+            hook.check(&connect(&id, b"pw")).await;
+        }
+        assert_eq!(server.requests(), 70);
+        assert_eq!(
+            server.connections(),
+            opened,
+            "sequential batch reused the pool"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn zz_experiment_seq_mt() {
+        let server = TestServer::start(Duration::ZERO, |_| allow()).await;
+        let hook = hook(&server.url);
+        for i in 0..50 {
+            let id = format!("c{i}");
+            hook.check(&connect(&id, b"pw")).await;
+        }
+        eprintln!("SEQMT {}", server.connections());
+    }
+
+    #[test]
+    fn warnings_are_rate_limited_with_a_count() {
+        let limiter = WarnLimiter::default();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(limiter.admit(at(0)), Some(0));
+        assert_eq!(limiter.admit(at(10)), None);
+        assert_eq!(limiter.admit(at(999)), None);
+        assert_eq!(limiter.admit(at(1_000)), Some(2));
+        assert_eq!(limiter.admit(at(1_500)), None);
+        assert_eq!(limiter.admit(at(2_000)), Some(1));
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        for url in ["", "not a url", "ftp://host/auth", "unix:/tmp/sock"] {
+            let err = HttpHook::new(&config(url)).unwrap_err();
+            assert!(matches!(err, HookError::BadUrl { .. }), "{url}: {err}");
+        }
+        assert!(HttpHook::new(&config("https://auth.example:8443/check")).is_ok());
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let hook = hook("http://svc:hunter2@127.0.0.1:9/auth");
+        assert!(!format!("{hook:?}").contains("hunter2"));
+        let req = connect("c1", b"hunter2");
+        assert!(!format!("{req:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn password_digest_is_stable_and_distinguishes() {
+        let hook = hook("http://127.0.0.1:9/auth");
+        let a = hook.password_digest(Some(b"a"));
+        assert_eq!(a, hook.password_digest(Some(b"a")));
+        assert_ne!(a, hook.password_digest(Some(b"b")));
+        assert_ne!(a, hook.password_digest(Some(b"")));
+        assert_eq!(hook.password_digest(None), None);
+    }
+}

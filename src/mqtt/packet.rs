@@ -331,6 +331,8 @@ pub mod reason {
     pub const UNSUPPORTED_PROTOCOL_VERSION: u8 = 0x84;
     /// Client identifier not valid (CONNACK).
     pub const CLIENT_IDENTIFIER_NOT_VALID: u8 = 0x85;
+    /// Bad user name or password (CONNACK).
+    pub const BAD_USER_NAME_OR_PASSWORD: u8 = 0x86;
     /// Not authorized.
     pub const NOT_AUTHORIZED: u8 = 0x87;
     /// Server unavailable (CONNACK).
@@ -355,12 +357,18 @@ pub mod reason {
     pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
     /// Packet too large.
     pub const PACKET_TOO_LARGE: u8 = 0x95;
+    /// Message rate too high (DISCONNECT).
+    pub const MESSAGE_RATE_TOO_HIGH: u8 = 0x96;
+    /// Quota exceeded.
+    pub const QUOTA_EXCEEDED: u8 = 0x97;
     /// Payload format invalid.
     pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
     /// QoS not supported.
     pub const QOS_NOT_SUPPORTED: u8 = 0x9B;
     /// Subscription identifiers not supported.
     pub const SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED: u8 = 0xA1;
+    /// Maximum connect time (here: the credentials expired).
+    pub const MAXIMUM_CONNECT_TIME: u8 = 0xA0;
 }
 
 /// MQTT 3.1.1 CONNACK return codes (section 3.2.2.3).

@@ -57,6 +57,25 @@ pub fn covers(allowed: &str, requested: &str) -> bool {
     r.next().is_none()
 }
 
+/// Whether some topic name matches both filters: a deny rule refuses a
+/// subscription that could receive anything it denies, not only one it covers.
+pub fn intersects(a: &str, b: &str) -> bool {
+    let mut a = a.split('/');
+    let mut b = b.split('/');
+    loop {
+        match (a.next(), b.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (None, None) => return true,
+            // One filter is longer; only a trailing `#` on the shorter one
+            // (handled above, it matches its parent level) could join them.
+            (None, Some(_)) | (Some(_), None) => return false,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(x), Some(y)) if x == y => {}
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +129,23 @@ mod tests {
         }
         for f in ["#", "+", "a/+/b", "a/#", "devices/d1/commands/#"] {
             assert!(valid_filter(f), "{f}");
+        }
+    }
+
+    #[test]
+    fn intersecting_filters() {
+        let cases = [
+            ("a/+/c", "a/b/#", true),
+            ("a/b", "a/#", true),
+            ("a/b", "a/c", false),
+            ("a/+", "a/b/c", false),
+            ("#", "x/y", true),
+            ("a/b/c", "a/+/c", true),
+            ("a/b/c", "a/b", false),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(intersects(a, b), want, "{a} & {b}");
+            assert_eq!(intersects(b, a), want, "{b} & {a}");
         }
     }
 }

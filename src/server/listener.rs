@@ -3,6 +3,9 @@
 //! the rest wait in the kernel backlog; accept errors (e.g. out of file
 //! descriptors) back off instead of spinning. The loop does no per-client
 //! I/O: the TLS handshake runs in the connection's task, under its deadline.
+//! A source address that opens connections faster than
+//! `limits.connects_per_second_per_source` has the excess closed at once,
+//! before any task or buffer is spent on it.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,11 +15,13 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::limits::{LogThrottle, SourceLimiter};
 use crate::metrics as m;
+use crate::server::tls::TlsReloader;
+use crate::session::connection::PeerCert;
 use crate::session::{connection, Shared};
 
 /// What a listener speaks.
@@ -24,8 +29,8 @@ use crate::session::{connection, Shared};
 pub enum Transport {
     /// MQTT over plain TCP.
     Tcp,
-    /// MQTT over TLS.
-    Tls(TlsAcceptor),
+    /// MQTT over TLS, with the live (reloadable) configuration.
+    Tls(Arc<TlsReloader>),
 }
 
 impl Transport {
@@ -61,10 +66,12 @@ pub async fn accept_loop(
     transport: Transport,
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
+    sources: Option<Arc<SourceLimiter>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
     let name = transport.name();
+    let refusals = LogThrottle::new(Duration::from_secs(1));
     let mut backoff = Duration::from_millis(5);
     loop {
         let permit = tokio::select! {
@@ -87,6 +94,16 @@ pub async fn accept_loop(
             },
         };
         backoff = Duration::from_millis(5);
+        if let Some(limiter) = &sources {
+            if !limiter.admit(peer.ip()) {
+                metrics::counter!(m::LIMITS_EXCEEDED, "limit" => "connect_rate").increment(1);
+                if let Some(suppressed) = refusals.allow() {
+                    tracing::warn!(%peer, listener = name, suppressed, "connection refused: source address over limits.connects_per_second_per_source");
+                }
+                drop(tcp);
+                continue;
+            }
+        }
         metrics::counter!(m::CONNECTIONS_OPENED, "listener" => name).increment(1);
         // Small acknowledgements must not wait for Nagle.
         let _ = tcp.set_nodelay(true);
@@ -99,14 +116,25 @@ pub async fn accept_loop(
                     connection::run(tcp, peer, plain, shared, cancel).await;
                 });
             }
-            Transport::Tls(acceptor) => {
-                let acceptor = acceptor.clone();
+            Transport::Tls(tls) => {
+                let acceptor = tls.acceptor();
                 tracker.spawn(async move {
                     let _permit = permit;
                     let handshake = move |tcp: TcpStream| -> HandshakeFuture<
                         tokio_rustls::server::TlsStream<TcpStream>,
                     > {
-                        Box::pin(async move { acceptor.accept(tcp).await })
+                        Box::pin(async move {
+                            let stream = acceptor.accept(tcp).await?;
+                            // Verified by rustls against the client CA; the
+                            // device id is read from it at CONNECT.
+                            let cert = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|c| c.clone().into_owned());
+                            Ok((stream, cert))
+                        })
                     };
                     connection::run(tcp, peer, handshake, shared, cancel).await;
                 });
@@ -115,8 +143,8 @@ pub async fn accept_loop(
     }
 }
 
-type HandshakeFuture<S> = Pin<Box<dyn Future<Output = std::io::Result<S>> + Send>>;
+type HandshakeFuture<S> = Pin<Box<dyn Future<Output = std::io::Result<(S, PeerCert)>> + Send>>;
 
 fn plain(tcp: TcpStream) -> HandshakeFuture<TcpStream> {
-    Box::pin(std::future::ready(Ok(tcp)))
+    Box::pin(std::future::ready(Ok((tcp, None))))
 }

@@ -1,16 +1,25 @@
-//! TLS for the MQTT listener: the rustls server configuration, built once at
-//! start-up (TLS 1.2 and 1.3 only), and development certificates generated
-//! with rcgen when the configured files are missing and the config allows it.
+//! TLS for the MQTT listener: the rustls server configuration (TLS 1.2 and
+//! 1.3 only, ring's AEAD suites with forward secrecy), optional client
+//! certificate verification against a CA bundle and CRLs (mTLS), reloading
+//! of the certificate, key, CA and CRL files when they change
+//! ([`TlsReloader`]), and development certificates generated with rcgen when
+//! the configured files are missing and the config allows it.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::ServerConfig;
+use std::sync::{Mutex, RwLock};
 
-use crate::config::TlsListenerConfig;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::watch::FileWatch;
+use crate::config::{ClientAuth, TlsListenerConfig};
+use crate::metrics as m;
 
 /// Why the TLS listener cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +46,14 @@ pub enum TlsError {
     /// rustls refused the certificate/key pair.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    /// The client CA bundle or CRL file cannot be used.
+    #[error("{path}: {reason}")]
+    ClientVerifier {
+        /// The CA or CRL file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// Certificate generation failed.
     #[error("generating development certificates: {0}")]
     Generate(#[from] rcgen::Error),
@@ -67,14 +84,128 @@ pub fn server_config(cfg: &TlsListenerConfig) -> Result<Arc<ServerConfig>, TlsEr
             "generated development TLS certificates; clients must trust the CA file; do not use in production"
         );
     }
+    build(cfg)
+}
+
+/// Builds the configuration from the files as they are now.
+fn build(cfg: &TlsListenerConfig) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certs(&cfg.cert_path)?;
     let key = load_key(&cfg.key_path)?;
+    // ring's default suites: TLS 1.3 AES-GCM / ChaCha20-Poly1305 and TLS 1.2
+    // ECDHE with AEAD only; no CBC, no RSA key exchange, nothing below 1.2.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let config = match cfg.client_auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        mode => builder.with_client_cert_verifier(client_verifier(cfg, mode, provider)?),
+    }
+    .with_single_cert(certs, key)?;
     Ok(Arc::new(config))
+}
+
+fn client_verifier(
+    cfg: &TlsListenerConfig,
+    mode: ClientAuth,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let ca_path = &cfg.client_ca_path;
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(ca_path)? {
+        roots.add(cert).map_err(|e| TlsError::ClientVerifier {
+            path: ca_path.clone(),
+            reason: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    if !cfg.crl_path.as_os_str().is_empty() {
+        let pem = fs::read(&cfg.crl_path).map_err(io_err(&cfg.crl_path))?;
+        let crls = rustls_pemfile::crls(&mut pem.as_slice())
+            .collect::<Result<Vec<CertificateRevocationListDer<'static>>, _>>()
+            .map_err(io_err(&cfg.crl_path))?;
+        if crls.is_empty() {
+            return Err(TlsError::ClientVerifier {
+                path: cfg.crl_path.clone(),
+                reason: "no PEM X509 CRL found".into(),
+            });
+        }
+        builder = builder.with_crls(crls);
+    }
+    if mode == ClientAuth::Optional {
+        builder = builder.allow_unauthenticated();
+    }
+    builder.build().map_err(|e| TlsError::ClientVerifier {
+        path: ca_path.clone(),
+        reason: e.to_string(),
+    })
+}
+
+/// The live TLS configuration: new handshakes use whatever was loaded last;
+/// [`TlsReloader::reload_if_changed`] swaps in a new one when the files
+/// change, and keeps the old one (logging why) when the new files are bad.
+pub struct TlsReloader {
+    cfg: TlsListenerConfig,
+    current: RwLock<TlsAcceptor>,
+    watch: Mutex<FileWatch>,
+}
+
+impl TlsReloader {
+    /// Loads the configuration (generating development certificates if
+    /// allowed and missing).
+    pub fn new(cfg: &TlsListenerConfig) -> Result<TlsReloader, TlsError> {
+        let config = server_config(cfg)?;
+        Ok(TlsReloader {
+            watch: Mutex::new(FileWatch::new(watched(cfg))),
+            cfg: cfg.clone(),
+            current: RwLock::new(TlsAcceptor::from(config)),
+        })
+    }
+
+    /// The acceptor for the next handshake.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        // A poisoned lock still holds a valid acceptor: a panic cannot leave it half-written.
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Rebuilds the configuration if any of its files changed. `Ok(true)`:
+    /// new handshakes use the new files; `Err`: they keep using the old ones.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let changed = self
+            .watch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .changed();
+        if !changed {
+            return Ok(false);
+        }
+        match build(&self.cfg) {
+            Ok(config) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+                    TlsAcceptor::from(config);
+                metrics::counter!(m::FILE_RELOADS, "file" => "tls", "result" => "ok").increment(1);
+                tracing::info!(cert = %self.cfg.cert_path.display(), "TLS certificate files changed; new handshakes use them");
+                Ok(true)
+            }
+            Err(e) => {
+                metrics::counter!(m::FILE_RELOADS, "file" => "tls", "result" => "error")
+                    .increment(1);
+                tracing::error!(error = %e, "TLS certificate files changed but cannot be loaded; keeping the previous ones");
+                Err(e)
+            }
+        }
+    }
+}
+
+fn watched(cfg: &TlsListenerConfig) -> Vec<PathBuf> {
+    vec![
+        cfg.cert_path.clone(),
+        cfg.key_path.clone(),
+        cfg.client_ca_path.clone(),
+        cfg.crl_path.clone(),
+    ]
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

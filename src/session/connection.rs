@@ -27,10 +27,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::framed::{Framed, WriteError};
-use crate::config::{CommandsConfig, MqttConfig};
+use crate::auth::acl::{Access, Subject};
+use crate::auth::hook::{HookAction, HookRequest, HookVerdict};
+use crate::auth::{Authenticator, ConnectInfo};
+use crate::config::{CommandsConfig, LimitsConfig, MqttConfig, OnError, Permission};
 use crate::kafka::commands::{self, Journal, Status};
 use crate::kafka::producer::{Delivery, DeliveryOutcome, Producer, Record, SendError};
 use crate::kafka::record;
+use crate::limits::TokenBucket;
 use crate::metrics as m;
 use crate::mqtt::codec::Limits;
 use crate::mqtt::error::ProtocolError;
@@ -62,6 +66,10 @@ pub struct Shared {
     pub retained: Arc<RetainedStore>,
     /// Receipts, lifecycle records, session announcements.
     pub journal: Arc<Journal>,
+    /// Authentication methods and topic rules.
+    pub auth: Arc<Authenticator>,
+    /// Per-connection rate limits.
+    pub rate_limits: LimitsConfig,
 }
 
 /// The decoder limits a configuration asks for.
@@ -87,6 +95,16 @@ pub enum CloseReason {
     TlsHandshake(std::io::Error),
     /// CONNECT was answered with a refusing CONNACK.
     ConnectRefused(u8, &'static str),
+    /// Authentication refused the CONNECT (CONNACK code, why).
+    AuthRefused(u8, String),
+    /// The credentials (JWT `exp`) expired while connected.
+    CredentialsExpired,
+    /// A PUBLISH or SUBSCRIBE was not authorized and 3.1.1 has no other way to say so.
+    NotAuthorized(String),
+    /// A configured limit was exceeded (5.0 DISCONNECT code, what).
+    LimitExceeded(u8, String),
+    /// Part of a packet arrived and the rest did not within `mqtt.partial_packet_timeout_ms`.
+    PartialPacketTimeout,
     /// No packet within 1.5 × keep-alive [MQTT-3.1.2-24].
     KeepAliveTimeout,
     /// The client broke the protocol.
@@ -113,6 +131,11 @@ impl CloseReason {
             CloseReason::ConnectTimeout => "connect_timeout",
             CloseReason::TlsHandshake(_) => "tls_handshake",
             CloseReason::ConnectRefused(..) => "connect_refused",
+            CloseReason::AuthRefused(..) => "auth_refused",
+            CloseReason::CredentialsExpired => "credentials_expired",
+            CloseReason::NotAuthorized(_) => "not_authorized",
+            CloseReason::LimitExceeded(..) => "limit_exceeded",
+            CloseReason::PartialPacketTimeout => "partial_packet_timeout",
             CloseReason::KeepAliveTimeout => "keep_alive_timeout",
             CloseReason::Protocol(_) => "protocol_error",
             CloseReason::PublishRefused(..) => "publish_refused",
@@ -132,6 +155,10 @@ impl CloseReason {
             CloseReason::DeliveryFailed(_) => Some(reason::UNSPECIFIED_ERROR),
             CloseReason::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
             CloseReason::TakenOver => Some(reason::SESSION_TAKEN_OVER),
+            CloseReason::CredentialsExpired => Some(reason::MAXIMUM_CONNECT_TIME),
+            CloseReason::NotAuthorized(_) => Some(reason::NOT_AUTHORIZED),
+            CloseReason::LimitExceeded(code, _) => Some(*code),
+            CloseReason::PartialPacketTimeout => Some(reason::MALFORMED_PACKET),
             _ => None,
         }
     }
@@ -145,6 +172,10 @@ impl CloseReason {
                 | CloseReason::Write(_)
                 | CloseReason::TlsHandshake(_)
                 | CloseReason::ConnectRefused(..)
+                | CloseReason::AuthRefused(..)
+                | CloseReason::NotAuthorized(_)
+                | CloseReason::LimitExceeded(..)
+                | CloseReason::PartialPacketTimeout
         )
     }
 }
@@ -173,6 +204,18 @@ impl std::fmt::Display for CloseReason {
             CloseReason::Write(e) => write!(f, "{e}"),
             CloseReason::Shutdown => write!(f, "replica shutting down"),
             CloseReason::TakenOver => write!(f, "client id connected again (session taken over)"),
+            CloseReason::AuthRefused(code, why) => {
+                write!(f, "authentication refused ({code:#04x}): {why}")
+            }
+            CloseReason::CredentialsExpired => write!(f, "credentials expired (JWT exp)"),
+            CloseReason::NotAuthorized(why) => write!(f, "not authorized: {why}"),
+            CloseReason::LimitExceeded(code, why) => {
+                write!(f, "limit exceeded ({code:#04x}): {why}")
+            }
+            CloseReason::PartialPacketTimeout => write!(
+                f,
+                "the rest of a started packet did not arrive within mqtt.partial_packet_timeout_ms"
+            ),
         }
     }
 }
@@ -187,13 +230,18 @@ pub async fn run<T, S, H>(
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) where
-    H: FnOnce(T) -> Pin<Box<dyn Future<Output = std::io::Result<S>> + Send>>,
+    H: FnOnce(T) -> Pin<Box<dyn Future<Output = std::io::Result<(S, PeerCert)>> + Send>>,
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "conn",
+        %peer,
+        client_id = tracing::field::Empty,
+        device_id = tracing::field::Empty
+    );
     async move {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(shared.mqtt.connect_timeout_ms);
-        let stream = match tokio::time::timeout_at(deadline, handshake(tcp)).await {
+        let (stream, peer_cert) = match tokio::time::timeout_at(deadline, handshake(tcp)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return log_close_before_connect(&CloseReason::TlsHandshake(e)),
             Err(_) => return log_close_before_connect(&CloseReason::ConnectTimeout),
@@ -206,11 +254,14 @@ pub async fn run<T, S, H>(
             Ok(c) => c,
             Err(reason) => return log_close_before_connect(&reason),
         };
-        let mut session = match Box::pin(Session::accept(&mut framed, *connect, &shared, peer)).await {
+        let mut session = match Box::pin(Session::accept(&mut framed, *connect, &shared, peer, peer_cert)).await {
             Ok(s) => s,
             Err(reason) => return log_close_before_connect(&reason),
         };
-        tracing::Span::current().record("client_id", session.client_id.as_str());
+        tracing::Span::current().record("client_id", session.client_id());
+        if session.client_id.is_some() {
+            tracing::Span::current().record("device_id", session.device_id.as_str());
+        }
         tracing::info!(
             protocol = if session.version == Version::V5 { "5.0" } else { "3.1.1" },
             keep_alive_s = session.keep_alive.as_secs_f32() / 1.5,
@@ -235,13 +286,13 @@ pub async fn run<T, S, H>(
             };
             Box::pin(goodbye).await;
         }
-        shared.table.deregister(&session.client_id, session.generation);
+        shared.table.deregister(&session.device_id, session.generation);
         session.drop_commands(&shared.journal);
         // A drain is not a device failure: devices reconnect elsewhere, so no wills.
         if let (Some(will), false) = (session.will.take(), matches!(reason, CloseReason::Shutdown)) {
-            publish_will(&shared, &session.client_id, session.version, *will, session.will_delay);
+            publish_will(&shared, &session.device_id, session.client_id(), session.version, *will, session.will_delay);
         }
-        shared.journal.lifecycle(&session.client_id, "disconnected", &peer.to_string(), Some(reason.label()));
+        shared.journal.lifecycle(&session.device_id, "disconnected", &peer.to_string(), Some(reason.label()));
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
         metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
         let secs = started.elapsed().as_secs();
@@ -309,6 +360,10 @@ async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// The leaf certificate a TLS client presented (verified by rustls), kept
+/// only until CONNECT has been authenticated.
+pub type PeerCert = Option<rustls::pki_types::CertificateDer<'static>>;
+
 /// A QoS 1/2 PUBLISH the device is owed an acknowledgement for.
 struct InFlight {
     packet_id: u16,
@@ -362,7 +417,30 @@ impl Future for NextOutcome<'_> {
 
 struct Session {
     version: Version,
-    client_id: String,
+    /// Who the device is: the client id with authentication off, the
+    /// authenticated identity with it on. Kafka key, session-table key.
+    device_id: String,
+    /// The MQTT client id, kept only when it differs from `device_id`.
+    client_id: Option<Box<str>>,
+    /// CONNECT user name, kept for ACL templates and hook questions when
+    /// authentication is on.
+    username: Option<Box<str>>,
+    /// Ends the connection when the credentials expire (JWT `exp`).
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Publish rate limits, when configured.
+    limiter: Option<Box<Limiter>>,
+    /// 3.1.1 over a rate limit: not read again until this fires.
+    throttle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A PUBLISH / SUBSCRIBE waiting for the HTTP hook's answer; the socket
+    /// is not read meanwhile, so order is kept.
+    authorizing: Option<Box<Authorizing>>,
+    /// The hook's answers for the packet being re-run after `authorizing`
+    /// (a SUBSCRIBE may need several); cleared when that packet is done.
+    preauthorized: Vec<(Access, String, Permission)>,
+    /// Set while the buffer holds part of a packet: the rest must arrive by then.
+    partial_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// ACL / hook refusals on this connection (the first is logged at warn).
+    denied: u64,
     /// 1.5 × the keep-alive the client asked for; zero disables the check.
     keep_alive: Duration,
     /// 5.0 Request Problem Information: may reason strings be sent.
@@ -394,6 +472,20 @@ struct Session {
     will_delay: Duration,
 }
 
+/// Token buckets of one connection.
+struct Limiter {
+    messages: Option<TokenBucket>,
+    bytes: Option<TokenBucket>,
+}
+
+/// A packet held until the HTTP hook answers about its topic or filter.
+struct Authorizing {
+    packet: Packet,
+    access: Access,
+    topic: String,
+    answer: Pin<Box<dyn Future<Output = HookVerdict> + Send>>,
+}
+
 /// Commands state of a session with at least one subscription.
 struct Outbound {
     /// Granted filters with their maximum QoS.
@@ -411,18 +503,48 @@ enum Step {
     Pause,
 }
 
+impl Limiter {
+    fn new(cfg: &LimitsConfig) -> Option<Box<Limiter>> {
+        let messages = (cfg.publish_per_second > 0)
+            .then(|| TokenBucket::new(cfg.publish_per_second as f64, cfg.publish_burst as f64));
+        let bytes = (cfg.publish_bytes_per_second > 0).then(|| {
+            TokenBucket::new(
+                cfg.publish_bytes_per_second as f64,
+                cfg.publish_burst_bytes as f64,
+            )
+        });
+        (messages.is_some() || bytes.is_some()).then(|| Box::new(Limiter { messages, bytes }))
+    }
+}
+
 impl Session {
+    /// The MQTT client id (the device id unless authentication set another).
+    fn client_id(&self) -> &str {
+        self.client_id.as_deref().unwrap_or(&self.device_id)
+    }
+
+    fn subject(&self) -> Subject<'_> {
+        Subject {
+            device_id: &self.device_id,
+            username: self.username.as_deref(),
+            client_id: self.client_id(),
+        }
+    }
+
     /// Validates CONNECT and answers it.
     async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         framed: &mut Framed<S>,
         connect: Connect,
         shared: &Shared,
         peer: SocketAddr,
+        peer_cert: PeerCert,
     ) -> Result<Session, CloseReason> {
         let cfg = &shared.mqtt;
         let v5 = connect.version == Version::V5;
         let refuse = |v311: u8, v5code: u8| if v5 { v5code } else { v311 };
         let mut client_id = connect.client_id;
+        let mut device_id = String::new();
+        let mut expires_at = None;
         let mut assigned = None;
         let mut refusal: Option<(u8, &'static str)> = None;
         if client_id.is_empty() {
@@ -460,6 +582,61 @@ impl Session {
             ));
         }
         let write_timeout = Duration::from_millis(cfg.write_timeout_ms);
+        let refuse_with = |code: u8| ConnAck {
+            session_present: false,
+            code,
+            properties: Properties::default(),
+        };
+        if refusal.is_none() {
+            let info = ConnectInfo {
+                client_id: &client_id,
+                username: connect.username.as_deref(),
+                password: connect.password.as_deref(),
+                peer,
+                peer_cert: peer_cert.as_deref(),
+            };
+            let outcome = shared.auth.authenticate(&info).await;
+            drop(peer_cert);
+            let identity = match outcome {
+                Ok(identity) => identity,
+                Err(r) => {
+                    let code = r.connack_code(connect.version);
+                    framed
+                        .send_now(
+                            &Packet::ConnAck(refuse_with(code)),
+                            connect.version,
+                            write_timeout,
+                        )
+                        .await;
+                    return Err(CloseReason::AuthRefused(code, r.why().to_owned()));
+                }
+            };
+            device_id = identity.device_id;
+            expires_at = identity.expires_at;
+            // The will is published as the device: the ACL must allow its topic.
+            if let Some(will) = &connect.will {
+                let who = Subject {
+                    device_id: &device_id,
+                    username: connect.username.as_deref(),
+                    client_id: &client_id,
+                };
+                if shared.auth.acl.check(Access::Publish, &will.topic, &who) == Permission::Deny {
+                    metrics::counter!(m::ACL_DENIED, "action" => "will").increment(1);
+                    let code = refuse(return_code::NOT_AUTHORIZED, reason::NOT_AUTHORIZED);
+                    framed
+                        .send_now(
+                            &Packet::ConnAck(refuse_with(code)),
+                            connect.version,
+                            write_timeout,
+                        )
+                        .await;
+                    return Err(CloseReason::AuthRefused(
+                        code,
+                        format!("will topic {:?} not allowed by auth.acl", will.topic),
+                    ));
+                }
+            }
+        }
         if let Some((code, why)) = refusal {
             let ack = ConnAck {
                 session_present: false,
@@ -510,7 +687,7 @@ impl Session {
                 .commands
                 .subscribe_filters
                 .iter()
-                .map(|f| (f.replace("{device_id}", &client_id), QoS::AtLeastOnce))
+                .map(|f| (f.replace("{device_id}", &device_id), QoS::AtLeastOnce))
                 .collect();
             (
                 tx,
@@ -523,16 +700,16 @@ impl Session {
             )
         });
         let registration = shared.table.register(
-            &client_id,
+            &device_id,
             connected_at,
             outbound.as_ref().map(|(tx, _)| tx.clone()),
         );
         // This replica owns the device now: it reports what happens to the
         // commands that waited for it.
-        shared.table.note_owner(&client_id, &shared.journal.replica);
+        shared.table.note_owner(&device_id, &shared.journal.replica);
         // Delivered if its session persists, reported as dropped if it
         // started clean; what aged out meanwhile is reported as such.
-        let (waiting, stale) = shared.offline.take(&client_id, connected_at);
+        let (waiting, stale) = shared.offline.take(&device_id, connected_at);
         for cmd in stale {
             commands::report_gone(&cmd, &shared.table, &shared.journal);
         }
@@ -557,17 +734,17 @@ impl Session {
             }
         }
         let outbound = outbound.map(|(_, o)| o);
-        shared.journal.announce(&client_id, connected_at);
+        shared.journal.announce(&device_id, connected_at);
         shared
             .journal
-            .lifecycle(&client_id, "connected", &peer.to_string(), None);
+            .lifecycle(&device_id, "connected", &peer.to_string(), None);
         // [MQTT-3.1.2-24]: never send a 5.0 client more than it said it accepts.
         framed.set_max_outbound(connect.properties.maximum_packet_size.map(|m| m as usize));
         framed.queue(&Packet::ConnAck(ack), connect.version);
         if let Err(e) = framed.flush(write_timeout).await {
-            shared.table.deregister(&client_id, registration.generation);
+            shared.table.deregister(&device_id, registration.generation);
             shared.journal.lifecycle(
-                &client_id,
+                &device_id,
                 "disconnected",
                 &peer.to_string(),
                 Some("write_failed"),
@@ -576,7 +753,27 @@ impl Session {
         }
         Ok(Session {
             version: connect.version,
-            client_id,
+            client_id: (client_id != device_id).then(|| client_id.into_boxed_str()),
+            device_id,
+            username: if shared.auth.enabled() {
+                connect.username.map(String::into_boxed_str)
+            } else {
+                None
+            },
+            expiry: expires_at.map(|exp| {
+                let left = Duration::from_secs(exp).saturating_sub(
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default(),
+                );
+                Box::pin(tokio::time::sleep(left))
+            }),
+            limiter: Limiter::new(&shared.rate_limits),
+            throttle: None,
+            authorizing: None,
+            preauthorized: Vec::new(),
+            partial_deadline: None,
+            denied: 0,
             keep_alive: Duration::from_millis(connect.keep_alive as u64 * 1500),
             problem_info: connect.properties.request_problem_information != Some(0),
             inflight: VecDeque::new(),
@@ -589,7 +786,11 @@ impl Session {
             dead_lettered: 0,
             generation: registration.generation,
             kick: Some(registration.kick),
-            client_receive_max: connect.properties.receive_maximum.unwrap_or(32),
+            client_receive_max: connect
+                .properties
+                .receive_maximum
+                .unwrap_or(u16::MAX)
+                .min(shared.commands.max_unacked_per_device),
             outbound,
             will_delay: Duration::from_secs(
                 connect
@@ -622,6 +823,8 @@ impl Session {
         loop {
             let reading = !draining
                 && self.pending.is_none()
+                && self.authorizing.is_none()
+                && self.throttle.is_none()
                 && (self.version == Version::V5 || self.inflight.len() < receive_max);
             // The keep-alive clock only runs while we read: a paused socket is our doing.
             if reading && !was_reading && !self.keep_alive.is_zero() {
@@ -641,6 +844,16 @@ impl Session {
                         .reset(tokio::time::Instant::now() + self.keep_alive);
                 }
                 input_ready = !drained;
+                if drained {
+                    // Bytes left over after the last complete packet: the
+                    // start of one whose rest must come within the deadline.
+                    if !framed.has_buffered_input() {
+                        self.partial_deadline = None;
+                    } else if self.partial_deadline.is_none() {
+                        let timeout = Duration::from_millis(shared.mqtt.partial_packet_timeout_ms);
+                        self.partial_deadline = Some(Box::pin(tokio::time::sleep(timeout)));
+                    }
+                }
                 if let Err(e) = flush(framed, write_timeout).await {
                     return CloseReason::Write(e);
                 }
@@ -690,6 +903,27 @@ impl Session {
                 _ = &mut keep_alive, if reading && !self.keep_alive.is_zero() => {
                     return CloseReason::KeepAliveTimeout;
                 }
+                // The remaining branches exist only on connections that need
+                // them; each polls a boxed future owned by the session, so
+                // dropping the select loses nothing.
+                verdict = OptionFuture::from(self.authorizing.as_mut().map(|a| a.answer.as_mut())), if self.authorizing.is_some() => {
+                    if let Some(verdict) = verdict {
+                        match self.authorized(framed, verdict, shared) {
+                            Ok(_) => input_ready = true,
+                            Err(reason) => return reason,
+                        }
+                    }
+                }
+                _ = OptionFuture::from(self.throttle.as_mut()), if self.throttle.is_some() => {
+                    self.throttle = None;
+                    input_ready = true;
+                }
+                _ = OptionFuture::from(self.expiry.as_mut()), if self.expiry.is_some() => {
+                    return CloseReason::CredentialsExpired;
+                }
+                _ = OptionFuture::from(self.partial_deadline.as_mut()), if reading && self.partial_deadline.is_some() => {
+                    return CloseReason::PartialPacketTimeout;
+                }
             }
             if let Err(e) = flush(framed, write_timeout).await {
                 return CloseReason::Write(e);
@@ -724,6 +958,8 @@ impl Session {
         let mut handled = 0;
         loop {
             if self.pending.is_some()
+                || self.authorizing.is_some()
+                || self.throttle.is_some()
                 || (self.version == Version::V311 && self.inflight.len() >= receive_max)
             {
                 return Ok((handled, false));
@@ -737,7 +973,11 @@ impl Session {
                 }
             };
             handled += 1;
-            if let Step::Pause = self.on_packet(framed, packet, shared)? {
+            let step = self.on_packet(framed, packet, shared)?;
+            if self.authorizing.is_none() {
+                self.preauthorized.clear();
+            }
+            if let Step::Pause = step {
                 return Ok((handled, false));
             }
         }
@@ -769,11 +1009,28 @@ impl Session {
                 return Err(CloseReason::ClientDisconnected);
             }
             Packet::Subscribe(sub) => {
-                let (ack, send_retained) = self.subscribe(sub, shared);
+                let mut denied = Vec::with_capacity(sub.filters.len());
+                for i in 0..sub.filters.len() {
+                    match self.authorize(Access::Subscribe, &sub.filters[i].filter, shared) {
+                        Authz::Allow => denied.push(None),
+                        Authz::Deny(why) => denied.push(Some(why)),
+                        Authz::Ask => {
+                            let filter = sub.filters[i].filter.clone();
+                            self.ask_hook(
+                                Packet::Subscribe(sub),
+                                Access::Subscribe,
+                                filter,
+                                shared,
+                            );
+                            return Ok(Step::Pause);
+                        }
+                    }
+                }
+                let (ack, send_retained) = self.subscribe(sub, denied, shared);
                 framed.queue(&Packet::SubAck(ack), v);
                 // Retained commands follow the SUBACK, with the retain flag set.
                 for filter in send_retained {
-                    for mut cmd in shared.retained.matching(&self.client_id, &filter) {
+                    for mut cmd in shared.retained.matching(&self.device_id, &filter) {
                         cmd.retain = true;
                         self.deliver(framed, cmd, &shared.journal);
                     }
@@ -847,6 +1104,16 @@ impl Session {
                 // Already being produced; its PUBREC follows when Kafka has it.
                 return Ok(Step::Continue);
             }
+            if self.awaiting_rel.len() >= shared.mqtt.max_awaiting_rel {
+                metrics::counter!(m::LIMITS_EXCEEDED, "limit" => "awaiting_rel").increment(1);
+                return Err(CloseReason::LimitExceeded(
+                    reason::RECEIVE_MAXIMUM_EXCEEDED,
+                    format!(
+                        "{} QoS 2 messages PUBREC'd and never released (mqtt.max_awaiting_rel)",
+                        self.awaiting_rel.len()
+                    ),
+                ));
+            }
         }
         // 5.0 only: a 3.1.1 client has no Receive Maximum, and the proxy's flow
         // control for it is to stop reading (its PUBRELs necessarily arrive
@@ -863,12 +1130,99 @@ impl Session {
         if self.version == Version::V5 {
             if let Some(name) = record::reserved_user_property(&p) {
                 let why = format!("user property {name:?} uses the reserved prefix \"mqtt.\"");
-                return self.refuse(&p, reason::IMPLEMENTATION_SPECIFIC_ERROR, why);
+                return self.refuse(
+                    &p,
+                    reason::IMPLEMENTATION_SPECIFIC_ERROR,
+                    "reserved_header",
+                    why,
+                );
             }
         }
-        let Some(dest) = shared.router.route(&p.topic, &self.client_id) else {
+        if p.topic.len() > shared.mqtt.max_topic_bytes {
+            metrics::counter!(m::LIMITS_EXCEEDED, "limit" => "topic_length").increment(1);
+            let why = format!(
+                "topic of {} bytes is longer than mqtt.max_topic_bytes ({})",
+                p.topic.len(),
+                shared.mqtt.max_topic_bytes
+            );
+            return self.refuse(&p, reason::TOPIC_NAME_INVALID, "topic_too_long", why);
+        }
+        match self.authorize(Access::Publish, &p.topic, shared) {
+            Authz::Allow => {}
+            Authz::Deny(why) => {
+                metrics::counter!(m::ACL_DENIED, "action" => "publish").increment(1);
+                if self.version == Version::V311 {
+                    self.note_denied(&why);
+                    return Err(CloseReason::NotAuthorized(why));
+                }
+                return self.refuse(&p, reason::NOT_AUTHORIZED, "not_authorized", why);
+            }
+            Authz::Ask => {
+                let topic = p.topic.clone();
+                self.ask_hook(Packet::Publish(p), Access::Publish, topic, shared);
+                return Ok(Step::Pause);
+            }
+        }
+        let mut throttled = false;
+        if let Some(limiter) = self.limiter.as_mut() {
+            let size = p.payload.len() as f64;
+            match self.version {
+                Version::V5 => {
+                    if let Some(b) = limiter.messages.as_mut() {
+                        if !b.try_take(1.0) {
+                            metrics::counter!(m::LIMITS_EXCEEDED, "limit" => "publish_rate")
+                                .increment(1);
+                            return Err(CloseReason::LimitExceeded(
+                                reason::MESSAGE_RATE_TOO_HIGH,
+                                format!(
+                                    "more than {} PUBLISH per second (limits.publish_per_second)",
+                                    shared.rate_limits.publish_per_second
+                                ),
+                            ));
+                        }
+                    }
+                    if let Some(b) = limiter.bytes.as_mut() {
+                        if !b.try_take(size) {
+                            metrics::counter!(m::LIMITS_EXCEEDED, "limit" => "publish_bytes")
+                                .increment(1);
+                            let why = format!(
+                                "more than {} payload bytes per second (limits.publish_bytes_per_second)",
+                                shared.rate_limits.publish_bytes_per_second
+                            );
+                            return self.refuse(&p, reason::QUOTA_EXCEEDED, "quota_exceeded", why);
+                        }
+                    }
+                }
+                Version::V311 => {
+                    // No way to tell a 3.1.1 client: take the message, then
+                    // read nothing more until the bucket has paid its debt.
+                    let wait = [
+                        limiter.messages.as_mut().and_then(|b| b.take_or_wait(1.0)),
+                        limiter.bytes.as_mut().and_then(|b| b.take_or_wait(size)),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .max();
+                    if let Some(wait) = wait {
+                        metrics::counter!(m::LIMITS_EXCEEDED, "limit" => "publish_throttled")
+                            .increment(1);
+                        self.throttle = Some(Box::pin(tokio::time::sleep(wait)));
+                        throttled = true;
+                    }
+                }
+            }
+        }
+        let Some(dest) = shared.router.route(&p.topic, &self.device_id) else {
             let why = format!("no route for topic {:?}", p.topic);
-            return self.refuse(&p, reason::TOPIC_NAME_INVALID, why);
+            return self.refuse(&p, reason::TOPIC_NAME_INVALID, "no_route", why);
+        };
+        // With authentication on the key is the authenticated identity,
+        // whatever the route's template says: no device writes under
+        // another's key.
+        let key = if shared.auth.enabled() {
+            std::borrow::Cow::Borrowed(self.device_id.as_str())
+        } else {
+            dest.key
         };
         if dest.dead_letter {
             metrics::counter!(m::PUBLISH_DEAD_LETTERED).increment(1);
@@ -878,7 +1232,7 @@ impl Session {
             }
         }
         self.published += 1;
-        let headers = record::headers(&p, &p.topic, &self.client_id, self.version);
+        let headers = record::headers(&p, &p.topic, self.client_id(), self.version);
         let (delivery, waiter) = if p.qos == QoS::AtMostOnce {
             (Box::new(Delivery::Fire), None)
         } else {
@@ -894,17 +1248,22 @@ impl Session {
         }
         let rec = Record {
             topic: dest.kafka_topic,
-            key: dest.key.as_bytes(),
+            key: key.as_bytes(),
             payload: &p.payload,
             headers,
             timestamp_ms: received_ms,
         };
+        let next = if throttled {
+            Step::Pause
+        } else {
+            Step::Continue
+        };
         match shared.producer.send(rec, delivery) {
-            Ok(()) => Ok(Step::Continue),
+            Ok(()) => Ok(next),
             Err(SendError::QueueFull(headers, delivery)) => {
                 self.pending = Some(Box::new(Pending {
                     kafka_topic: dest.kafka_topic.to_owned(),
-                    key: dest.key.into_owned(),
+                    key: key.into_owned(),
                     payload: p.payload,
                     headers,
                     timestamp_ms: received_ms,
@@ -918,7 +1277,7 @@ impl Session {
                 if p.qos == QoS::AtMostOnce {
                     metrics::counter!(m::QOS0_DROPPED).increment(1);
                 }
-                Ok(Step::Continue)
+                Ok(next)
             }
         }
     }
@@ -957,12 +1316,13 @@ impl Session {
     /// Refuses one PUBLISH. 3.1.1 has no negative acknowledgement, so the
     /// connection closes; 5.0 QoS 1/2 get the reason code in their ack (in
     /// order with the others); 5.0 QoS 0 gets a DISCONNECT with it.
-    fn refuse(&mut self, p: &Publish, code: u8, why: String) -> Result<Step, CloseReason> {
-        let label = if code == reason::TOPIC_NAME_INVALID {
-            "no_route"
-        } else {
-            "reserved_header"
-        };
+    fn refuse(
+        &mut self,
+        p: &Publish,
+        code: u8,
+        label: &'static str,
+        why: String,
+    ) -> Result<Step, CloseReason> {
         metrics::counter!(m::PUBLISH_REFUSED, "reason" => label).increment(1);
         match (self.version, p.qos) {
             (Version::V311, _) | (Version::V5, QoS::AtMostOnce) => {
@@ -977,6 +1337,138 @@ impl Session {
                 });
                 Ok(Step::Continue)
             }
+        }
+    }
+
+    /// Decides a topic (PUBLISH) or filter (SUBSCRIBE): ACL first, then the
+    /// HTTP hook when configured for it (from its cache, or `Ask`).
+    fn authorize(&mut self, access: Access, topic: &str, shared: &Shared) -> Authz {
+        if let Some((_, _, perm)) = self
+            .preauthorized
+            .iter()
+            .find(|(a, t, _)| *a == access && t == topic)
+        {
+            {
+                return match perm {
+                    Permission::Allow => Authz::Allow,
+                    Permission::Deny => Authz::Deny(format!(
+                        "{} {topic:?} denied by the auth service",
+                        access.label()
+                    )),
+                };
+            }
+        }
+        let auth = &shared.auth;
+        if !auth.acl.allows_everything()
+            && auth.acl.check(access, topic, &self.subject()) == Permission::Deny
+        {
+            return Authz::Deny(format!(
+                "{} {topic:?} not allowed by auth.acl",
+                access.label()
+            ));
+        }
+        let ask = match access {
+            Access::Publish => auth.hook_publish,
+            Access::Subscribe => auth.hook_subscribe,
+        };
+        let Some(hook) = auth.hook.as_ref().filter(|_| ask) else {
+            return Authz::Allow;
+        };
+        let req = HookRequest {
+            action: hook_action(access),
+            client_id: self.client_id(),
+            username: self.username.as_deref(),
+            password: None,
+            device_id: Some(&self.device_id),
+            peer: "",
+            topic: Some(topic),
+        };
+        match hook.cached(&req) {
+            Some(HookVerdict::Allow { .. }) => Authz::Allow,
+            Some(HookVerdict::Deny { reason }) => Authz::Deny(format!(
+                "{} {topic:?} denied by the auth service: {}",
+                access.label(),
+                reason.as_deref().unwrap_or("no reason given")
+            )),
+            Some(HookVerdict::Unavailable(_)) | None => Authz::Ask,
+        }
+    }
+
+    /// Holds `packet` until the hook answers; the socket is not read meanwhile.
+    fn ask_hook(&mut self, packet: Packet, access: Access, topic: String, shared: &Shared) {
+        let Some(hook) = shared.auth.hook.clone() else {
+            // authorize() only answers Ask when a hook exists.
+            return;
+        };
+        let client_id = self.client_id().to_owned();
+        let username = self.username.clone();
+        let device_id = self.device_id.clone();
+        let asked = topic.clone();
+        let answer = Box::pin(async move {
+            let req = HookRequest {
+                action: hook_action(access),
+                client_id: &client_id,
+                username: username.as_deref(),
+                password: None,
+                device_id: Some(&device_id),
+                peer: "",
+                topic: Some(&asked),
+            };
+            hook.check(&req).await
+        });
+        self.authorizing = Some(Box::new(Authorizing {
+            packet,
+            access,
+            topic,
+            answer,
+        }));
+    }
+
+    /// The hook answered: decide and handle the held packet.
+    fn authorized<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        framed: &mut Framed<S>,
+        verdict: HookVerdict,
+        shared: &Shared,
+    ) -> Result<Step, CloseReason> {
+        let Some(held) = self.authorizing.take() else {
+            return Ok(Step::Continue);
+        };
+        let perm = match verdict {
+            HookVerdict::Allow { .. } => Permission::Allow,
+            HookVerdict::Deny { .. } => Permission::Deny,
+            HookVerdict::Unavailable(why) => match shared.auth.on_hook_error() {
+                OnError::Deny => {
+                    self.note_denied(&format!(
+                        "auth service unavailable ({why}); auth.http.on_error = \"deny\""
+                    ));
+                    Permission::Deny
+                }
+                OnError::Allow => Permission::Allow,
+            },
+        };
+        let Authorizing {
+            packet,
+            access,
+            topic,
+            ..
+        } = *held;
+        self.preauthorized.push((access, topic, perm));
+        let step = self.on_packet(framed, packet, shared);
+        if self.authorizing.is_none() {
+            self.preauthorized.clear();
+        }
+        step
+    }
+
+    /// Counts an authorization refusal; logs the first of the connection at
+    /// warn, the rest at debug.
+    fn note_denied(&mut self, why: &str) {
+        self.denied += 1;
+        if self.denied == 1 {
+            tracing::warn!(why, "not authorized (further refusals on this connection are logged at debug and counted in the close line)");
+        } else {
+            tracing::debug!(why, "not authorized");
         }
     }
 
@@ -1070,6 +1562,21 @@ impl Session {
     }
 }
 
+/// The outcome of [`Session::authorize`].
+enum Authz {
+    Allow,
+    Deny(String),
+    /// The hook must be asked first.
+    Ask,
+}
+
+fn hook_action(access: Access) -> HookAction {
+    match access {
+        Access::Publish => HookAction::Publish,
+        Access::Subscribe => HookAction::Subscribe,
+    }
+}
+
 fn qos_label(qos: QoS) -> &'static str {
     match qos {
         QoS::AtMostOnce => "0",
@@ -1125,7 +1632,12 @@ impl Session {
     /// Grants the filters the configuration allows this device, refuses the rest.
     /// Returns the SUBACK and the granted filters whose retained commands
     /// are to be sent (5.0 retain handling 0 always, 1 for a new subscription).
-    fn subscribe(&mut self, sub: Subscribe, shared: &Shared) -> (SubAck, Vec<String>) {
+    fn subscribe(
+        &mut self,
+        sub: Subscribe,
+        denied: Vec<Option<String>>,
+        shared: &Shared,
+    ) -> (SubAck, Vec<String>) {
         let v5 = self.version == Version::V5;
         let refused = if v5 {
             reason::NOT_AUTHORIZED
@@ -1135,12 +1647,12 @@ impl Session {
         let mut codes = Vec::with_capacity(sub.filters.len());
         let mut why = None;
         let mut send_retained = Vec::new();
-        for f in &sub.filters {
+        for (f, denied) in sub.filters.iter().zip(denied) {
             let allowed = shared
                 .commands
                 .subscribe_filters
                 .iter()
-                .map(|t| t.replace("{device_id}", &self.client_id))
+                .map(|t| t.replace("{device_id}", &self.device_id))
                 .any(|a| topic::covers(&a, &f.filter));
             let code = if !shared.commands.enabled {
                 why = Some("commands are disabled on this proxy");
@@ -1162,6 +1674,19 @@ impl Session {
             } else if v5 && sub.properties.subscription_identifier.is_some() {
                 why = Some("subscription identifiers are not supported");
                 reason::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED
+            } else if f.filter.len() > shared.mqtt.max_topic_bytes {
+                metrics::counter!(m::LIMITS_EXCEEDED, "limit" => "topic_length").increment(1);
+                why = Some("topic filter longer than mqtt.max_topic_bytes");
+                if v5 {
+                    reason::TOPIC_FILTER_INVALID
+                } else {
+                    return_code::SUBACK_FAILURE
+                }
+            } else if let Some(denial) = denied {
+                metrics::counter!(m::ACL_DENIED, "action" => "subscribe").increment(1);
+                self.note_denied(&denial);
+                why = Some("filter not authorized");
+                refused
             } else if !allowed {
                 why = Some("filter not allowed for this device (commands.subscribe_filters)");
                 refused
@@ -1171,7 +1696,7 @@ impl Session {
                     let (tx, rx) = mpsc::channel(shared.commands.max_queued_per_device);
                     shared
                         .table
-                        .set_commands(&self.client_id, self.generation, tx);
+                        .set_commands(&self.device_id, self.generation, tx);
                     Box::new(Outbound {
                         subscriptions: Vec::new(),
                         rx,
@@ -1307,6 +1832,7 @@ impl Session {
 /// again first (here, or announced by another replica).
 fn publish_will(
     shared: &Arc<Shared>,
+    device_id: &str,
     client_id: &str,
     version: Version,
     will: Will,
@@ -1325,8 +1851,9 @@ fn publish_will(
     let produce = {
         let shared = shared.clone();
         let client_id = client_id.to_owned();
+        let device_id = device_id.to_owned();
         move || {
-            let Some(dest) = shared.router.route(&publish.topic, &client_id) else {
+            let Some(dest) = shared.router.route(&publish.topic, &device_id) else {
                 metrics::counter!(m::PUBLISH_REFUSED, "reason" => "no_route").increment(1);
                 tracing::warn!(topic = %publish.topic, "last will matches no route; not produced");
                 return;
@@ -1339,7 +1866,12 @@ fn publish_will(
             );
             let rec = Record {
                 topic: dest.kafka_topic,
-                key: dest.key.as_bytes(),
+                // As for a PUBLISH: with authentication on, the identity is the key.
+                key: if shared.auth.enabled() {
+                    device_id.as_bytes()
+                } else {
+                    dest.key.as_bytes()
+                },
                 payload: &publish.payload,
                 headers,
                 timestamp_ms: now_ms(),
@@ -1356,16 +1888,16 @@ fn publish_will(
     if delay.is_zero() {
         return produce();
     }
-    shared.table.hold_will(client_id, disconnected_at);
+    shared.table.hold_will(device_id, disconnected_at);
     let shared = shared.clone();
-    let client_id = client_id.to_owned();
+    let device_id = device_id.to_owned();
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
-        if shared.table.release_will(&client_id, disconnected_at) {
+        if shared.table.release_will(&device_id, disconnected_at) {
             produce();
         } else {
             tracing::info!(
-                client_id,
+                device_id,
                 "last will cancelled: the client connected again within its delay"
             );
         }
