@@ -1275,7 +1275,7 @@ mod tests {
         assert_eq!(server.connections(), 1);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[tokio::test]
     async fn concurrent_questions_stay_within_the_pool() {
         let server = TestServer::start(Duration::ZERO, |_| allow()).await;
         let hook = Arc::new(

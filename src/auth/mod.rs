@@ -61,7 +61,8 @@ pub struct Identity {
     pub device_id: String,
     /// The method that decided (`certificate`, `password`, `jwt`, `http`, `none`).
     pub method: &'static str,
-    /// When the credentials stop being valid (JWT `exp`, seconds since the epoch).
+    /// When the connection must end because its credentials expired (JWT
+    /// `exp` plus `auth.jwt.leeway_s`, seconds since the epoch).
     pub expires_at: Option<u64>,
 }
 
@@ -111,6 +112,7 @@ pub struct Authenticator {
     cert_identity: CertIdentity,
     password: Option<Arc<PasswordFile>>,
     jwt: Option<Arc<JwtVerifier>>,
+    jwt_leeway_s: u64,
     /// The HTTP hook, when it is a method or authorizes topics.
     pub hook: Option<Arc<HttpHook>>,
     on_error: OnError,
@@ -149,6 +151,7 @@ impl Authenticator {
             cert_identity: cfg.certificate.identity,
             password,
             jwt,
+            jwt_leeway_s: cfg.jwt.leeway_s,
             hook,
             on_error: h.on_error,
             hook_publish: h.check_publish,
@@ -280,7 +283,8 @@ impl Authenticator {
             Ok(claims) => Verdict::Allow(Identity {
                 device_id: claims.device_id,
                 method: "jwt",
-                expires_at: Some(claims.expires_at),
+                // The skew allowed at CONNECT is allowed on the live connection too.
+                expires_at: Some(claims.expires_at.saturating_add(self.jwt_leeway_s)),
             }),
             Err(e) => Verdict::Deny(Refusal::BadCredentials(format!("JWT refused: {e}"))),
         }

@@ -845,13 +845,21 @@ impl Session {
                 }
                 input_ready = !drained;
                 if drained {
-                    // Bytes left over after the last complete packet: the
-                    // start of one whose rest must come within the deadline.
+                    // Bytes left over after the last complete packet are the
+                    // start of one whose rest must come within the deadline,
+                    // counted from when the previous packet completed.
                     if !framed.has_buffered_input() {
                         self.partial_deadline = None;
-                    } else if self.partial_deadline.is_none() {
+                    } else {
                         let timeout = Duration::from_millis(shared.mqtt.partial_packet_timeout_ms);
-                        self.partial_deadline = Some(Box::pin(tokio::time::sleep(timeout)));
+                        let at = tokio::time::Instant::now() + timeout;
+                        match self.partial_deadline.as_mut() {
+                            Some(d) if handled > 0 => d.as_mut().reset(at),
+                            Some(_) => {}
+                            None => {
+                                self.partial_deadline = Some(Box::pin(tokio::time::sleep_until(at)))
+                            }
+                        }
                     }
                 }
                 if let Err(e) = flush(framed, write_timeout).await {
