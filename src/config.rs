@@ -653,7 +653,8 @@ pub struct HttpAuthConfig {
     pub check_publish: bool,
     /// Also ask for each SUBSCRIBE filter. Default false.
     pub check_subscribe: bool,
-    /// Idle keep-alive connections kept to the service. Default 64.
+    /// Keep-alive connections kept to the service, which is also the most
+    /// requests in flight at once (more wait for a free one). Default 64.
     pub max_idle_connections: usize,
 }
 
@@ -1031,6 +1032,9 @@ impl Config {
             }
             if h.timeout_ms == 0 {
                 return Err(invalid("auth.http.timeout_ms", "must be at least 1"));
+            }
+            if h.max_idle_connections == 0 {
+                return Err(invalid("auth.http.max_idle_connections", "must be at least 1"));
             }
         }
         for (i, rule) in a.acl.iter().enumerate() {
