@@ -1034,7 +1034,10 @@ impl Config {
                 return Err(invalid("auth.http.timeout_ms", "must be at least 1"));
             }
             if h.max_idle_connections == 0 {
-                return Err(invalid("auth.http.max_idle_connections", "must be at least 1"));
+                return Err(invalid(
+                    "auth.http.max_idle_connections",
+                    "must be at least 1",
+                ));
             }
         }
         for (i, rule) in a.acl.iter().enumerate() {

@@ -1,6 +1,8 @@
-//! Listeners and accept loops. A connection permit is taken before
-//! `accept()`, so at most `listeners.max_connections` sockets are open and
-//! the rest wait in the kernel backlog; accept errors (e.g. out of file
+//! Listeners and accept loops. A connection permit is taken right after
+//! `accept()` and before anything else, so at most
+//! `listeners.max_connections` connections are served (plus one accepted
+//! socket per listener waiting for a permit) and the rest wait in the
+//! kernel backlog; accept errors (e.g. out of file
 //! descriptors) back off instead of spinning. The loop does no per-client
 //! I/O: the TLS handshake runs in the connection's task, under its deadline.
 //! A source address that opens connections faster than
@@ -74,13 +76,6 @@ pub async fn accept_loop(
     let refusals = LogThrottle::new(Duration::from_secs(1));
     let mut backoff = Duration::from_millis(5);
     loop {
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => return,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return, // semaphore closed: shutting down
-            },
-        };
         let (tcp, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -104,6 +99,18 @@ pub async fn accept_loop(
                 continue;
             }
         }
+        // The permit is taken after accept and before anything is spent on
+        // the connection: with several listeners sharing one semaphore, a
+        // permit held across an idle accept() would lower the real cap by
+        // one per listener. While no permit is free this loop accepts
+        // nothing more, so the rest wait in the kernel backlog.
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => return,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return, // semaphore closed: shutting down
+            },
+        };
         metrics::counter!(m::CONNECTIONS_OPENED, "listener" => name).increment(1);
         // Small acknowledgements must not wait for Nagle.
         let _ = tcp.set_nodelay(true);

@@ -655,7 +655,6 @@ impl Session {
                 topic_alias_maximum: (cfg.topic_alias_maximum > 0)
                     .then_some(cfg.topic_alias_maximum),
                 assigned_client_identifier: assigned,
-                wildcard_subscription_available: Some(0),
                 subscription_identifier_available: Some(0),
                 shared_subscription_available: Some(0),
                 ..Properties::default()
