@@ -205,7 +205,7 @@ async fn publish_qos1(
             Ok((0x40, body)) if body[..2] == id.to_be_bytes() => {
                 return Ok(body.get(2).copied().unwrap_or(reason::SUCCESS));
             }
-            Ok((b1, body)) if b1 == 0xE0 => {
+            Ok((0xE0, body)) => {
                 return Err(format!("DISCONNECT {body:02x?}"));
             }
             Ok(_) => {}
@@ -238,8 +238,14 @@ fn packets(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
 
 /// Reads `iot.events` until a record with `payload` is there; returns all read.
 async fn events_until(t: &TestProxy, payload: &'static [u8]) -> Vec<Rec> {
+    events_with(t, &[payload]).await
+}
+
+/// Reads `iot.events` until a record with each of `payloads` is there.
+async fn events_with(t: &TestProxy, payloads: &[&'static [u8]]) -> Vec<Rec> {
+    let payloads = payloads.to_vec();
     consume_until(&t.bootstrap(), "iot.events", move |r| {
-        r.iter().any(|x| x.value == payload)
+        payloads.iter().all(|p| r.iter().any(|x| x.value == *p))
     })
     .await
 }
@@ -558,12 +564,7 @@ async fn mtls_the_key_is_the_certificate_cn_not_the_client_id_or_topic() {
         .await
         .unwrap();
     c2.pubacks(1).await;
-    let recs = events_until(&t, b"spoofed").await;
-    let recs = if recs.iter().any(|r| r.value == b"own-topic") {
-        recs
-    } else {
-        events_until(&t, b"own-topic").await
-    };
+    let recs = events_with(&t, &[b"spoofed", b"own-topic"]).await;
     for payload in [&b"spoofed"[..], b"own-topic"] {
         let r = recs.iter().find(|r| r.value == payload).unwrap();
         assert_eq!(
@@ -1842,12 +1843,7 @@ async fn http_hook_decides_each_publish_topic_once() {
     .await;
     assert!(got.is_err(), "3.1.1 denied publish closes: {got:?}");
 
-    let recs = events_until(&t, b"allowed-311").await;
-    let recs = if recs.iter().any(|r| r.value == b"allowed-2") {
-        recs
-    } else {
-        events_until(&t, b"allowed-2").await
-    };
+    let recs = events_with(&t, &[b"allowed-1", b"allowed-2", b"allowed-311"]).await;
     assert!(
         recs.iter().all(|r| !r.value.starts_with(b"denied")),
         "no denied message reached Kafka: {recs:?}"
