@@ -76,6 +76,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// Metrics and health endpoints.
+    pub ops: OpsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -104,6 +106,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             shutdown: ShutdownConfig::default(),
+            ops: OpsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -487,12 +490,26 @@ pub struct ShutdownConfig {
     /// Upper bound on the whole drain: waiting for in-flight acknowledgements
     /// and flushing the producer. Default 30000.
     pub drain_timeout_ms: u64,
+    /// How long `/readyz` reports "draining" before the listeners close, so
+    /// load balancers stop sending new connections first. Default 0 (in
+    /// Kubernetes a preStop hook usually gives this time).
+    pub readiness_grace_ms: u64,
+    /// Connections are told to go (5.0: DISCONNECT) at random moments
+    /// spread over this window, so the fleet does not reconnect at once.
+    /// Must be below `drain_timeout_ms`. Default 0.
+    pub disconnect_spread_ms: u64,
+    /// When set, 5.0 clients get DISCONNECT 0x9C (use another server) with
+    /// this Server Reference instead of 0x8B (server shutting down). Default empty.
+    pub server_reference: String,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             drain_timeout_ms: 30_000,
+            readiness_grace_ms: 0,
+            disconnect_spread_ms: 0,
+            server_reference: String::new(),
         }
     }
 }
@@ -743,18 +760,58 @@ impl Default for LimitsConfig {
     }
 }
 
+/// The operations HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// Serve the endpoint. Default true.
+    pub enabled: bool,
+    /// Address to bind. Default `0.0.0.0:9090`.
+    pub bind: SocketAddr,
+    /// How often Kafka reachability (for `/readyz`) is checked. Default 5000.
+    pub kafka_check_interval_ms: u64,
+    /// librdkafka statistics interval (queue depth, broker round-trip
+    /// time, consumer lag as metrics); 0 disables. Default 15000.
+    pub kafka_statistics_interval_ms: u64,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig {
+            enabled: true,
+            bind: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            kafka_check_interval_ms: 5000,
+            kafka_statistics_interval_ms: 15_000,
+        }
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `tracing` filter directive; `RUST_LOG` overrides it. Default `info`.
     pub level: String,
+    /// `text` (human-readable) or `json` (one object per line). Default `text`.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            format: LogFormat::Text,
         }
     }
 }
@@ -941,6 +998,15 @@ impl Config {
         }
         if self.shutdown.drain_timeout_ms == 0 {
             return Err(invalid("shutdown.drain_timeout_ms", "must be at least 1"));
+        }
+        if self.shutdown.disconnect_spread_ms >= self.shutdown.drain_timeout_ms {
+            return Err(invalid(
+                "shutdown.disconnect_spread_ms",
+                "must be below shutdown.drain_timeout_ms",
+            ));
+        }
+        if self.ops.enabled && self.ops.kafka_check_interval_ms == 0 {
+            return Err(invalid("ops.kafka_check_interval_ms", "must be at least 1"));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;

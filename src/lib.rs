@@ -33,6 +33,7 @@ pub mod kafka;
 pub mod limits;
 pub mod metrics;
 pub mod mqtt;
+pub mod ops;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -19,6 +19,9 @@ struct Cli {
     /// Validate the configuration file and exit: 0 if valid, 1 with the reason if not.
     #[arg(long)]
     check_config: bool,
+    /// Log format, overriding `log.format`: `text` or `json`.
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -73,7 +76,11 @@ fn main() -> ExitCode {
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    init_logging(&config.log.level);
+    let json = match cli.log_format.as_deref() {
+        Some(f) => f == "json",
+        None => config.log.format == mqtt_kafka_proxy::config::LogFormat::Json,
+    };
+    init_logging(&config.log.level, json);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -162,14 +169,25 @@ fn passwd(file: &std::path::Path, user: &str) -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+    if json {
+        // One object per line: timestamp, level, target, fields, and the
+        // connection span (peer, client id, device id).
+        tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stdout().is_terminal())
+            .init();
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -41,3 +41,25 @@ pub const FILE_RELOADS: &str = "file_reloads_total";
 pub const ACL_DENIED: &str = "acl_denied_total";
 /// Counter: limits hit, labelled by `limit` (connect_rate, publish_rate, publish_bytes, awaiting_rel, topic_length).
 pub const LIMITS_EXCEEDED: &str = "limits_exceeded_total";
+/// Histogram: seconds from receiving a PUBLISH to Kafka acknowledging its record.
+pub const KAFKA_PRODUCE_SECONDS: &str = "kafka_produce_seconds";
+/// Gauge: records handed to the producer without an outcome yet.
+pub const KAFKA_IN_FLIGHT: &str = "kafka_records_in_flight";
+/// Histogram: seconds a connection spent not reading because the producer queue was full.
+pub const KAFKA_BACKPRESSURE_SECONDS: &str = "kafka_backpressure_seconds";
+/// Gauge: librdkafka queue depth in messages, labelled by `client`.
+pub const KAFKA_QUEUE_MESSAGES: &str = "kafka_queue_messages";
+/// Gauge: librdkafka queue depth in bytes, labelled by `client`.
+pub const KAFKA_QUEUE_BYTES: &str = "kafka_queue_bytes";
+/// Gauge: broker request round-trip time, labelled by `client`, `broker`, `quantile`.
+pub const KAFKA_BROKER_RTT_SECONDS: &str = "kafka_broker_rtt_seconds";
+/// Gauge: command consumer lag in records, labelled by `topic`.
+pub const KAFKA_CONSUMER_LAG: &str = "kafka_consumer_lag";
+/// Counter: records produced from PUBLISH packets, labelled by `kafka_topic` (the route).
+pub const PUBLISH_ROUTED: &str = "mqtt_publish_routed_total";
+/// Counter: bytes read from device sockets (after TLS).
+pub const BYTES_RECEIVED: &str = "mqtt_bytes_received_total";
+/// Counter: bytes written to device sockets (before TLS).
+pub const BYTES_SENT: &str = "mqtt_bytes_sent_total";
+/// Gauge: 1 while the replica is ready (Kafka reachable, not draining).
+pub const READY: &str = "proxy_ready";

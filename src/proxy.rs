@@ -23,6 +23,7 @@ use crate::kafka::embedded::EmbeddedKafka;
 use crate::kafka::producer::Producer;
 use crate::kafka::KafkaError;
 use crate::limits::SourceLimiter;
+use crate::ops::{self, Health};
 use crate::router::Router;
 use crate::server::listener::{self, Transport};
 use crate::server::tls::{TlsError, TlsReloader};
@@ -77,6 +78,10 @@ pub struct Proxy {
     accept_loops: Vec<JoinHandle<()>>,
     consumer: Option<CommandConsumer>,
     drain_timeout: Duration,
+    readiness_grace: Duration,
+    health: Arc<Health>,
+    ops_cancel: CancellationToken,
+    ops_addr: Option<SocketAddr>,
 }
 
 impl Proxy {
@@ -92,6 +97,9 @@ impl Proxy {
         let auth = Arc::new(Authenticator::new(&config.auth)?);
         if auth.enabled() {
             tracing::info!(methods = ?config.auth.methods, acl_rules = config.auth.acl.len(), "authentication on: the device id (Kafka key) is the authenticated identity");
+            if config.auth.acl.is_empty() {
+                tracing::warn!("authentication is on and auth.acl has no rules: every PUBLISH and SUBSCRIBE will be refused (add [[auth.acl]] rules, e.g. allow publish \"devices/{{device_id}}/#\")");
+            }
             for r in config.routes.iter().filter(|r| r.key != "{client_id}") {
                 tracing::warn!(filter = %r.filter, key = %r.key, "route key template ignored: with authentication on every record is keyed by the authenticated device id");
             }
@@ -120,6 +128,7 @@ impl Proxy {
             &config.kafka,
             &kafka_bootstrap,
             config.mqtt.max_packet_size_bytes,
+            config.ops.kafka_statistics_interval_ms,
         )?;
         let replica = if config.commands.replica_id.is_empty() {
             let host = std::fs::read_to_string("/etc/hostname")
@@ -150,6 +159,7 @@ impl Proxy {
             offline.clone(),
             retained.clone(),
             journal.clone(),
+            config.ops.kafka_statistics_interval_ms,
         )?;
         tracing::info!(replica, commands = config.commands.enabled, topic = %config.commands.topic, "command consumer started");
         let shared = Arc::new(Shared {
@@ -164,7 +174,35 @@ impl Proxy {
             journal,
             auth: auth.clone(),
             rate_limits: config.limits.clone(),
+            disconnect_spread: Duration::from_millis(config.shutdown.disconnect_spread_ms),
+            server_reference: Some(config.shutdown.server_reference.clone())
+                .filter(|r| !r.is_empty()),
         });
+        // The ops endpoint outlives the listeners: it reports "draining"
+        // until the very end of shutdown.
+        let health = Health::new();
+        let ops_cancel = CancellationToken::new();
+        let mut ops_addr = None;
+        if config.ops.enabled {
+            let addr = config.ops.bind;
+            let listener = ops::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?;
+            ops_addr = listener.local_addr().ok();
+            tracing::info!(addr = ?ops_addr, "ops endpoint: /metrics /healthz /readyz");
+            tokio::spawn(ops::serve(
+                listener,
+                ops::prometheus(),
+                health.clone(),
+                ops_cancel.clone(),
+            ));
+        }
+        tokio::spawn(ops::watch_kafka(
+            producer.clone(),
+            health.clone(),
+            Duration::from_millis(config.ops.kafka_check_interval_ms.max(1)),
+            ops_cancel.clone(),
+        ));
         let sources = SourceLimiter::new(
             config.limits.connects_per_second_per_source,
             config.limits.connect_burst_per_source,
@@ -225,12 +263,26 @@ impl Proxy {
             accept_loops,
             consumer: Some(consumer),
             drain_timeout: Duration::from_millis(config.shutdown.drain_timeout_ms),
+            readiness_grace: Duration::from_millis(config.shutdown.readiness_grace_ms),
+            health,
+            ops_cancel,
+            ops_addr,
         })
     }
 
     /// Bound address of the TCP listener.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp_addr
+    }
+
+    /// Bound address of the ops endpoint (`/metrics`, `/healthz`, `/readyz`).
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_addr
+    }
+
+    /// Readiness as `/readyz` reports it.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// Bound address of the TLS listener.
@@ -258,6 +310,15 @@ impl Proxy {
     /// their in-flight acknowledgements, flush the producer.
     pub async fn shutdown(self) -> ShutdownReport {
         let started = Instant::now();
+        // Readiness first, so load balancers stop sending before we stop accepting.
+        self.health.start_draining();
+        if !self.readiness_grace.is_zero() {
+            tracing::info!(
+                grace_ms = self.readiness_grace.as_millis() as u64,
+                "shutting down: /readyz reports draining; listeners close after the grace period"
+            );
+            tokio::time::sleep(self.readiness_grace).await;
+        }
         tracing::info!("shutting down: no new connections; draining in-flight acknowledgements");
         self.cancel.cancel();
         for l in self.accept_loops {
@@ -293,6 +354,7 @@ impl Proxy {
         // broker's shutdown is not logged as "all brokers down".
         drop(self.producer);
         drop(self.embedded);
+        self.ops_cancel.cancel();
         report
     }
 }

@@ -249,6 +249,8 @@ connect_timeout_ms = 60000
 # The simulator puts 12,500 devices behind one source address.
 [limits]
 connects_per_second_per_source = 0
+[ops]
+bind = "127.0.0.1:0"
 [kafka]
 bootstrap_servers = "{bootstrap}"
 linger_ms = {linger}

@@ -14,6 +14,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use super::stats::ConsumerStats;
 use rdkafka::message::{Headers, Message, OwnedHeaders};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -239,13 +241,18 @@ impl CommandConsumer {
         offline: Arc<OfflineIndex>,
         retained: Arc<RetainedStore>,
         journal: Arc<Journal>,
+        statistics_interval_ms: u64,
     ) -> Result<CommandConsumer, KafkaError> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", bootstrap)
             .set("group.id", format!("mqtt-kafka-proxy-{}", journal.replica))
             .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "50")
-            .create()
+            .set("fetch.wait.max.ms", "50");
+        if statistics_interval_ms > 0 {
+            cc.set("statistics.interval.ms", statistics_interval_ms.to_string());
+        }
+        let consumer: BaseConsumer<ConsumerStats> = cc
+            .create_with_context(ConsumerStats)
             .map_err(KafkaError::Client)?;
         let mut topics = vec![lifecycle.sessions_topic.as_str()];
         if cfg.enabled {
@@ -483,7 +490,7 @@ struct Rebuild<'a> {
 }
 
 fn rebuild(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<ConsumerStats>,
     cfg: &CommandsConfig,
     sessions_topic: &str,
     ends: &[(String, i32, i64)],

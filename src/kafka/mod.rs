@@ -1,12 +1,13 @@
 //! Everything that talks to Kafka: the producer that turns PUBLISH packets
 //! into records ([`producer`]), the record format ([`record`]) and the
 //! embedded Kafka-protocol broker used when `bootstrap_servers = "embedded"`
-//! ([`embedded`]).
+//! ([`embedded`]), and librdkafka statistics as metrics ([`stats`]).
 
 pub mod commands;
 pub mod embedded;
 pub mod producer;
 pub mod record;
+pub mod stats;
 
 /// Errors from the Kafka side.
 #[derive(Debug, thiserror::Error)]

@@ -43,6 +43,10 @@ pub struct ProxyContext {
 }
 
 impl ClientContext for ProxyContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        super::stats::record(&statistics, "producer");
+    }
+
     fn error(&self, error: RdError, reason: &str) {
         metrics::counter!(m::KAFKA_CLIENT_ERRORS).increment(1);
         tracing::warn!(%error, reason, "kafka client error");
@@ -55,7 +59,18 @@ impl ProducerContext for ProxyContext {
     fn delivery(&self, result: &DeliveryResult<'_>, delivery: Box<Delivery>) {
         self.records.fetch_sub(1, Ordering::AcqRel);
         let outcome = match result {
-            Ok(_) => Ok(()),
+            Ok(msg) => {
+                // The record's timestamp is when the proxy received the PUBLISH.
+                if let Some(at) = rdkafka::Message::timestamp(msg).to_millis() {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or(at);
+                    metrics::histogram!(m::KAFKA_PRODUCE_SECONDS)
+                        .record((now - at).max(0) as f64 / 1000.0);
+                }
+                Ok(())
+            }
             Err((e, _)) => Err(e.to_string()),
         };
         match (*delivery, outcome) {
@@ -115,6 +130,7 @@ impl Producer {
         cfg: &KafkaConfig,
         bootstrap: &str,
         max_record_bytes: usize,
+        statistics_interval_ms: u64,
     ) -> Result<Producer, KafkaError> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", bootstrap)
@@ -134,6 +150,9 @@ impl Producer {
                 "message.max.bytes",
                 (max_record_bytes + 64 * 1024).max(1_000_000).to_string(),
             );
+        if statistics_interval_ms > 0 {
+            cc.set("statistics.interval.ms", statistics_interval_ms.to_string());
+        }
         for (k, v) in &cfg.producer {
             cc.set(k, v);
         }
@@ -183,6 +202,12 @@ impl Producer {
         ctx.waiting.fetch_add(1, Ordering::AcqRel);
         let _ = tokio::time::timeout(max_wait, notified).await;
         ctx.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether a broker answers a metadata request within `timeout`
+    /// (blocking; call from a blocking thread).
+    pub fn reachable(&self, timeout: Duration) -> bool {
+        self.inner.client().fetch_metadata(None, timeout).is_ok()
     }
 
     /// Records handed to the producer that have no outcome yet.

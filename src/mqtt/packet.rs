@@ -367,6 +367,8 @@ pub mod reason {
     pub const QOS_NOT_SUPPORTED: u8 = 0x9B;
     /// Subscription identifiers not supported.
     pub const SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED: u8 = 0xA1;
+    /// Use another server (DISCONNECT, with a Server Reference).
+    pub const USE_ANOTHER_SERVER: u8 = 0x9C;
     /// Maximum connect time (here: the credentials expired).
     pub const MAXIMUM_CONNECT_TIME: u8 = 0xA0;
 }

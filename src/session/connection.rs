@@ -70,6 +70,10 @@ pub struct Shared {
     pub auth: Arc<Authenticator>,
     /// Per-connection rate limits.
     pub rate_limits: LimitsConfig,
+    /// Spread of the shutdown DISCONNECTs over this window.
+    pub disconnect_spread: Duration,
+    /// 5.0 Server Reference sent with DISCONNECT 0x9C at shutdown, if set.
+    pub server_reference: Option<String>,
 }
 
 /// The decoder limits a configuration asks for.
@@ -153,7 +157,7 @@ impl CloseReason {
             CloseReason::Protocol(e) => Some(e.reason_code()),
             CloseReason::PublishRefused(code, _) => Some(*code),
             CloseReason::DeliveryFailed(_) => Some(reason::UNSPECIFIED_ERROR),
-            CloseReason::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
+            CloseReason::Shutdown => Some(reason::SERVER_SHUTTING_DOWN), // 0x9C with a server reference: see `run`
             CloseReason::TakenOver => Some(reason::SESSION_TAKEN_OVER),
             CloseReason::CredentialsExpired => Some(reason::MAXIMUM_CONNECT_TIME),
             CloseReason::NotAuthorized(_) => Some(reason::NOT_AUTHORIZED),
@@ -274,10 +278,17 @@ pub async fn run<T, S, H>(
             // Boxed like the CONNECT phase: the packet and its write would
             // otherwise enlarge every connection's task.
             let goodbye = async {
+                // At shutdown, a configured server reference turns 0x8B into
+                // 0x9C "use another server" [MQTT-4.11].
+                let reference = match reason {
+                    CloseReason::Shutdown => shared.server_reference.clone(),
+                    _ => None,
+                };
                 let d = Disconnect {
-                    reason: code,
+                    reason: if reference.is_some() { reason::USE_ANOTHER_SERVER } else { code },
                     properties: Properties {
                         reason_string: session.problem_info.then(|| reason.to_string()),
+                        server_reference: reference,
                         ..Properties::default()
                     },
                 };
@@ -387,6 +398,8 @@ struct Pending {
     headers: OwnedHeaders,
     timestamp_ms: i64,
     delivery: Box<Delivery>,
+    /// When the queue was found full, for the backpressure histogram.
+    since: tokio::time::Instant,
 }
 
 /// The outcome at the head of the in-flight queue.
@@ -817,6 +830,8 @@ impl Session {
         tokio::pin!(keep_alive);
         let mut was_reading = false;
         let mut draining = false;
+        // Shutdown with a spread: each connection goes at its own moment.
+        let mut drain_at: Option<Pin<Box<tokio::time::Sleep>>> = None;
         // Bytes are buffered that may hold complete packets not yet handled.
         let mut input_ready = false;
         loop {
@@ -874,8 +889,17 @@ impl Session {
             // waiting for queue space or a deadline holds no data.
             tokio::select! {
                 biased;
-                _ = cancel.cancelled(), if !draining => {
-                    // Stop reading; finish what Kafka already has, then say goodbye.
+                _ = cancel.cancelled(), if !draining && drain_at.is_none() => {
+                    if shared.disconnect_spread.is_zero() {
+                        // Stop reading; finish what Kafka already has, then say goodbye.
+                        draining = true;
+                    } else {
+                        // Keep serving until this connection's moment in the window.
+                        let at = spread_delay(&self.device_id, shared.disconnect_spread);
+                        drain_at = Some(Box::pin(tokio::time::sleep(at)));
+                    }
+                }
+                _ = OptionFuture::from(drain_at.as_mut()), if drain_at.is_some() && !draining => {
                     draining = true;
                 }
                 outcome = NextOutcome(&mut self.inflight), if !self.inflight.is_empty() => {
@@ -1239,6 +1263,8 @@ impl Session {
             }
         }
         self.published += 1;
+        metrics::counter!(m::PUBLISH_ROUTED, "kafka_topic" => dest.kafka_topic.to_owned())
+            .increment(1);
         let headers = record::headers(&p, &p.topic, self.client_id(), self.version);
         let (delivery, waiter) = if p.qos == QoS::AtMostOnce {
             (Box::new(Delivery::Fire), None)
@@ -1275,6 +1301,7 @@ impl Session {
                     headers,
                     timestamp_ms: received_ms,
                     delivery,
+                    since: tokio::time::Instant::now(),
                 }));
                 Ok(Step::Pause)
             }
@@ -1503,7 +1530,10 @@ impl Session {
             timestamp_ms: p.timestamp_ms,
         };
         match shared.producer.send(rec, p.delivery) {
-            Ok(()) => {}
+            Ok(()) => {
+                metrics::histogram!(m::KAFKA_BACKPRESSURE_SECONDS)
+                    .record(p.since.elapsed().as_secs_f64());
+            }
             Err(SendError::QueueFull(headers, delivery)) => {
                 self.pending = Some(Box::new(Pending {
                     headers,
@@ -1567,6 +1597,17 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// A pseudo-random moment in `[0, window)` for this connection to be told
+/// to go at shutdown.
+fn spread_delay(device_id: &str, window: Duration) -> Duration {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write(device_id.as_bytes());
+    let ms = window.as_millis().max(1) as u64;
+    Duration::from_millis(h.finish() % ms)
 }
 
 /// The outcome of [`Session::authorize`].

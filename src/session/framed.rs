@@ -76,6 +76,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
                 let mut rb = ReadBuf::new(&mut scratch[..]);
                 match Pin::new(&mut self.stream).poll_read(cx, &mut rb) {
                     Poll::Ready(Ok(())) => {
+                        metrics::counter!(crate::metrics::BYTES_RECEIVED)
+                            .increment(rb.filled().len() as u64);
                         self.read_buf.extend_from_slice(rb.filled());
                         Poll::Ready(Ok(rb.filled().len()))
                     }
@@ -157,6 +159,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
             Ok(result) => result?,
             Err(_) => return Err(WriteError::Timeout(timeout)),
         }
+        metrics::counter!(crate::metrics::BYTES_SENT).increment(self.write_buf.len() as u64);
         self.write_buf.clear();
         if self.write_buf.capacity() > KEEP_CAPACITY {
             self.write_buf = BytesMut::new();
