@@ -233,6 +233,8 @@ impl CommandConsumer {
     /// Assigns every partition of the commands and sessions topics from
     /// their current end (so start-up returns only once nothing written
     /// after it can be missed) and starts consuming.
+    // The shared state it feeds is passed in one by one, as `Proxy::start` builds it.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         bootstrap: &str,
         cfg: &CommandsConfig,
