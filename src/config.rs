@@ -35,6 +35,14 @@ pub enum ConfigError {
         /// The parser's message, with line, column and key.
         message: String,
     },
+    /// An environment override cannot be applied.
+    #[error("environment variable {var}: {reason}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// Why.
+        reason: String,
+    },
     /// A value is out of range or inconsistent.
     #[error("invalid config: {key}: {reason}")]
     Invalid {
@@ -836,6 +844,41 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
+    /// Reads a config file, applies environment overrides (see
+    /// [`apply_env`]), then parses and validates the result. A missing file
+    /// is fine when `allow_missing` (containers configured by environment only).
+    pub fn load_with_env<I>(path: &Path, env: I, allow_missing: bool) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if allow_missing && e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        let mut tree: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?;
+        apply_env(&mut tree, env)?;
+        let config: Config =
+            toml::Value::Table(tree)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: format!("{e} (after environment overrides)"),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Every Kafka topic the proxy reads or writes: routes, dead letters,
     /// commands, receipts, lifecycle and sessions.
     pub fn kafka_topics(&self) -> Vec<String> {
@@ -1147,9 +1190,179 @@ impl Config {
     }
 }
 
+/// Prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "MQTT_KAFKA_PROXY__";
+
+/// Applies `MQTT_KAFKA_PROXY__SECTION__KEY=value` overrides to a parsed
+/// config file. Levels are separated by `__` and matched lower-cased
+/// (`MQTT_KAFKA_PROXY__KAFKA__BOOTSTRAP_SERVERS`); under `kafka.producer` the
+/// rest of the name is a librdkafka option with `_` for `.`
+/// (`..__KAFKA__PRODUCER__SASL_PASSWORD` → `"sasl.password"`). The value is
+/// read as TOML when it parses as a number, boolean or array, else as a
+/// string. A variable ending in `_FILE` takes its value from that file
+/// (trailing newline dropped), for secrets mounted as files.
+pub fn apply_env<I>(tree: &mut toml::Table, env: I) -> Result<(), ConfigError>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    // Deterministic order: a plain variable and its _FILE twin both set is an error below.
+    vars.sort();
+    let mut seen = std::collections::HashSet::new();
+    for (var, raw) in vars {
+        let env_err = |reason: String| ConfigError::Env {
+            var: var.clone(),
+            reason,
+        };
+        let mut name = &var[ENV_PREFIX.len()..];
+        let mut value = raw.clone();
+        if let Some(base) = name.strip_suffix("_FILE") {
+            name = base;
+            value = std::fs::read_to_string(&raw)
+                .map_err(|e| env_err(format!("cannot read {raw}: {e}")))?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned();
+        }
+        if !seen.insert(name.to_owned()) {
+            return Err(env_err("set both directly and with _FILE".into()));
+        }
+        let mut path: Vec<String> = name.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        if path.iter().any(|p| p.is_empty()) {
+            return Err(env_err("empty level between __ separators".into()));
+        }
+        if path.len() > 2 && path[0] == "kafka" && path[1] == "producer" {
+            let option = path[2..].join("_").replace('_', ".");
+            path.truncate(2);
+            path.push(option);
+        }
+        let parsed = parse_env_value(&value);
+        let (last, parents) = path.split_last().ok_or_else(|| env_err("no key".into()))?;
+        let mut table = &mut *tree;
+        for p in parents {
+            let entry = table
+                .entry(p.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry
+                .as_table_mut()
+                .ok_or_else(|| env_err(format!("{p} is not a section")))?;
+        }
+        table.insert(last.clone(), parsed);
+    }
+    Ok(())
+}
+
+fn parse_env_value(value: &str) -> toml::Value {
+    let wrapped = format!("v = {value}");
+    match wrapped.parse::<toml::Table>() {
+        Ok(mut t) => match t.remove("v") {
+            Some(
+                v @ (toml::Value::Integer(_)
+                | toml::Value::Float(_)
+                | toml::Value::Boolean(_)
+                | toml::Value::Array(_)),
+            ) => v,
+            _ => toml::Value::String(value.to_owned()),
+        },
+        Err(_) => toml::Value::String(value.to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn with_env(text: &str, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load_with_env(&path, env(pairs), false)
+    }
+
+    #[test]
+    fn environment_overrides_win_over_the_file() {
+        let c = with_env(
+            "[mqtt]\nreceive_maximum = 10\n[kafka]\nlinger_ms = 1\n",
+            &[
+                ("MQTT_KAFKA_PROXY__MQTT__RECEIVE_MAXIMUM", "20"),
+                (
+                    "MQTT_KAFKA_PROXY__KAFKA__BOOTSTRAP_SERVERS",
+                    "k1:9092,k2:9092",
+                ),
+                ("MQTT_KAFKA_PROXY__LISTENERS__TLS__ENABLED", "false"),
+                (
+                    "MQTT_KAFKA_PROXY__COMMANDS__SUBSCRIBE_FILTERS",
+                    "[\"d/{device_id}/#\"]",
+                ),
+                ("MQTT_KAFKA_PROXY__KAFKA__PRODUCER__COMPRESSION_TYPE", "lz4"),
+                ("OTHER__MQTT__RECEIVE_MAXIMUM", "99"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.receive_maximum, 20);
+        assert_eq!(
+            c.kafka.linger_ms, 1,
+            "keys not overridden keep the file's value"
+        );
+        assert_eq!(c.kafka.bootstrap_servers, "k1:9092,k2:9092");
+        assert!(!c.listeners.tls.enabled);
+        assert_eq!(
+            c.commands.subscribe_filters,
+            vec!["d/{device_id}/#".to_string()]
+        );
+        assert_eq!(
+            c.kafka.producer.get("compression.type").map(String::as_str),
+            Some("lz4")
+        );
+    }
+
+    #[test]
+    fn file_suffix_reads_secrets_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("pw");
+        std::fs::write(&secret, "hunter2\n").unwrap();
+        let secret = secret.display().to_string();
+        let c = with_env(
+            "",
+            &[(
+                "MQTT_KAFKA_PROXY__KAFKA__PRODUCER__SASL_PASSWORD_FILE",
+                secret.as_str(),
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            c.kafka.producer.get("sasl.password").map(String::as_str),
+            Some("hunter2")
+        );
+        let err = with_env(
+            "",
+            &[(
+                "MQTT_KAFKA_PROXY__KAFKA__PRODUCER__SASL_PASSWORD_FILE",
+                "/nonexistent/pw",
+            )],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("SASL_PASSWORD_FILE"), "{err}");
+    }
+
+    #[test]
+    fn bad_overrides_name_the_variable_or_the_key() {
+        let err = with_env("", &[("MQTT_KAFKA_PROXY__MQTT__RECIEVE_MAXIMUM", "5")]).unwrap_err();
+        assert!(err.to_string().contains("recieve_maximum"), "{err}");
+        let err = with_env("", &[("MQTT_KAFKA_PROXY__MQTT__RECEIVE_MAXIMUM", "0")]).unwrap_err();
+        assert!(err.to_string().contains("mqtt.receive_maximum"), "{err}");
+        let err = with_env("", &[("MQTT_KAFKA_PROXY__MQTT__RECEIVE_MAXIMUM__X", "1")]).unwrap_err();
+        assert!(err.to_string().contains("mqtt.receive_maximum"), "{err}");
+    }
 
     #[test]
     fn shipped_config_is_the_default_and_valid() {

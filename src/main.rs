@@ -65,7 +65,10 @@ fn main() -> ExitCode {
         print!("{DEFAULT_CONFIG_TOML}");
         return ExitCode::SUCCESS;
     }
-    let config = match Config::load(&cli.config) {
+    // Environment variables override the file (MQTT_KAFKA_PROXY__SECTION__KEY);
+    // with no file at all, defaults plus environment.
+    let default_path = cli.config == std::path::Path::new("config.toml");
+    let config = match Config::load_with_env(&cli.config, std::env::vars(), default_path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
