@@ -155,6 +155,9 @@ pub struct TcpListenerConfig {
     pub enabled: bool,
     /// Address to bind. Default `0.0.0.0:1883`.
     pub bind: SocketAddr,
+    /// Every connection starts with a PROXY protocol v1 or v2 header (from
+    /// a load balancer); without one it is closed. Default false.
+    pub proxy_protocol: bool,
 }
 
 impl Default for TcpListenerConfig {
@@ -162,6 +165,7 @@ impl Default for TcpListenerConfig {
         TcpListenerConfig {
             enabled: true,
             bind: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            proxy_protocol: false,
         }
     }
 }
@@ -174,6 +178,9 @@ pub struct TlsListenerConfig {
     pub enabled: bool,
     /// Address to bind. Default `0.0.0.0:8883`.
     pub bind: SocketAddr,
+    /// Every connection starts with a PROXY protocol v1 or v2 header, before
+    /// the TLS handshake. Default false.
+    pub proxy_protocol: bool,
     /// PEM certificate chain, leaf first. Default `certs/server.crt`.
     pub cert_path: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1). Default `certs/server.key`.
@@ -215,6 +222,7 @@ impl Default for TlsListenerConfig {
         TlsListenerConfig {
             enabled: true,
             bind: SocketAddr::from(([0, 0, 0, 0], 8883)),
+            proxy_protocol: false,
             cert_path: "certs/server.crt".into(),
             key_path: "certs/server.key".into(),
             generate_dev_certs: true,
@@ -1085,10 +1093,13 @@ impl Config {
             seen.push(*m);
             match m {
                 AuthMethod::Certificate => {
-                    if !tls.enabled || tls.client_auth == ClientAuth::None {
+                    let own_tls = tls.enabled && tls.client_auth != ClientAuth::None;
+                    // Or TLS terminated by a balancer that passes the CN in PROXY v2.
+                    let proxied = self.listeners.tcp.proxy_protocol || tls.proxy_protocol;
+                    if !own_tls && !proxied {
                         return Err(invalid(
                             "auth.methods",
-                            "\"certificate\" needs listeners.tls.enabled and listeners.tls.client_auth",
+                            "\"certificate\" needs listeners.tls.client_auth, or a listener with proxy_protocol behind a TLS-terminating balancer",
                         ));
                     }
                 }

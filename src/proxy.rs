@@ -216,23 +216,25 @@ impl Proxy {
         let bind = |addr: SocketAddr| {
             listener::bind(addr, l.reuse_port).map_err(|source| StartError::Bind { addr, source })
         };
-        let mut spawn = |tcp: tokio::net::TcpListener, transport: Transport| {
-            accept_loops.push(tokio::spawn(listener::accept_loop(
-                tcp,
-                transport,
-                shared.clone(),
-                permits.clone(),
-                sources.clone(),
-                tracker.clone(),
-                cancel.clone(),
-            )));
-        };
+        let mut spawn =
+            |tcp: tokio::net::TcpListener, transport: Transport, proxy_protocol: bool| {
+                accept_loops.push(tokio::spawn(listener::accept_loop(
+                    tcp,
+                    transport,
+                    shared.clone(),
+                    permits.clone(),
+                    sources.clone(),
+                    proxy_protocol,
+                    tracker.clone(),
+                    cancel.clone(),
+                )));
+            };
         let mut tcp_addr = None;
         if l.tcp.enabled {
             let tcp = bind(l.tcp.bind)?;
             tcp_addr = tcp.local_addr().ok();
             tracing::info!(addr = ?tcp_addr, "MQTT over TCP listening");
-            spawn(tcp, Transport::Tcp);
+            spawn(tcp, Transport::Tcp, l.tcp.proxy_protocol);
         }
         let mut tls_addr = None;
         let mut tls_reloader = None;
@@ -241,7 +243,7 @@ impl Proxy {
             let tcp = bind(l.tls.bind)?;
             tls_addr = tcp.local_addr().ok();
             tracing::info!(addr = ?tls_addr, cert = %l.tls.cert_path.display(), client_auth = ?l.tls.client_auth, "MQTT over TLS listening");
-            spawn(tcp, Transport::Tls(reloader.clone()));
+            spawn(tcp, Transport::Tls(reloader.clone()), l.tls.proxy_protocol);
             tls_reloader = Some(reloader);
         }
         accept_loops.push(tokio::spawn(maintain(

@@ -244,3 +244,29 @@ async fn tls_clients_verify_the_generated_ca_and_publish() {
     );
     t.proxy.shutdown().await;
 }
+
+/// A client may send PUBLISH right behind CONNECT without waiting for
+/// CONNACK; the buffered PUBLISH is served at once, not when more bytes come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_pipelined_behind_connect_is_served() {
+    use mqtt_kafka_proxy::mqtt::packet::*;
+    let t = TestProxy::start().await;
+    let mut raw = Raw::connect(t.tcp_port()).await;
+    let mut bytes = connect_bytes("pipelined", Version::V311, 30);
+    bytes.extend(encode(
+        &Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "devices/pipelined/events/t".into(),
+            packet_id: 7,
+            properties: Properties::default(),
+            payload: bytes::Bytes::from_static(b"first"),
+        }),
+        Version::V311,
+    ));
+    raw.send(&bytes).await;
+    assert_eq!(raw.read_exact(8).await, [0x20, 2, 0, 0, 0x40, 2, 0, 7]);
+    let recs = consume_until(&t.bootstrap(), "iot.events", |r| !r.is_empty()).await;
+    assert_eq!(recs[0].value, b"first");
+}

@@ -52,6 +52,9 @@ pub struct ConnectInfo<'a> {
     pub peer: SocketAddr,
     /// The verified client certificate (DER), TLS only.
     pub peer_cert: Option<&'a [u8]>,
+    /// The common name of a client certificate verified by a load balancer
+    /// that terminated TLS (PROXY protocol v2 SSL TLV).
+    pub proxied_cn: Option<&'a str>,
 }
 
 /// Who a connection is, once authenticated.
@@ -232,7 +235,15 @@ impl Authenticator {
 
     fn by_certificate(&self, info: &ConnectInfo<'_>) -> Verdict {
         let Some(der) = info.peer_cert else {
-            return Verdict::Pass;
+            // TLS terminated by a trusted balancer that verified the certificate.
+            return match info.proxied_cn {
+                Some(cn) => Verdict::Allow(Identity {
+                    device_id: cn.to_owned(),
+                    method: "certificate",
+                    expires_at: None,
+                }),
+                None => Verdict::Pass,
+            };
         };
         match identity::device_id(der, self.cert_identity) {
             Ok(device_id) => Verdict::Allow(Identity {

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::limits::{LogThrottle, SourceLimiter};
 use crate::metrics as m;
+use crate::server::proxy_protocol;
 use crate::server::tls::TlsReloader;
 use crate::session::connection::PeerCert;
 use crate::session::{connection, Shared};
@@ -69,11 +70,12 @@ pub async fn accept_loop(
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     sources: Option<Arc<SourceLimiter>>,
+    proxy_protocol: bool,
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
     let name = transport.name();
-    let refusals = LogThrottle::new(Duration::from_secs(1));
+    let refusals = Arc::new(LogThrottle::new(Duration::from_secs(1)));
     let mut backoff = Duration::from_millis(5);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -89,15 +91,11 @@ pub async fn accept_loop(
             },
         };
         backoff = Duration::from_millis(5);
-        if let Some(limiter) = &sources {
-            if !limiter.admit(peer.ip()) {
-                metrics::counter!(m::LIMITS_EXCEEDED, "limit" => "connect_rate").increment(1);
-                if let Some(suppressed) = refusals.allow() {
-                    tracing::warn!(%peer, listener = name, suppressed, "connection refused: source address over limits.connects_per_second_per_source");
-                }
-                drop(tcp);
-                continue;
-            }
+        // Behind a PROXY-protocol balancer the socket's peer is the balancer:
+        // the real source is known only after the header, in the task.
+        if !proxy_protocol && !admit(&sources, peer, name, &refusals) {
+            drop(tcp);
+            continue;
         }
         // The permit is taken after accept and before anything is spent on
         // the connection: with several listeners sharing one semaphore, a
@@ -116,17 +114,54 @@ pub async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
         let cancel = cancel.clone();
+        let (sources, refusals) = (sources.clone(), refusals.clone());
+        let shared_connect_timeout = shared.mqtt.connect_timeout_ms;
+        // Runs first in each task: the PROXY header, under the connect deadline.
+        let preamble =
+            async move |mut tcp: TcpStream| -> Option<(TcpStream, SocketAddr, Option<String>)> {
+                if !proxy_protocol {
+                    return Some((tcp, peer, None));
+                }
+                let deadline = Duration::from_millis(shared_connect_timeout);
+                match tokio::time::timeout(deadline, proxy_protocol::read_header(&mut tcp)).await {
+                    Ok(Ok(p)) => {
+                        let source = p.source.unwrap_or(peer);
+                        if !admit(&sources, source, name, &refusals) {
+                            return None;
+                        }
+                        Some((tcp, source, p.verified_cn))
+                    }
+                    Ok(Err(e)) => {
+                        metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => "proxy_header")
+                            .increment(1);
+                        tracing::warn!(%peer, listener = name, error = %e, "connection closed: bad PROXY protocol header");
+                        None
+                    }
+                    Err(_) => {
+                        metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => "proxy_header")
+                            .increment(1);
+                        tracing::warn!(%peer, listener = name, "connection closed: no PROXY protocol header before the connect deadline");
+                        None
+                    }
+                }
+            };
         match &transport {
             Transport::Tcp => {
                 tracker.spawn(async move {
                     let _permit = permit;
-                    connection::run(tcp, peer, plain, shared, cancel).await;
+                    let Some((tcp, peer, cn)) = preamble(tcp).await else {
+                        return;
+                    };
+                    connection::run(tcp, peer, cn, plain, shared, cancel).await;
                 });
             }
             Transport::Tls(tls) => {
                 let acceptor = tls.acceptor();
                 tracker.spawn(async move {
                     let _permit = permit;
+                    let Some((tcp, peer, cn)) = preamble(tcp).await else {
+                        return;
+                    };
                     let handshake = move |tcp: TcpStream| -> HandshakeFuture<
                         tokio_rustls::server::TlsStream<TcpStream>,
                     > {
@@ -143,11 +178,31 @@ pub async fn accept_loop(
                             Ok((stream, cert))
                         })
                     };
-                    connection::run(tcp, peer, handshake, shared, cancel).await;
+                    connection::run(tcp, peer, cn, handshake, shared, cancel).await;
                 });
             }
         }
     }
+}
+
+/// The per-source connect limit; logs at most once per second.
+fn admit(
+    sources: &Option<Arc<SourceLimiter>>,
+    peer: SocketAddr,
+    name: &'static str,
+    refusals: &LogThrottle,
+) -> bool {
+    let Some(limiter) = sources else {
+        return true;
+    };
+    if limiter.admit(peer.ip()) {
+        return true;
+    }
+    metrics::counter!(m::LIMITS_EXCEEDED, "limit" => "connect_rate").increment(1);
+    if let Some(suppressed) = refusals.allow() {
+        tracing::warn!(%peer, listener = name, suppressed, "connection refused: source address over limits.connects_per_second_per_source");
+    }
+    false
 }
 
 type HandshakeFuture<S> = Pin<Box<dyn Future<Output = std::io::Result<(S, PeerCert)>> + Send>>;

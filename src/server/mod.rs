@@ -2,4 +2,5 @@
 //! TLS configuration ([`tls`]).
 
 pub mod listener;
+pub mod proxy_protocol;
 pub mod tls;

@@ -230,6 +230,7 @@ impl std::fmt::Display for CloseReason {
 pub async fn run<T, S, H>(
     tcp: T,
     peer: SocketAddr,
+    proxied_cn: Option<String>,
     handshake: H,
     shared: Arc<Shared>,
     cancel: CancellationToken,
@@ -258,7 +259,7 @@ pub async fn run<T, S, H>(
             Ok(c) => c,
             Err(reason) => return log_close_before_connect(&reason),
         };
-        let mut session = match Box::pin(Session::accept(&mut framed, *connect, &shared, peer, peer_cert)).await {
+        let mut session = match Box::pin(Session::accept(&mut framed, *connect, &shared, peer, peer_cert, proxied_cn)).await {
             Ok(s) => s,
             Err(reason) => return log_close_before_connect(&reason),
         };
@@ -551,6 +552,7 @@ impl Session {
         shared: &Shared,
         peer: SocketAddr,
         peer_cert: PeerCert,
+        proxied_cn: Option<String>,
     ) -> Result<Session, CloseReason> {
         let cfg = &shared.mqtt;
         let v5 = connect.version == Version::V5;
@@ -607,6 +609,7 @@ impl Session {
                 password: connect.password.as_deref(),
                 peer,
                 peer_cert: peer_cert.as_deref(),
+                proxied_cn: proxied_cn.as_deref(),
             };
             let outcome = shared.auth.authenticate(&info).await;
             drop(peer_cert);
@@ -832,8 +835,9 @@ impl Session {
         let mut draining = false;
         // Shutdown with a spread: each connection goes at its own moment.
         let mut drain_at: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        // Bytes are buffered that may hold complete packets not yet handled.
-        let mut input_ready = false;
+        // Bytes are buffered that may hold complete packets not yet handled
+        // (a client may send PUBLISH right behind CONNECT, in one segment).
+        let mut input_ready = framed.has_buffered_input();
         loop {
             let reading = !draining
                 && self.pending.is_none()
