@@ -162,6 +162,11 @@ impl Proxy {
             config.ops.kafka_statistics_interval_ms,
         )?;
         tracing::info!(replica, commands = config.commands.enabled, topic = %config.commands.topic, "command consumer started");
+        let sources = SourceLimiter::new(
+            config.limits.connects_per_second_per_source,
+            config.limits.connect_burst_per_source,
+        )
+        .map(Arc::new);
         let shared = Arc::new(Shared {
             limits: connection::limits(&config.mqtt),
             mqtt: config.mqtt.clone(),
@@ -177,6 +182,7 @@ impl Proxy {
             disconnect_spread: Duration::from_millis(config.shutdown.disconnect_spread_ms),
             server_reference: Some(config.shutdown.server_reference.clone())
                 .filter(|r| !r.is_empty()),
+            sources: sources.clone(),
         });
         // The ops endpoint outlives the listeners: it reports "draining"
         // until the very end of shutdown.
@@ -203,11 +209,7 @@ impl Proxy {
             Duration::from_millis(config.ops.kafka_check_interval_ms.max(1)),
             ops_cancel.clone(),
         ));
-        let sources = SourceLimiter::new(
-            config.limits.connects_per_second_per_source,
-            config.limits.connect_burst_per_source,
-        )
-        .map(Arc::new);
+
         let permits = Arc::new(Semaphore::new(config.listeners.max_connections));
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();

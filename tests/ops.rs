@@ -681,7 +681,8 @@ async fn rolling_restart_of_one_replica_loses_no_acknowledged_message() {
             c.commands.replica_id = name.into();
             c.listeners.tls.enabled = false;
             c.shutdown.readiness_grace_ms = 0;
-            c.shutdown.disconnect_spread_ms = 0; c.shutdown.drain_timeout_ms = 1;
+            c.shutdown.disconnect_spread_ms = 0;
+            c.shutdown.drain_timeout_ms = 1;
         })
     };
     let a = replica("A").await;

@@ -69,13 +69,13 @@ pub async fn accept_loop(
     transport: Transport,
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
-    sources: Option<Arc<SourceLimiter>>,
     proxy_protocol: bool,
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
     let name = transport.name();
     let refusals = Arc::new(LogThrottle::new(Duration::from_secs(1)));
+    let sources = shared.sources.clone();
     let mut backoff = Duration::from_millis(5);
     loop {
         let (tcp, peer) = tokio::select! {

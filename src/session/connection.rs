@@ -74,6 +74,8 @@ pub struct Shared {
     pub disconnect_spread: Duration,
     /// 5.0 Server Reference sent with DISCONNECT 0x9C at shutdown, if set.
     pub server_reference: Option<String>,
+    /// New connections per source address, when limited.
+    pub sources: Option<Arc<crate::limits::SourceLimiter>>,
 }
 
 /// The decoder limits a configuration asks for.
