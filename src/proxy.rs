@@ -225,7 +225,6 @@ impl Proxy {
                     transport,
                     shared.clone(),
                     permits.clone(),
-                    sources.clone(),
                     proxy_protocol,
                     tracker.clone(),
                     cancel.clone(),

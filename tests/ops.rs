@@ -414,7 +414,7 @@ async fn readyz_tracks_kafka_and_draining() {
     const GRACE: Duration = Duration::from_millis(1500);
     let t = TestProxy::start_with(|c| {
         c.ops.kafka_check_interval_ms = 100;
-        c.shutdown.readiness_grace_ms = 0;
+        c.shutdown.readiness_grace_ms = GRACE.as_millis() as u64;
         // Reconnect to the broker quickly once it is back (librdkafka's
         // default backoff grows to 10 s).
         c.kafka
@@ -503,7 +503,7 @@ async fn shutdown_disconnects_v5_with_server_reference_spread_over_the_window() 
     const CLIENTS: usize = 10;
     let t = TestProxy::start_with(|c| {
         c.shutdown.server_reference = REFERENCE.into();
-        c.shutdown.disconnect_spread_ms = 0;
+        c.shutdown.disconnect_spread_ms = SPREAD.as_millis() as u64;
         c.shutdown.drain_timeout_ms = 10_000;
     })
     .await;
@@ -681,8 +681,7 @@ async fn rolling_restart_of_one_replica_loses_no_acknowledged_message() {
             c.commands.replica_id = name.into();
             c.listeners.tls.enabled = false;
             c.shutdown.readiness_grace_ms = 0;
-            c.shutdown.disconnect_spread_ms = 0;
-            c.shutdown.drain_timeout_ms = 1;
+            c.shutdown.disconnect_spread_ms = 500;
         })
     };
     let a = replica("A").await;
