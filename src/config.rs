@@ -128,6 +128,11 @@ pub struct ListenersConfig {
     pub tcp: TcpListenerConfig,
     /// MQTT over TLS.
     pub tls: TlsListenerConfig,
+    /// MQTT over WebSocket.
+    pub ws: WsListenerConfig,
+    /// MQTT over WebSocket over TLS (the `tls` listener's certificate and
+    /// client-certificate settings).
+    pub wss: WsListenerConfig,
     /// Most connections this replica holds at once (all listeners); further
     /// connections wait in the kernel backlog. Default 15000 (the machine's
     /// open-file limit is 20000).
@@ -141,6 +146,18 @@ impl Default for ListenersConfig {
         ListenersConfig {
             tcp: TcpListenerConfig::default(),
             tls: TlsListenerConfig::default(),
+            ws: WsListenerConfig {
+                enabled: true,
+                bind: SocketAddr::from(([0, 0, 0, 0], 8083)),
+                path: "/mqtt".into(),
+                proxy_protocol: false,
+            },
+            wss: WsListenerConfig {
+                enabled: true,
+                bind: SocketAddr::from(([0, 0, 0, 0], 8084)),
+                path: "/mqtt".into(),
+                proxy_protocol: false,
+            },
             max_connections: 15_000,
             reuse_port: false,
         }
@@ -202,6 +219,21 @@ pub struct TlsListenerConfig {
     /// changes; a change is loaded without a restart (new handshakes use it).
     /// Default 10000.
     pub reload_interval_ms: u64,
+}
+
+/// A WebSocket listener (`listeners.ws`: plain, default 8083;
+/// `listeners.wss`: TLS, default 8084).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsListenerConfig {
+    /// Serve this listener. Default true.
+    pub enabled: bool,
+    /// Address to bind.
+    pub bind: SocketAddr,
+    /// HTTP path of the upgrade. Default `/mqtt`.
+    pub path: String,
+    /// Connections start with a PROXY protocol header. Default false.
+    pub proxy_protocol: bool,
 }
 
 /// Whether the TLS listener asks devices for a certificate.
@@ -917,11 +949,16 @@ impl Config {
     /// Checks ranges and consistency; every error names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.listeners;
-        if !l.tcp.enabled && !l.tls.enabled {
+        if !l.tcp.enabled && !l.tls.enabled && !l.ws.enabled && !l.wss.enabled {
             return Err(invalid(
                 "listeners",
-                "at least one of listeners.tcp and listeners.tls must be enabled",
+                "at least one of listeners.tcp, .tls, .ws and .wss must be enabled",
             ));
+        }
+        for (key, ws) in [("listeners.ws.path", &l.ws), ("listeners.wss.path", &l.wss)] {
+            if ws.enabled && !ws.path.starts_with('/') {
+                return Err(invalid(key, "must start with /"));
+            }
         }
         if l.max_connections == 0 {
             return Err(invalid("listeners.max_connections", "must be at least 1"));
@@ -1397,7 +1434,7 @@ mod tests {
                 "mqtt.max_packet_size_bytes",
             ),
             (
-                "[listeners.tcp]\nenabled = false\n[listeners.tls]\nenabled = false\n",
+                "[listeners.tcp]\nenabled = false\n[listeners.tls]\nenabled = false\n[listeners.ws]\nenabled = false\nbind = \"0.0.0.0:8083\"\npath = \"/mqtt\"\nproxy_protocol = false\n[listeners.wss]\nenabled = false\nbind = \"0.0.0.0:8084\"\npath = \"/mqtt\"\nproxy_protocol = false\n",
                 "listeners",
             ),
             (

@@ -70,6 +70,8 @@ pub struct ShutdownReport {
 pub struct Proxy {
     tcp_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
+    ws_addr: Option<SocketAddr>,
+    wss_addr: Option<SocketAddr>,
     kafka_bootstrap: String,
     embedded: Option<EmbeddedKafka>,
     producer: Producer,
@@ -238,14 +240,34 @@ impl Proxy {
             spawn(tcp, Transport::Tcp, l.tcp.proxy_protocol);
         }
         let mut tls_addr = None;
-        let mut tls_reloader = None;
-        if l.tls.enabled {
-            let reloader = Arc::new(TlsReloader::new(&l.tls)?);
+        let tls_reloader = if l.tls.enabled || l.wss.enabled {
+            Some(Arc::new(TlsReloader::new(&l.tls)?))
+        } else {
+            None
+        };
+        if let (true, Some(reloader)) = (l.tls.enabled, &tls_reloader) {
             let tcp = bind(l.tls.bind)?;
             tls_addr = tcp.local_addr().ok();
             tracing::info!(addr = ?tls_addr, cert = %l.tls.cert_path.display(), client_auth = ?l.tls.client_auth, "MQTT over TLS listening");
             spawn(tcp, Transport::Tls(reloader.clone()), l.tls.proxy_protocol);
-            tls_reloader = Some(reloader);
+        }
+        let mut ws_addr = None;
+        if l.ws.enabled {
+            let tcp = bind(l.ws.bind)?;
+            ws_addr = tcp.local_addr().ok();
+            tracing::info!(addr = ?ws_addr, path = %l.ws.path, "MQTT over WebSocket listening");
+            spawn(tcp, Transport::Ws(l.ws.path.clone()), l.ws.proxy_protocol);
+        }
+        let mut wss_addr = None;
+        if let (true, Some(reloader)) = (l.wss.enabled, &tls_reloader) {
+            let tcp = bind(l.wss.bind)?;
+            wss_addr = tcp.local_addr().ok();
+            tracing::info!(addr = ?wss_addr, path = %l.wss.path, "MQTT over WebSocket/TLS listening");
+            spawn(
+                tcp,
+                Transport::Wss(reloader.clone(), l.wss.path.clone()),
+                l.wss.proxy_protocol,
+            );
         }
         accept_loops.push(tokio::spawn(maintain(
             auth,
@@ -258,6 +280,8 @@ impl Proxy {
         Ok(Proxy {
             tcp_addr,
             tls_addr,
+            ws_addr,
+            wss_addr,
             kafka_bootstrap,
             embedded,
             producer,
@@ -286,6 +310,16 @@ impl Proxy {
     /// Readiness as `/readyz` reports it.
     pub fn health(&self) -> &Health {
         &self.health
+    }
+
+    /// Bound address of the WebSocket listener.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
+    }
+
+    /// Bound address of the WebSocket/TLS listener.
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.wss_addr
     }
 
     /// Bound address of the TLS listener.

@@ -812,7 +812,7 @@ fn json_line(line: &str) -> serde_json::Value {
 async fn json_log_format_writes_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n[listeners.tls]\nbind = \"127.0.0.1:0\"\ncert_path = \"{d}/s.crt\"\nkey_path = \"{d}/s.key\"\n[kafka.embedded]\nlisten = \"127.0.0.1:0\"\n[ops]\nbind = \"127.0.0.1:0\"\n",
+        "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n[listeners.tls]\nbind = \"127.0.0.1:0\"\ncert_path = \"{d}/s.crt\"\nkey_path = \"{d}/s.key\"\n[kafka.embedded]\nlisten = \"127.0.0.1:0\"\n[ops]\nbind = \"127.0.0.1:0\"\n[listeners.ws]\nenabled = false\nbind = \"127.0.0.1:0\"\npath = \"/mqtt\"\nproxy_protocol = false\n[listeners.wss]\nenabled = false\nbind = \"127.0.0.1:0\"\npath = \"/mqtt\"\nproxy_protocol = false\n",
         d = dir.path().display()
     );
     let path = dir.path().join("config.toml");

@@ -154,6 +154,8 @@ pub async fn run(a: CommandBenchArgs) -> Result<()> {
     // All 1,000 devices share one source address.
     ca.limits.connects_per_second_per_source = 0;
     ca.ops.bind = "127.0.0.1:0".parse()?;
+    ca.listeners.ws.enabled = false;
+    ca.listeners.wss.enabled = false;
     let a_proxy = Proxy::start(ca.clone()).await?;
     let bootstrap = a_proxy.kafka_bootstrap().to_owned();
     let mut cb = ca.clone();

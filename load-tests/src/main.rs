@@ -142,6 +142,8 @@ async fn ingest_bench(a: IngestArgs) -> Result<()> {
     // Every simulated device shares one source address.
     config.limits.connects_per_second_per_source = 0;
     config.ops.bind = "127.0.0.1:0".parse()?;
+    config.listeners.ws.enabled = false;
+    config.listeners.wss.enabled = false;
     config.log.level = "warn".into();
     config.mqtt.receive_maximum = a.window.max(1);
     let proxy = mqtt_kafka_proxy::Proxy::start(config).await?;

@@ -251,6 +251,16 @@ connect_timeout_ms = 60000
 connects_per_second_per_source = 0
 [ops]
 bind = "127.0.0.1:0"
+[listeners.ws]
+enabled = false
+bind = "127.0.0.1:0"
+path = "/mqtt"
+proxy_protocol = false
+[listeners.wss]
+enabled = false
+bind = "127.0.0.1:0"
+path = "/mqtt"
+proxy_protocol = false
 [kafka]
 bootstrap_servers = "{bootstrap}"
 linger_ms = {linger}

@@ -24,6 +24,7 @@ use crate::limits::{LogThrottle, SourceLimiter};
 use crate::metrics as m;
 use crate::server::proxy_protocol;
 use crate::server::tls::TlsReloader;
+use crate::server::websocket::{self, WsStream};
 use crate::session::connection::PeerCert;
 use crate::session::{connection, Shared};
 
@@ -34,6 +35,10 @@ pub enum Transport {
     Tcp,
     /// MQTT over TLS, with the live (reloadable) configuration.
     Tls(Arc<TlsReloader>),
+    /// MQTT over WebSocket, upgraded on this path.
+    Ws(String),
+    /// MQTT over WebSocket over TLS.
+    Wss(Arc<TlsReloader>, String),
 }
 
 impl Transport {
@@ -41,6 +46,8 @@ impl Transport {
         match self {
             Transport::Tcp => "tcp",
             Transport::Tls(_) => "tls",
+            Transport::Ws(_) => "ws",
+            Transport::Wss(..) => "wss",
         }
     }
 }
@@ -181,8 +188,55 @@ pub async fn accept_loop(
                     connection::run(tcp, peer, cn, handshake, shared, cancel).await;
                 });
             }
+            Transport::Ws(path) => {
+                let path = path.clone();
+                let max = ws_message_max(&shared);
+                tracker.spawn(async move {
+                    let _permit = permit;
+                    let Some((tcp, peer, cn)) = preamble(tcp).await else {
+                        return;
+                    };
+                    let handshake = move |tcp: TcpStream| -> HandshakeFuture<WsStream<TcpStream>> {
+                        Box::pin(
+                            async move { Ok((websocket::accept(tcp, &path, max).await?, None)) },
+                        )
+                    };
+                    connection::run(tcp, peer, cn, handshake, shared, cancel).await;
+                });
+            }
+            Transport::Wss(tls, path) => {
+                let acceptor = tls.acceptor();
+                let path = path.clone();
+                let max = ws_message_max(&shared);
+                tracker.spawn(async move {
+                    let _permit = permit;
+                    let Some((tcp, peer, cn)) = preamble(tcp).await else {
+                        return;
+                    };
+                    let handshake = move |tcp: TcpStream| -> HandshakeFuture<
+                        WsStream<tokio_rustls::server::TlsStream<TcpStream>>,
+                    > {
+                        Box::pin(async move {
+                            let stream = acceptor.accept(tcp).await?;
+                            let cert = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|c| c.clone().into_owned());
+                            Ok((websocket::accept(stream, &path, max).await?, cert))
+                        })
+                    };
+                    connection::run(tcp, peer, cn, handshake, shared, cancel).await;
+                });
+            }
         }
     }
+}
+
+/// Largest WebSocket message: a whole MQTT packet, or a batch of small ones.
+fn ws_message_max(shared: &Shared) -> usize {
+    shared.mqtt.max_packet_size_bytes.max(64 * 1024) * 2
 }
 
 /// The per-source connect limit; logs at most once per second.

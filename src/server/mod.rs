@@ -4,3 +4,4 @@
 pub mod listener;
 pub mod proxy_protocol;
 pub mod tls;
+pub mod websocket;

@@ -30,6 +30,8 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     c.listeners.tls.key_path = dir.join("server.key");
     c.kafka.embedded.listen = "127.0.0.1:0".parse().unwrap();
     c.ops.bind = "127.0.0.1:0".parse().unwrap();
+    c.listeners.ws.bind = "127.0.0.1:0".parse().unwrap();
+    c.listeners.wss.bind = "127.0.0.1:0".parse().unwrap();
     c.kafka.embedded.partitions = 3;
     c.shutdown.drain_timeout_ms = 10_000;
     c
