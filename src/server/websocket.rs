@@ -29,6 +29,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let path = path.to_owned();
+    // The callback's signature is tungstenite's; its error type is large.
+    #[allow(clippy::result_large_err)]
     let check = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != path {
             let mut err = ErrorResponse::new(Some(format!("MQTT is served on {path}\n")));
@@ -52,9 +54,11 @@ where
         }
         Ok(resp)
     };
-    let mut config = WebSocketConfig::default();
-    config.max_message_size = Some(max_message);
-    config.max_frame_size = Some(max_message);
+    let config = WebSocketConfig {
+        max_message_size: Some(max_message),
+        max_frame_size: Some(max_message),
+        ..WebSocketConfig::default()
+    };
     let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config))
         .await
         .map_err(|e| {
