@@ -247,3 +247,49 @@ async fn mosquitto_pub_publishes_over_tcp_and_tls() {
     assert!(text.contains("Topic Name invalid"), "{text}");
     t.proxy.shutdown().await;
 }
+
+/// The binary reads MQTT_KAFKA_PROXY__* variables: they win over the file,
+/// `_FILE` variables read secrets from files, and a bad override is an error
+/// naming the variable or the key.
+#[test]
+fn environment_overrides_win_over_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, "[mqtt]\nreceive_maximum = 10\n").unwrap();
+    let run = |vars: &[(&str, &str)]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--check-config", "--config"]).arg(&path);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(run(&[]).0, "the file alone is valid");
+    // The file's 10 is replaced by an invalid 0: the override won.
+    let (ok, err) = run(&[("MQTT_KAFKA_PROXY__MQTT__RECEIVE_MAXIMUM", "0")]);
+    assert!(!ok);
+    assert!(err.contains("mqtt.receive_maximum"), "{err}");
+    let (ok, err) = run(&[("MQTT_KAFKA_PROXY__MQTT__NO_SUCH_KEY", "1")]);
+    assert!(!ok);
+    assert!(err.contains("no_such_key"), "{err}");
+    let (ok, err) = run(&[(
+        "MQTT_KAFKA_PROXY__AUTH__JWT__SECRET_FILE_FILE",
+        "/nonexistent/secret",
+    )]);
+    assert!(!ok);
+    assert!(
+        err.contains("MQTT_KAFKA_PROXY__AUTH__JWT__SECRET_FILE_FILE"),
+        "{err}"
+    );
+    let secret = dir.path().join("bootstrap");
+    std::fs::write(&secret, "kafka-a:9092,kafka-b:9092\n").unwrap();
+    let (ok, err) = run(&[(
+        "MQTT_KAFKA_PROXY__KAFKA__BOOTSTRAP_SERVERS_FILE",
+        secret.to_str().unwrap(),
+    )]);
+    assert!(ok, "{err}");
+}

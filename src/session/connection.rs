@@ -310,12 +310,12 @@ pub async fn run<T, S, H>(
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
         metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
         let secs = started.elapsed().as_secs();
-        let (published, refused, dead_lettered) =
-            (session.published, session.refused, session.dead_lettered);
+        let (published, refused, dead_lettered, not_authorized) =
+            (session.published, session.refused, session.dead_lettered, session.denied);
         if reason.is_problem() {
-            tracing::warn!(%reason, connected_s = secs, published, refused, dead_lettered, "connection closed");
+            tracing::warn!(%reason, connected_s = secs, published, refused, dead_lettered, not_authorized, "connection closed");
         } else {
-            tracing::info!(%reason, connected_s = secs, published, refused, dead_lettered, "connection closed");
+            tracing::info!(%reason, connected_s = secs, published, refused, dead_lettered, not_authorized, "connection closed");
         }
     }
     .instrument(span)
