@@ -17,7 +17,7 @@
 # turned on, and is installed so that switch does not break the image.
 FROM rust:1-bookworm AS builder
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential cmake pkg-config zlib1g-dev \
+    && apt-get install -y --no-install-recommends build-essential cmake pkg-config zlib1g-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /build
 
@@ -43,12 +43,12 @@ RUN touch src/main.rs src/lib.rs \
     && ./target/release/mqtt-kafka-proxy --check-config --config config.toml
 
 # ---------------------------------------------------------------------------
-# Runtime stage: glibc, zlib and CA certificates (for an https auth hook or
-# JWKS URL); the binary needs nothing else (TLS is rustls, librdkafka is
-# linked in statically).
+# Runtime stage: glibc, zlib, libssl3 (librdkafka's TLS to Kafka; installed
+# with ca-certificates, which depends on openssl) and CA certificates; MQTT
+# TLS is rustls and librdkafka is linked in statically.
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 proxy \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \

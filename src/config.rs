@@ -338,8 +338,13 @@ pub struct KafkaConfig {
     pub queue_max_messages: u32,
     /// The embedded broker, used when `bootstrap_servers = "embedded"`.
     pub embedded: EmbeddedKafkaConfig,
+    /// Any librdkafka option for every Kafka client of the proxy (producer
+    /// and command consumer): connection and security settings such as
+    /// `"security.protocol"`, `"sasl.mechanisms"`, `"sasl.username"`.
+    /// Default empty.
+    pub client: BTreeMap<String, String>,
     /// Any librdkafka producer option, passed through last so it wins
-    /// (e.g. `"compression.type" = "lz4"`, `"security.protocol" = "SASL_SSL"`).
+    /// (e.g. `"compression.type" = "lz4"`).
     pub producer: BTreeMap<String, String>,
 }
 
@@ -351,6 +356,7 @@ impl Default for KafkaConfig {
             linger_ms: 5,
             queue_max_messages: 100_000,
             embedded: EmbeddedKafkaConfig::default(),
+            client: BTreeMap::new(),
             producer: BTreeMap::new(),
         }
     }
@@ -359,17 +365,26 @@ impl Default for KafkaConfig {
 impl fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Pass-through options may hold SASL passwords or key material.
-        let producer: BTreeMap<&str, &str> = self
-            .producer
-            .iter()
-            .map(|(k, v)| (k.as_str(), if is_secret(k) { "<redacted>" } else { v }))
-            .collect();
+        let redact = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+            m.iter()
+                .map(|(k, v)| {
+                    let v = if is_secret(k) {
+                        "<redacted>"
+                    } else {
+                        v.as_str()
+                    };
+                    (k.clone(), v.to_owned())
+                })
+                .collect()
+        };
+        let (client, producer) = (redact(&self.client), redact(&self.producer));
         f.debug_struct("KafkaConfig")
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("delivery_timeout_ms", &self.delivery_timeout_ms)
             .field("linger_ms", &self.linger_ms)
             .field("queue_max_messages", &self.queue_max_messages)
             .field("embedded", &self.embedded)
+            .field("client", &client)
             .field("producer", &producer)
             .finish()
     }
@@ -901,12 +916,22 @@ impl Config {
                 })
             }
         };
+        let file: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        // The file is laid over the shipped defaults, so a partial table
+        // (or an environment variable alone) keeps every other key's default.
         let mut tree: toml::Table =
-            text.parse()
+            DEFAULT_CONFIG_TOML
+                .parse()
                 .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    path: path.to_owned(),
+                    path: "config.toml (built in)".into(),
                     message: e.to_string(),
                 })?;
+        merge(&mut tree, file);
         apply_env(&mut tree, env)?;
         let config: Config =
             toml::Value::Table(tree)
@@ -1025,7 +1050,7 @@ impl Config {
                 "must be between 1 and 1024",
             ));
         }
-        for key in k.producer.keys() {
+        for key in k.producer.keys().chain(k.client.keys()) {
             if key == "bootstrap.servers" {
                 return Err(invalid(
                     "kafka.producer.\"bootstrap.servers\"",
@@ -1238,6 +1263,19 @@ impl Config {
     }
 }
 
+/// Lays `over` onto `base`: tables merge key by key, anything else
+/// (values, arrays such as `[[routes]]`) replaces.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "MQTT_KAFKA_PROXY__";
 
@@ -1267,7 +1305,12 @@ where
         };
         let mut name = &var[ENV_PREFIX.len()..];
         let mut value = raw.clone();
-        if let Some(base) = name.strip_suffix("_FILE") {
+        // `_FILE` means "read the value from this file", unless the whole
+        // name is a key of its own (`auth.password.file`, `auth.jwt.key_file`).
+        if let Some(base) = name
+            .strip_suffix("_FILE")
+            .filter(|_| !has_key(tree, &env_path(name)))
+        {
             name = base;
             value = std::fs::read_to_string(&raw)
                 .map_err(|e| env_err(format!("cannot read {raw}: {e}")))?
@@ -1277,14 +1320,9 @@ where
         if !seen.insert(name.to_owned()) {
             return Err(env_err("set both directly and with _FILE".into()));
         }
-        let mut path: Vec<String> = name.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        let path = env_path(name);
         if path.iter().any(|p| p.is_empty()) {
             return Err(env_err("empty level between __ separators".into()));
-        }
-        if path.len() > 2 && path[0] == "kafka" && path[1] == "producer" {
-            let option = path[2..].join("_").replace('_', ".");
-            path.truncate(2);
-            path.push(option);
         }
         let parsed = parse_env_value(&value);
         let (last, parents) = path.split_last().ok_or_else(|| env_err("no key".into()))?;
@@ -1300,6 +1338,31 @@ where
         table.insert(last.clone(), parsed);
     }
     Ok(())
+}
+
+/// The key path an environment variable name (without the prefix) names.
+fn env_path(name: &str) -> Vec<String> {
+    let mut path: Vec<String> = name.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    // librdkafka option maps: `_` stands for `.`.
+    if path.len() > 2 && path[0] == "kafka" && (path[1] == "producer" || path[1] == "client") {
+        let option = path[2..].join("_").replace('_', ".");
+        path.truncate(2);
+        path.push(option);
+    }
+    path
+}
+
+/// Whether `path` names an existing key of `tree`.
+fn has_key(tree: &toml::Table, path: &[String]) -> bool {
+    let mut table = tree;
+    for (i, p) in path.iter().enumerate() {
+        match table.get(p) {
+            Some(toml::Value::Table(t)) if i + 1 < path.len() => table = t,
+            Some(_) if i + 1 == path.len() => return true,
+            _ => return false,
+        }
+    }
+    false
 }
 
 fn parse_env_value(value: &str) -> toml::Value {
@@ -1403,13 +1466,50 @@ mod tests {
     }
 
     #[test]
+    fn partial_tables_and_keys_named_file_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("passwd");
+        let pw = pw.display().to_string();
+        let c = with_env(
+            "[listeners.wss]\nbind = \"127.0.0.1:9999\"\n",
+            &[
+                ("MQTT_KAFKA_PROXY__LISTENERS__WS__PROXY_PROTOCOL", "true"),
+                // A key that is itself called `file`: the value, not a file to read.
+                ("MQTT_KAFKA_PROXY__AUTH__PASSWORD__FILE", pw.as_str()),
+                (
+                    "MQTT_KAFKA_PROXY__KAFKA__CLIENT__SECURITY_PROTOCOL",
+                    "sasl_plaintext",
+                ),
+            ],
+        )
+        .unwrap();
+        assert!(c.listeners.ws.proxy_protocol);
+        assert_eq!(
+            c.listeners.ws.bind.port(),
+            8083,
+            "other keys keep their defaults"
+        );
+        assert_eq!(c.listeners.wss.bind.port(), 9999);
+        assert_eq!(c.listeners.wss.path, "/mqtt");
+        assert_eq!(c.auth.password.file.display().to_string(), pw);
+        assert_eq!(
+            c.kafka.client.get("security.protocol").map(String::as_str),
+            Some("sasl_plaintext")
+        );
+    }
+
+    #[test]
     fn bad_overrides_name_the_variable_or_the_key() {
         let err = with_env("", &[("MQTT_KAFKA_PROXY__MQTT__RECIEVE_MAXIMUM", "5")]).unwrap_err();
         assert!(err.to_string().contains("recieve_maximum"), "{err}");
         let err = with_env("", &[("MQTT_KAFKA_PROXY__MQTT__RECEIVE_MAXIMUM", "0")]).unwrap_err();
         assert!(err.to_string().contains("mqtt.receive_maximum"), "{err}");
         let err = with_env("", &[("MQTT_KAFKA_PROXY__MQTT__RECEIVE_MAXIMUM__X", "1")]).unwrap_err();
-        assert!(err.to_string().contains("mqtt.receive_maximum"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("MQTT_KAFKA_PROXY__MQTT__RECEIVE_MAXIMUM__X"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -161,7 +161,10 @@ impl Proxy {
             offline.clone(),
             retained.clone(),
             journal.clone(),
-            config.ops.kafka_statistics_interval_ms,
+            &crate::kafka::ClientSettings {
+                statistics_interval_ms: config.ops.kafka_statistics_interval_ms,
+                options: config.kafka.client.clone(),
+            },
         )?;
         tracing::info!(replica, commands = config.commands.enabled, topic = %config.commands.topic, "command consumer started");
         let sources = SourceLimiter::new(

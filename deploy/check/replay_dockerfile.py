@@ -203,6 +203,7 @@ def replay(root, work, no_build):
     stages = parse(os.path.join(root, "Dockerfile"))
     pats = load_dockerignore(root)
     problems = []
+    runtime_pkgs = []
     stage_roots = {}
     final = stages[-1]
     for idx, st in enumerate(stages):
@@ -256,6 +257,7 @@ def replay(root, work, no_build):
                     names = [w for w in (pkgs.group(1).split() if pkgs else []) if not w.startswith("-")]
                     missing = [p for p in names if not host_has_package(p)]
                     if is_final:
+                        runtime_pkgs.extend(names)
                         print(f"RUN (not replayed; needs root) {rest[:70]}...")
                     elif missing:
                         problems.append(f"builder packages not installed on this host: {missing}")
@@ -304,7 +306,7 @@ def replay(root, work, no_build):
         if not os.path.exists(config):
             problems.append(f"ENTRYPOINT --config {ep[ep.index('--config') + 1]} not in the image")
     if binary:
-        problems += check_libraries(binary)
+        problems += check_libraries(binary, runtime_pkgs)
     summary = {"rootfs": rootfs, "binary": binary, "config": config, "env": fenv,
                "entrypoint": ep, "healthcheck": final["healthcheck"], "expose": final["expose"],
                "user": final["user"], "stopsignal": final["stopsignal"], "workdir": final["workdir"],
@@ -343,10 +345,11 @@ def essential_closure():
     return seen
 
 
-def check_libraries(binary):
-    """Every shared library must come from a package every debian:*-slim image has."""
+def check_libraries(binary, runtime_pkgs=()):
+    """Every shared library must come from a package every debian:*-slim image
+    has, or one the runtime stage installs."""
     problems = []
-    base = essential_closure()
+    base = essential_closure() | set(runtime_pkgs)
     r = subprocess.run(["ldd", binary], capture_output=True, text=True)
     for line in r.stdout.splitlines():
         if "not found" in line:

@@ -243,15 +243,21 @@ impl CommandConsumer {
         offline: Arc<OfflineIndex>,
         retained: Arc<RetainedStore>,
         journal: Arc<Journal>,
-        statistics_interval_ms: u64,
+        settings: &super::ClientSettings,
     ) -> Result<CommandConsumer, KafkaError> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", bootstrap)
             .set("group.id", format!("mqtt-kafka-proxy-{}", journal.replica))
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "50");
-        if statistics_interval_ms > 0 {
-            cc.set("statistics.interval.ms", statistics_interval_ms.to_string());
+        if settings.statistics_interval_ms > 0 {
+            cc.set(
+                "statistics.interval.ms",
+                settings.statistics_interval_ms.to_string(),
+            );
+        }
+        for (k, v) in &settings.options {
+            cc.set(k, v);
         }
         let consumer: BaseConsumer<ConsumerStats> = cc
             .create_with_context(ConsumerStats)

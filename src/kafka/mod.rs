@@ -9,6 +9,15 @@ pub mod producer;
 pub mod record;
 pub mod stats;
 
+/// Settings every Kafka client of the proxy shares.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSettings {
+    /// librdkafka `statistics.interval.ms` (0: off).
+    pub statistics_interval_ms: u64,
+    /// `kafka.client` pass-through options (security, SASL, …).
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
 /// Errors from the Kafka side.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {

@@ -153,7 +153,7 @@ impl Producer {
         if statistics_interval_ms > 0 {
             cc.set("statistics.interval.ms", statistics_interval_ms.to_string());
         }
-        for (k, v) in &cfg.producer {
+        for (k, v) in cfg.client.iter().chain(&cfg.producer) {
             cc.set(k, v);
         }
         let context = ProxyContext {
