@@ -174,14 +174,7 @@ pub async fn accept_loop(
                     > {
                         Box::pin(async move {
                             let stream = acceptor.accept(tcp).await?;
-                            // Verified by rustls against the client CA; the
-                            // device id is read from it at CONNECT.
-                            let cert = stream
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|c| c.first())
-                                .map(|c| c.clone().into_owned());
+                            let cert = leaf_certificate(&stream);
                             Ok((stream, cert))
                         })
                     };
@@ -218,12 +211,7 @@ pub async fn accept_loop(
                     > {
                         Box::pin(async move {
                             let stream = acceptor.accept(tcp).await?;
-                            let cert = stream
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|c| c.first())
-                                .map(|c| c.clone().into_owned());
+                            let cert = leaf_certificate(&stream);
                             Ok((websocket::accept(stream, &path, max).await?, cert))
                         })
                     };
@@ -232,6 +220,17 @@ pub async fn accept_loop(
             }
         }
     }
+}
+
+/// The client's leaf certificate, verified by rustls against the client CA
+/// during the handshake; the device id is read from it at CONNECT.
+fn leaf_certificate(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> PeerCert {
+    stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.clone().into_owned())
 }
 
 /// Largest WebSocket message: a whole MQTT packet, or a batch of small ones.

@@ -615,44 +615,42 @@ impl Session {
             };
             let outcome = shared.auth.authenticate(&info).await;
             drop(peer_cert);
-            let identity = match outcome {
-                Ok(identity) => identity,
-                Err(r) => {
-                    let code = r.connack_code(connect.version);
-                    framed
-                        .send_now(
-                            &Packet::ConnAck(refuse_with(code)),
-                            connect.version,
-                            write_timeout,
-                        )
-                        .await;
-                    return Err(CloseReason::AuthRefused(code, r.why().to_owned()));
+            let denied = match outcome {
+                Err(r) => Some((r.connack_code(connect.version), r.why().to_owned())),
+                Ok(identity) => {
+                    device_id = identity.device_id;
+                    expires_at = identity.expires_at;
+                    // The will is published as the device: the ACL must allow its topic.
+                    let who = Subject {
+                        device_id: &device_id,
+                        username: connect.username.as_deref(),
+                        client_id: &client_id,
+                    };
+                    connect
+                        .will
+                        .as_ref()
+                        .filter(|w| {
+                            shared.auth.acl.check(Access::Publish, &w.topic, &who)
+                                == Permission::Deny
+                        })
+                        .map(|w| {
+                            metrics::counter!(m::ACL_DENIED, "action" => "will").increment(1);
+                            (
+                                refuse(return_code::NOT_AUTHORIZED, reason::NOT_AUTHORIZED),
+                                format!("will topic {:?} not allowed by auth.acl", w.topic),
+                            )
+                        })
                 }
             };
-            device_id = identity.device_id;
-            expires_at = identity.expires_at;
-            // The will is published as the device: the ACL must allow its topic.
-            if let Some(will) = &connect.will {
-                let who = Subject {
-                    device_id: &device_id,
-                    username: connect.username.as_deref(),
-                    client_id: &client_id,
-                };
-                if shared.auth.acl.check(Access::Publish, &will.topic, &who) == Permission::Deny {
-                    metrics::counter!(m::ACL_DENIED, "action" => "will").increment(1);
-                    let code = refuse(return_code::NOT_AUTHORIZED, reason::NOT_AUTHORIZED);
-                    framed
-                        .send_now(
-                            &Packet::ConnAck(refuse_with(code)),
-                            connect.version,
-                            write_timeout,
-                        )
-                        .await;
-                    return Err(CloseReason::AuthRefused(
-                        code,
-                        format!("will topic {:?} not allowed by auth.acl", will.topic),
-                    ));
-                }
+            if let Some((code, why)) = denied {
+                framed
+                    .send_now(
+                        &Packet::ConnAck(refuse_with(code)),
+                        connect.version,
+                        write_timeout,
+                    )
+                    .await;
+                return Err(CloseReason::AuthRefused(code, why));
             }
         }
         if let Some((code, why)) = refusal {
