@@ -214,28 +214,6 @@ async fn publish_qos1(
     }
 }
 
-/// Splits bytes from the proxy into (first byte, body) packets.
-fn packets(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        let b1 = bytes[0];
-        let mut len = 0usize;
-        let mut used = 0;
-        for (i, b) in bytes[1..].iter().take(4).enumerate() {
-            len |= ((b & 0x7F) as usize) << (7 * i);
-            used = i + 1;
-            if b & 0x80 == 0 {
-                break;
-            }
-        }
-        let start = 1 + used;
-        assert!(bytes.len() >= start + len, "torn packet in {bytes:02x?}");
-        out.push((b1, bytes[start..start + len].to_vec()));
-        bytes = &bytes[start + len..];
-    }
-    out
-}
-
 /// Reads `iot.events` until a record with `payload` is there; returns all read.
 async fn events_until(t: &TestProxy, payload: &'static [u8]) -> Vec<Rec> {
     events_with(t, &[payload]).await
@@ -1456,7 +1434,7 @@ async fn jwt_expiry_ends_a_live_connection() {
         closed_at >= exp as f64 - 0.05,
         "closed at {closed_at}, before exp {exp}"
     );
-    let p = packets(&rest5);
+    let p = parse_packets(&rest5);
     assert_eq!(
         p.iter().map(|p| p.0).collect::<Vec<_>>(),
         [0xE0],

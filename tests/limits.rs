@@ -19,8 +19,7 @@ use bytes::Bytes;
 use common::*;
 use mqtt_kafka_proxy::config::{AclAction, AclRule, Permission};
 use mqtt_kafka_proxy::mqtt::packet::{
-    self as mp, reason, return_code, Packet, Properties, Publish, Subscribe, SubscribeFilter,
-    Version,
+    self as mp, reason, return_code, Packet, Properties, Version,
 };
 use mqtt_kafka_proxy::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,70 +32,10 @@ const V5: Version = Version::V5;
 // encoder, read and parse what the proxy answers.
 // ---------------------------------------------------------------------------
 
-/// Reads exactly `n` bytes, panicking with `what` if the proxy closes or stalls.
-async fn read_n(raw: &mut Raw, n: usize, what: &str) -> Vec<u8> {
-    let mut buf = vec![0u8; n];
-    match tokio::time::timeout(PATIENCE, raw.stream.read_exact(&mut buf)).await {
-        Ok(Ok(_)) => buf,
-        Ok(Err(e)) => panic!("connection ended while reading {what}: {e}"),
-        Err(_) => panic!("no {what} within {PATIENCE:?}"),
-    }
-}
-
-/// Reads one whole packet from the proxy: (first byte, body).
-async fn read_packet(raw: &mut Raw) -> (u8, Vec<u8>) {
-    let byte1 = read_n(raw, 1, "a packet").await[0];
-    let mut len = 0usize;
-    for i in 0..4 {
-        let b = read_n(raw, 1, "a remaining length").await[0];
-        len |= ((b & 0x7F) as usize) << (7 * i);
-        if b & 0x80 == 0 {
-            let body = read_n(raw, len, "a packet body").await;
-            return (byte1, body);
-        }
-    }
-    panic!("proxy wrote a remaining length of more than 4 bytes");
-}
-
-/// Splits a byte stream from the proxy into packets; panics on a torn packet.
-fn parse_packets(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        let byte1 = bytes[0];
-        let (len, used) = varint(&bytes[1..]);
-        let start = 1 + used;
-        assert!(
-            bytes.len() >= start + len,
-            "torn packet {byte1:#04x} in {bytes:02x?}"
-        );
-        out.push((byte1, bytes[start..start + len].to_vec()));
-        bytes = &bytes[start + len..];
-    }
-    out
-}
-
-/// Decodes a variable byte integer: (value, bytes used).
-fn varint(b: &[u8]) -> (usize, usize) {
-    let mut value = 0usize;
-    for (i, byte) in b.iter().take(4).enumerate() {
-        value |= ((byte & 0x7F) as usize) << (7 * i);
-        if byte & 0x80 == 0 {
-            return (value, i + 1);
-        }
-    }
-    panic!("bad variable byte integer in {b:02x?}");
-}
-
 /// Skips a 5.0 property block at the start of `b`; returns what follows it.
 fn after_properties(b: &[u8]) -> &[u8] {
     let (len, used) = varint(b);
     &b[used + len..]
-}
-
-/// The reason code of a 5.0 DISCONNECT or ack body that starts after `skip`
-/// bytes; an omitted reason code means success.
-fn reason_at(body: &[u8], skip: usize) -> u8 {
-    body.get(skip).copied().unwrap_or(reason::SUCCESS)
 }
 
 /// The return / reason codes of a SUBACK body.
@@ -107,43 +46,8 @@ fn suback_codes(body: &[u8], v: Version) -> Vec<u8> {
     }
 }
 
-/// A PUBLISH as a test builds it.
-fn publish(topic: &str, qos: mp::QoS, packet_id: u16, payload: &[u8]) -> Publish {
-    Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: topic.into(),
-        packet_id,
-        properties: Properties::default(),
-        payload: Bytes::copy_from_slice(payload),
-    }
-}
-
-fn publish_bytes(p: Publish, v: Version) -> Vec<u8> {
-    encode(&Packet::Publish(p), v)
-}
-
 fn qos1(topic: &str, packet_id: u16, payload: &[u8], v: Version) -> Vec<u8> {
     publish_bytes(publish(topic, mp::QoS::AtLeastOnce, packet_id, payload), v)
-}
-
-fn subscribe_bytes(filters: &[&str], v: Version) -> Vec<u8> {
-    let s = Subscribe {
-        packet_id: 5,
-        properties: Properties::default(),
-        filters: filters
-            .iter()
-            .map(|f| SubscribeFilter {
-                filter: (*f).into(),
-                qos: mp::QoS::AtLeastOnce,
-                no_local: false,
-                retain_as_published: false,
-                retain_handling: 0,
-            })
-            .collect(),
-    };
-    encode(&Packet::Subscribe(s), v)
 }
 
 /// A CONNECT (keep-alive off) carrying a QoS 0 will on `will_topic`.

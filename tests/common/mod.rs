@@ -12,6 +12,11 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
+pub mod wire;
+// Not every test binary uses the wire helpers.
+#[allow(unused_imports)]
+pub use wire::*;
+
 /// How long a test waits for something that should happen at once.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
