@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use base64::alphabet::URL_SAFE;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
@@ -29,7 +29,7 @@ use x509_parser::prelude::FromDer;
 use x509_parser::public_key::RSAPublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
-use crate::auth::watch::FileWatch;
+use crate::auth::watch::Reloader;
 use crate::config::JwtAuthConfig;
 
 /// Largest accepted `leeway_s`. The clock-skew allowance is subtracted from
@@ -251,7 +251,7 @@ pub struct JwtVerifier {
     /// never while a signature is checked.
     keys: RwLock<Arc<KeySet>>,
     /// Versions of the key files last loaded.
-    watch: Mutex<FileWatch>,
+    reloader: Reloader,
 }
 
 impl fmt::Debug for JwtVerifier {
@@ -307,7 +307,7 @@ impl JwtVerifier {
             return Err(JwtError::Config("algorithms is empty".to_string()));
         }
         // Stamp before reading, so a change during the read shows on the next poll.
-        let watch = FileWatch::new([cfg.key_file.clone(), cfg.secret_file.clone()]);
+        let reloader = Reloader::new("jwt_keys", [cfg.key_file.clone(), cfg.secret_file.clone()]);
         let verifier = JwtVerifier {
             key_file: cfg.key_file.clone(),
             secret_file: cfg.secret_file.clone(),
@@ -318,47 +318,33 @@ impl JwtVerifier {
                 public: Vec::new(),
                 jwks: false,
             })),
-            watch: Mutex::new(watch),
+            reloader,
         };
         let keys = verifier.load_keys()?;
         *verifier.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
         Ok(verifier)
     }
 
-    /// Re-reads `key_file` / `secret_file` when [`FileWatch`] says they
+    /// Re-reads `key_file` / `secret_file` when [`Reloader`] says they
     /// changed. `Ok(true)`: new tokens are checked against the new keys;
     /// `Err`: the old keys stay (logged with the file's name), and the same
     /// broken version is not retried until the file changes again.
     pub fn reload_if_changed(&self) -> Result<bool, JwtError> {
-        let changed = self
-            .watch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .changed();
-        if !changed {
-            return Ok(false);
-        }
-        match self.load_keys() {
-            Ok(keys) => {
-                // A poisoned lock still holds a whole `Arc`: a panic cannot leave it half-written.
-                *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
-                metrics::counter!(crate::metrics::FILE_RELOADS, "file" => "jwt_keys", "result" => "ok")
-                    .increment(1);
-                tracing::info!(
-                    key_file = %self.key_file.display(),
-                    secret_file = %self.secret_file.display(),
-                    "JWT key files changed; new tokens are checked against them"
-                );
-                Ok(true)
-            }
-            Err(e) => {
-                metrics::counter!(crate::metrics::FILE_RELOADS, "file" => "jwt_keys", "result" => "error")
-                    .increment(1);
+        let apply = |keys: KeySet| {
+            // A poisoned lock still holds a whole `Arc`: a panic cannot leave it half-written.
+            *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+            tracing::info!(
+                key_file = %self.key_file.display(),
+                secret_file = %self.secret_file.display(),
+                "JWT key files changed; new tokens are checked against them"
+            );
+        };
+        self.reloader
+            .reload_if_changed(|| self.load_keys(), apply)
+            .inspect_err(|e| {
                 let file = e.path().unwrap_or(&self.key_file).display().to_string();
                 tracing::error!(%file, error = %e, "JWT key file changed but cannot be loaded; keeping the previous keys");
-                Err(e)
-            }
-        }
+            })
     }
 
     /// Cheap syntactic check: three base64url segments separated by '.', the

@@ -1,7 +1,7 @@
 //! The password file: `user:argon2-hash` lines checked at CONNECT when the
 //! `password` auth method is on, and written by `mqtt-kafka-proxy passwd
 //! FILE USER`. [`PasswordFile`] holds the loaded entries, reloads them when
-//! the file changes ([`FileWatch`]) and verifies passwords off the async
+//! the file changes ([`Reloader`]) and verifies passwords off the async
 //! threads, remembering successful checks so that a fleet reconnecting after
 //! a network blip costs one fast digest per device instead of one Argon2 run.
 //! [`set_entry`] and [`hash_password`] are the writing side.
@@ -17,15 +17,14 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{self, SaltString};
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
 use tokio::sync::Semaphore;
 
-use crate::auth::watch::FileWatch;
-use crate::metrics as m;
+use crate::auth::watch::Reloader;
 
 /// Longest user name: an MQTT UTF-8 string holds at most 65535 bytes.
 const MAX_USER_LEN: usize = 65_535;
@@ -117,8 +116,8 @@ pub struct PasswordFile {
     /// User → entry. Swapped whole on reload; readers clone the `Arc<Entry>`
     /// out and never hold the lock across an `.await`.
     entries: RwLock<HashMap<String, Arc<Entry>>>,
-    /// Version of the file last loaded; the mutex also serialises reloads.
-    watch: Mutex<FileWatch>,
+    /// Version of the file last loaded; also serialises reloads.
+    reloader: Reloader,
     key: DigestKey,
     /// Argon2 runs in flight at once. Each takes ~19 MiB and a core for tens
     /// of milliseconds: unbounded, a fleet reconnecting after a proxy restart
@@ -142,7 +141,7 @@ impl PasswordFile {
     pub fn load(path: &Path) -> Result<PasswordFile, PasswdError> {
         // Stamp before reading, so a write racing the read shows as a change
         // at the next poll.
-        let watch = FileWatch::new([path.to_owned()]);
+        let reloader = Reloader::new("password", [path.to_owned()]);
         let users = read_file(path)?;
         let entries = users
             .into_iter()
@@ -158,13 +157,13 @@ impl PasswordFile {
         Ok(PasswordFile {
             path: path.to_owned(),
             entries: RwLock::new(entries),
-            watch: Mutex::new(watch),
+            reloader,
             key,
             slots: Arc::new(Semaphore::new(cores)),
         })
     }
 
-    /// Re-reads the file when [`FileWatch`] says it changed. On a read or
+    /// Re-reads the file when [`Reloader`] says it changed. On a read or
     /// parse error the previous entries stay in force, the error (naming the
     /// file and line) is logged and returned; the file is not retried until
     /// it changes again. `Ok(true)`: new entries were loaded.
@@ -176,48 +175,35 @@ impl PasswordFile {
     /// Blocking file I/O: call it from a periodic task (or `spawn_blocking`
     /// for very large files), not from a connection's hot path.
     pub fn reload_if_changed(&self) -> Result<bool, PasswdError> {
-        let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
-        if !watch.changed() {
-            return Ok(false);
-        }
-        match read_file(&self.path) {
-            Ok(users) => {
-                let count = users.len();
-                let mut entries = self.write_entries();
-                let next = users
-                    .into_iter()
-                    .map(|(user, phc)| {
-                        let entry = match entries.get(&user) {
-                            Some(old) if old.phc == phc => Arc::clone(old),
-                            _ => Arc::new(Entry::new(phc)),
-                        };
-                        (user, entry)
-                    })
-                    .collect();
-                *entries = next;
-                drop(entries);
-                drop(watch);
-                metrics::counter!(m::FILE_RELOADS, "file" => "password", "result" => "ok")
-                    .increment(1);
-                tracing::info!(
-                    file = %self.path.display(),
-                    users = count,
-                    "password file changed; new entries in force"
-                );
-                Ok(true)
-            }
-            Err(e) => {
-                drop(watch);
-                metrics::counter!(m::FILE_RELOADS, "file" => "password", "result" => "error")
-                    .increment(1);
+        let apply = |users: HashMap<String, String>| {
+            let count = users.len();
+            let mut entries = self.write_entries();
+            let next = users
+                .into_iter()
+                .map(|(user, phc)| {
+                    let entry = match entries.get(&user) {
+                        Some(old) if old.phc == phc => Arc::clone(old),
+                        _ => Arc::new(Entry::new(phc)),
+                    };
+                    (user, entry)
+                })
+                .collect();
+            *entries = next;
+            tracing::info!(
+                file = %self.path.display(),
+                users = count,
+                "password file changed; new entries in force"
+            );
+        };
+        self.reloader
+            .reload_if_changed(|| read_file(&self.path), apply)
+            .inspect_err(|e| {
                 tracing::error!(
                     file = %self.path.display(),
                     error = %e,
                     "password file changed but cannot be loaded; keeping the previous entries"
-                );
-                Err(e)
-            }
-        }
+                )
+            })
     }
 
     /// Number of users loaded.

@@ -10,16 +10,15 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use std::sync::{Mutex, RwLock};
+use std::sync::RwLock;
 
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::watch::FileWatch;
+use crate::auth::watch::Reloader;
 use crate::config::{ClientAuth, TlsListenerConfig};
-use crate::metrics as m;
 
 /// Why the TLS listener cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +145,7 @@ fn client_verifier(
 pub struct TlsReloader {
     cfg: TlsListenerConfig,
     current: RwLock<TlsAcceptor>,
-    watch: Mutex<FileWatch>,
+    reloader: Reloader,
 }
 
 impl TlsReloader {
@@ -155,7 +154,7 @@ impl TlsReloader {
     pub fn new(cfg: &TlsListenerConfig) -> Result<TlsReloader, TlsError> {
         let config = server_config(cfg)?;
         Ok(TlsReloader {
-            watch: Mutex::new(FileWatch::new(watched(cfg))),
+            reloader: Reloader::new("tls", watched(cfg)),
             cfg: cfg.clone(),
             current: RwLock::new(TlsAcceptor::from(config)),
         })
@@ -173,29 +172,15 @@ impl TlsReloader {
     /// Rebuilds the configuration if any of its files changed. `Ok(true)`:
     /// new handshakes use the new files; `Err`: they keep using the old ones.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let changed = self
-            .watch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .changed();
-        if !changed {
-            return Ok(false);
-        }
-        match build(&self.cfg) {
-            Ok(config) => {
-                *self.current.write().unwrap_or_else(|e| e.into_inner()) =
-                    TlsAcceptor::from(config);
-                metrics::counter!(m::FILE_RELOADS, "file" => "tls", "result" => "ok").increment(1);
-                tracing::info!(cert = %self.cfg.cert_path.display(), "TLS certificate files changed; new handshakes use them");
-                Ok(true)
-            }
-            Err(e) => {
-                metrics::counter!(m::FILE_RELOADS, "file" => "tls", "result" => "error")
-                    .increment(1);
-                tracing::error!(error = %e, "TLS certificate files changed but cannot be loaded; keeping the previous ones");
-                Err(e)
-            }
-        }
+        let apply = |config: Arc<ServerConfig>| {
+            *self.current.write().unwrap_or_else(|e| e.into_inner()) = TlsAcceptor::from(config);
+            tracing::info!(cert = %self.cfg.cert_path.display(), "TLS certificate files changed; new handshakes use them");
+        };
+        self.reloader
+            .reload_if_changed(|| build(&self.cfg), apply)
+            .inspect_err(|e| {
+                tracing::error!(error = %e, "TLS certificate files changed but cannot be loaded; keeping the previous ones")
+            })
     }
 }
 
