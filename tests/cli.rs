@@ -8,7 +8,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-kafka-proxy");
 
@@ -96,22 +95,8 @@ fn print_default_config_prints_the_defaults() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n[listeners.tls]\nbind = \"127.0.0.1:0\"\ncert_path = \"{d}/s.crt\"\nkey_path = \"{d}/s.key\"\n[kafka.embedded]\nlisten = \"127.0.0.1:0\"\n[ops]\nbind = \"127.0.0.1:0\"\n[listeners.ws]\nenabled = false\nbind = \"127.0.0.1:0\"\npath = \"/mqtt\"\nproxy_protocol = false\n[listeners.wss]\nenabled = false\nbind = \"127.0.0.1:0\"\npath = \"/mqtt\"\nproxy_protocol = false\n",
-        d = dir.path().display()
-    );
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let path = write_loopback_config(dir.path());
+    let (mut child, mut lines) = spawn_binary(&path, &[]);
     let port: u16 = tokio::time::timeout(PATIENCE, async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if let Some(rest) = line

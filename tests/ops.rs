@@ -24,7 +24,7 @@ use mqtt_kafka_proxy::mqtt::packet::{self as mp, reason, Packet, Properties, Pub
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const V5: Version = Version::V5;
@@ -811,23 +811,8 @@ fn json_line(line: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_format_writes_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n[listeners.tls]\nbind = \"127.0.0.1:0\"\ncert_path = \"{d}/s.crt\"\nkey_path = \"{d}/s.key\"\n[kafka.embedded]\nlisten = \"127.0.0.1:0\"\n[ops]\nbind = \"127.0.0.1:0\"\n[listeners.ws]\nenabled = false\nbind = \"127.0.0.1:0\"\npath = \"/mqtt\"\nproxy_protocol = false\n[listeners.wss]\nenabled = false\nbind = \"127.0.0.1:0\"\npath = \"/mqtt\"\nproxy_protocol = false\n",
-        d = dir.path().display()
-    );
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtt-kafka-proxy"))
-        .arg("--config")
-        .arg(&path)
-        .args(["--log-format", "json"])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let path = write_loopback_config(dir.path());
+    let (mut child, mut lines) = spawn_binary(&path, &["--log-format", "json"]);
     let mut seen = Vec::new();
     let port: u16 = tokio::time::timeout(PATIENCE, async {
         while let Some(line) = lines.next_line().await.unwrap() {

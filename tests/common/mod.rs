@@ -380,3 +380,39 @@ pub fn connect_bytes(id: &str, v: mqtt_kafka_proxy::mqtt::packet::Version, ka: u
         v,
     )
 }
+
+/// Writes a config file for running the real binary: every listener and
+/// the embedded broker on loopback port 0, WebSocket listeners off (their
+/// port is not logged in a form the tests parse), certificates in `dir`.
+pub fn write_loopback_config(dir: &std::path::Path) -> PathBuf {
+    let config = format!(
+        "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n[listeners.tls]\nbind = \"127.0.0.1:0\"\ncert_path = \"{d}/s.crt\"\nkey_path = \"{d}/s.key\"\n[listeners.ws]\nenabled = false\n[listeners.wss]\nenabled = false\n[kafka.embedded]\nlisten = \"127.0.0.1:0\"\n[ops]\nbind = \"127.0.0.1:0\"\n",
+        d = dir.display()
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// Starts the real binary with `config` and `args`, stdout piped as lines.
+pub fn spawn_binary(
+    config: &std::path::Path,
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtt-kafka-proxy"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
