@@ -15,8 +15,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -119,107 +120,118 @@ pub async fn accept_loop(
         metrics::counter!(m::CONNECTIONS_OPENED, "listener" => name).increment(1);
         // Small acknowledgements must not wait for Nagle.
         let _ = tcp.set_nodelay(true);
-        let shared = shared.clone();
-        let cancel = cancel.clone();
-        let (sources, refusals) = (sources.clone(), refusals.clone());
-        let shared_connect_timeout = shared.mqtt.connect_timeout_ms;
         // Runs first in each task: the PROXY header, under the connect deadline.
-        let preamble =
-            async move |mut tcp: TcpStream| -> Option<(TcpStream, SocketAddr, Option<String>)> {
-                if !proxy_protocol {
-                    return Some((tcp, peer, None));
-                }
-                let deadline = Duration::from_millis(shared_connect_timeout);
-                match tokio::time::timeout(deadline, proxy_protocol::read_header(&mut tcp)).await {
-                    Ok(Ok(p)) => {
-                        let source = p.source.unwrap_or(peer);
-                        if !admit(&sources, source, name, &refusals) {
-                            return None;
-                        }
-                        Some((tcp, source, p.verified_cn))
-                    }
-                    Ok(Err(e)) => {
-                        metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => "proxy_header")
-                            .increment(1);
-                        tracing::warn!(%peer, listener = name, error = %e, "connection closed: bad PROXY protocol header");
-                        None
-                    }
-                    Err(_) => {
-                        metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => "proxy_header")
-                            .increment(1);
-                        tracing::warn!(%peer, listener = name, "connection closed: no PROXY protocol header before the connect deadline");
-                        None
-                    }
-                }
-            };
+        let start = preamble(
+            tcp,
+            peer,
+            proxy_protocol,
+            name,
+            Duration::from_millis(shared.mqtt.connect_timeout_ms),
+            sources.clone(),
+            refusals.clone(),
+        );
+        let (shared, cancel) = (shared.clone(), cancel.clone());
         match &transport {
-            Transport::Tcp => {
-                tracker.spawn(async move {
-                    let _permit = permit;
-                    let Some((tcp, peer, cn)) = preamble(tcp).await else {
-                        return;
-                    };
-                    connection::run(tcp, peer, cn, plain, shared, cancel).await;
-                });
-            }
+            Transport::Tcp => spawn_connection(&tracker, permit, start, plain, shared, cancel),
             Transport::Tls(tls) => {
                 let acceptor = tls.acceptor();
-                tracker.spawn(async move {
-                    let _permit = permit;
-                    let Some((tcp, peer, cn)) = preamble(tcp).await else {
-                        return;
-                    };
-                    let handshake = move |tcp: TcpStream| -> HandshakeFuture<
-                        tokio_rustls::server::TlsStream<TcpStream>,
-                    > {
-                        Box::pin(async move {
-                            let stream = acceptor.accept(tcp).await?;
-                            let cert = leaf_certificate(&stream);
-                            Ok((stream, cert))
-                        })
-                    };
-                    connection::run(tcp, peer, cn, handshake, shared, cancel).await;
-                });
+                let handshake = move |tcp: TcpStream| -> HandshakeFuture<
+                    tokio_rustls::server::TlsStream<TcpStream>,
+                > {
+                    Box::pin(async move {
+                        let stream = acceptor.accept(tcp).await?;
+                        let cert = leaf_certificate(&stream);
+                        Ok((stream, cert))
+                    })
+                };
+                spawn_connection(&tracker, permit, start, handshake, shared, cancel);
             }
             Transport::Ws(path) => {
                 let path = path.clone();
                 let max = ws_message_max(&shared);
-                tracker.spawn(async move {
-                    let _permit = permit;
-                    let Some((tcp, peer, cn)) = preamble(tcp).await else {
-                        return;
-                    };
-                    let handshake = move |tcp: TcpStream| -> HandshakeFuture<WsStream<TcpStream>> {
-                        Box::pin(
-                            async move { Ok((websocket::accept(tcp, &path, max).await?, None)) },
-                        )
-                    };
-                    connection::run(tcp, peer, cn, handshake, shared, cancel).await;
-                });
+                let handshake = move |tcp: TcpStream| -> HandshakeFuture<WsStream<TcpStream>> {
+                    Box::pin(async move { Ok((websocket::accept(tcp, &path, max).await?, None)) })
+                };
+                spawn_connection(&tracker, permit, start, handshake, shared, cancel);
             }
             Transport::Wss(tls, path) => {
                 let acceptor = tls.acceptor();
                 let path = path.clone();
                 let max = ws_message_max(&shared);
-                tracker.spawn(async move {
-                    let _permit = permit;
-                    let Some((tcp, peer, cn)) = preamble(tcp).await else {
-                        return;
-                    };
-                    let handshake = move |tcp: TcpStream| -> HandshakeFuture<
-                        WsStream<tokio_rustls::server::TlsStream<TcpStream>>,
-                    > {
-                        Box::pin(async move {
-                            let stream = acceptor.accept(tcp).await?;
-                            let cert = leaf_certificate(&stream);
-                            Ok((websocket::accept(stream, &path, max).await?, cert))
-                        })
-                    };
-                    connection::run(tcp, peer, cn, handshake, shared, cancel).await;
-                });
+                let handshake = move |tcp: TcpStream| -> HandshakeFuture<
+                    WsStream<tokio_rustls::server::TlsStream<TcpStream>>,
+                > {
+                    Box::pin(async move {
+                        let stream = acceptor.accept(tcp).await?;
+                        let cert = leaf_certificate(&stream);
+                        Ok((websocket::accept(stream, &path, max).await?, cert))
+                    })
+                };
+                spawn_connection(&tracker, permit, start, handshake, shared, cancel);
             }
         }
     }
+}
+
+/// What a connection starts from once its PROXY header (if any) is read:
+/// the socket, the client's address, a balancer-verified certificate CN.
+type Started = Option<(TcpStream, SocketAddr, Option<String>)>;
+
+/// Reads the PROXY header when the listener expects one (under `deadline`),
+/// and applies the per-source limit to the real source. `None`: closed.
+async fn preamble(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    proxy_protocol: bool,
+    name: &'static str,
+    deadline: Duration,
+    sources: Option<Arc<SourceLimiter>>,
+    refusals: Arc<LogThrottle>,
+) -> Started {
+    if !proxy_protocol {
+        return Some((tcp, peer, None));
+    }
+    match tokio::time::timeout(deadline, proxy_protocol::read_header(&mut tcp)).await {
+        Ok(Ok(p)) => {
+            let source = p.source.unwrap_or(peer);
+            if !admit(&sources, source, name, &refusals) {
+                return None;
+            }
+            Some((tcp, source, p.verified_cn))
+        }
+        Ok(Err(e)) => {
+            metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => "proxy_header").increment(1);
+            tracing::warn!(%peer, listener = name, error = %e, "connection closed: bad PROXY protocol header");
+            None
+        }
+        Err(_) => {
+            metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => "proxy_header").increment(1);
+            tracing::warn!(%peer, listener = name, "connection closed: no PROXY protocol header before the connect deadline");
+            None
+        }
+    }
+}
+
+/// One task per connection: the preamble, then the connection itself,
+/// holding its permit until it ends.
+fn spawn_connection<S, H>(
+    tracker: &TaskTracker,
+    permit: OwnedSemaphorePermit,
+    start: impl Future<Output = Started> + Send + 'static,
+    handshake: H,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) where
+    H: FnOnce(TcpStream) -> HandshakeFuture<S> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tracker.spawn(async move {
+        let _permit = permit;
+        let Some((tcp, peer, cn)) = start.await else {
+            return;
+        };
+        connection::run(tcp, peer, cn, handshake, shared, cancel).await;
+    });
 }
 
 /// The client's leaf certificate, verified by rustls against the client CA

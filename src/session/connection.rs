@@ -467,7 +467,6 @@ struct Session {
     /// Inbound 5.0 topic aliases, allocated on first use.
     aliases: Vec<Option<String>>,
     pending: Option<Box<Pending>>,
-    refusal_logged: bool,
     /// Records handed to the producer.
     published: u64,
     /// PUBLISH packets refused (5.0 acks with an error code, records Kafka refused).
@@ -795,7 +794,6 @@ impl Session {
             awaiting_rel: HashSet::new(),
             aliases: Vec::new(),
             pending: None,
-            refusal_logged: false,
             published: 0,
             refused: 0,
             dead_lettered: 0,
@@ -1514,14 +1512,13 @@ impl Session {
     /// misconfigured device cannot flood the log.
     fn note_refusal(&mut self, why: &str) {
         self.refused += 1;
-        if self.refusal_logged {
-            tracing::debug!(why, "PUBLISH refused");
-        } else {
-            self.refusal_logged = true;
+        if self.refused == 1 {
             tracing::warn!(
                 why,
                 "PUBLISH refused (further refusals on this connection are logged at debug)"
             );
+        } else {
+            tracing::debug!(why, "PUBLISH refused");
         }
     }
 
