@@ -5,6 +5,7 @@
 //! configured — never dropped in silence.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use crate::config::{RouteConfig, UnmatchedAction, UnmatchedConfig};
 
@@ -55,7 +56,8 @@ enum KeyPart {
 #[derive(Debug, Clone)]
 struct Route {
     segments: Vec<Segment>,
-    kafka_topic: String,
+    /// Shared so a metric label per record costs a reference count, not a copy.
+    kafka_topic: Arc<str>,
     key: Vec<KeyPart>,
 }
 
@@ -63,7 +65,7 @@ struct Route {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination<'r> {
     /// Kafka topic.
-    pub kafka_topic: &'r str,
+    pub kafka_topic: &'r Arc<str>,
     /// Record key (the device id).
     pub key: Cow<'r, str>,
     /// True when no route matched and this is the dead-letter topic.
@@ -74,7 +76,7 @@ pub struct Destination<'r> {
 #[derive(Debug, Clone)]
 pub struct Router {
     routes: Vec<Route>,
-    dead_letter_topic: Option<String>,
+    dead_letter_topic: Option<Arc<str>>,
 }
 
 impl Router {
@@ -87,7 +89,7 @@ impl Router {
             .collect::<Result<Vec<_>, _>>()?;
         let dead_letter_topic = match unmatched.action {
             UnmatchedAction::Refuse => None,
-            UnmatchedAction::DeadLetter => Some(unmatched.dead_letter_topic.clone()),
+            UnmatchedAction::DeadLetter => Some(unmatched.dead_letter_topic.as_str().into()),
         };
         Ok(Router {
             routes,
@@ -97,8 +99,12 @@ impl Router {
 
     /// Every Kafka topic a record may be written to, for creating them up front.
     pub fn kafka_topics(&self) -> Vec<String> {
-        let mut topics: Vec<String> = self.routes.iter().map(|r| r.kafka_topic.clone()).collect();
-        topics.extend(self.dead_letter_topic.clone());
+        let mut topics: Vec<String> = self
+            .routes
+            .iter()
+            .map(|r| r.kafka_topic.to_string())
+            .collect();
+        topics.extend(self.dead_letter_topic.as_deref().map(str::to_owned));
         topics.sort();
         topics.dedup();
         topics
@@ -117,7 +123,7 @@ impl Router {
                 });
             }
         }
-        self.dead_letter_topic.as_deref().map(|t| Destination {
+        self.dead_letter_topic.as_ref().map(|t| Destination {
             kafka_topic: t,
             key: Cow::Borrowed(client_id),
             dead_letter: true,
@@ -215,7 +221,7 @@ fn compile(index: usize, r: &RouteConfig) -> Result<Route, RouteError> {
     }
     Ok(Route {
         segments,
-        kafka_topic: r.kafka_topic.clone(),
+        kafka_topic: r.kafka_topic.as_str().into(),
         key,
     })
 }
@@ -314,7 +320,7 @@ mod tests {
         ];
         for (topic, want) in cases {
             let got = r.route(topic, "c1");
-            let got = got.as_ref().map(|d| (d.kafka_topic, d.key.as_ref()));
+            let got = got.as_ref().map(|d| (&**d.kafka_topic, d.key.as_ref()));
             assert_eq!(got, *want, "topic {topic}");
         }
     }
@@ -327,8 +333,8 @@ mod tests {
         )
         .unwrap();
         assert!(r.route("$SYS/x", "c").is_none());
-        assert_eq!(r.route("s/x", "c").unwrap().kafka_topic, "a");
-        assert_eq!(r.route("s", "c").unwrap().kafka_topic, "b");
+        assert_eq!(&**r.route("s/x", "c").unwrap().kafka_topic, "a");
+        assert_eq!(&**r.route("s", "c").unwrap().kafka_topic, "b");
     }
 
     #[test]
@@ -336,7 +342,7 @@ mod tests {
         let r = router(UnmatchedAction::DeadLetter);
         let d = r.route("nowhere", "c1").unwrap();
         assert!(d.dead_letter);
-        assert_eq!((d.kafka_topic, d.key.as_ref()), ("iot.dead", "c1"));
+        assert_eq!((&**d.kafka_topic, d.key.as_ref()), ("iot.dead", "c1"));
         assert_eq!(
             r.kafka_topics(),
             vec!["iot.dead", "iot.events", "iot.snapshots", "iot.tenant"]

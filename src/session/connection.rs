@@ -395,7 +395,7 @@ enum InFlightState {
 /// A record that found the producer queue full, kept until there is room.
 /// While one exists the socket is not read.
 struct Pending {
-    kafka_topic: String,
+    kafka_topic: Arc<str>,
     key: String,
     payload: Bytes,
     headers: OwnedHeaders,
@@ -1261,11 +1261,11 @@ impl Session {
             metrics::counter!(m::PUBLISH_DEAD_LETTERED).increment(1);
             self.dead_lettered += 1;
             if self.dead_lettered == 1 {
-                tracing::warn!(topic = %p.topic, kafka_topic = dest.kafka_topic, "no route; record sent to the dead-letter topic (counted in the close line from now on)");
+                tracing::warn!(topic = %p.topic, kafka_topic = %dest.kafka_topic, "no route; record sent to the dead-letter topic (counted in the close line from now on)");
             }
         }
         self.published += 1;
-        metrics::counter!(m::PUBLISH_ROUTED, "kafka_topic" => dest.kafka_topic.to_owned())
+        metrics::counter!(m::PUBLISH_ROUTED, "kafka_topic" => dest.kafka_topic.clone())
             .increment(1);
         let headers = record::headers(&p, &p.topic, self.client_id(), self.version);
         let (delivery, waiter) = if p.qos == QoS::AtMostOnce {
@@ -1297,7 +1297,7 @@ impl Session {
             Ok(()) => Ok(next),
             Err(SendError::QueueFull(headers, delivery)) => {
                 self.pending = Some(Box::new(Pending {
-                    kafka_topic: dest.kafka_topic.to_owned(),
+                    kafka_topic: dest.kafka_topic.clone(),
                     key: key.into_owned(),
                     payload: p.payload,
                     headers,
