@@ -6,7 +6,6 @@
 //! runs on its own timer so a probe never waits on Kafka.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -197,9 +196,4 @@ pub async fn watch_kafka(
             }
         }
     }
-}
-
-/// Binds the ops listener.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }

@@ -196,7 +196,7 @@ impl Proxy {
         let mut ops_addr = None;
         if config.ops.enabled {
             let addr = config.ops.bind;
-            let listener = ops::bind(addr)
+            let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| StartError::Bind { addr, source })?;
             ops_addr = listener.local_addr().ok();

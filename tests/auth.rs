@@ -972,6 +972,18 @@ async fn password_file_from_the_passwd_subcommand() {
             let got = tcp_connack(port, v, "raw-client", user, pass).await;
             assert_eq!(got, want, "{case} ({v:?})");
         }
+        // A known user name with no password field at all.
+        let mut w = Wire::tcp(port).await;
+        let got = connack(&mut w, v, "raw-client", Some("sensor-7"), None).await;
+        assert_eq!(
+            got,
+            Ok(code(
+                v,
+                return_code::BAD_USERNAME_OR_PASSWORD,
+                reason::BAD_USER_NAME_OR_PASSWORD
+            )),
+            "known user without a password ({v:?})"
+        );
         // No user name (and so, in 3.1.1, no password either).
         let mut w = Wire::tcp(port).await;
         let got = connack(&mut w, v, "anonymous", None, None).await;

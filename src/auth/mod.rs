@@ -260,12 +260,14 @@ impl Authenticator {
             return Verdict::Pass;
         };
         let Some(password) = info.password else {
-            // A known user without a password is refused; an unknown one passes on.
-            return match file.verify(user, &[]).await {
-                PasswordCheck::UnknownUser => Verdict::Pass,
-                _ => Verdict::Deny(Refusal::BadCredentials(format!(
+            // A known user without a password is refused, with no Argon2 run
+            // to find that out; an unknown one passes on.
+            return if file.has_user(user) {
+                Verdict::Deny(Refusal::BadCredentials(format!(
                     "user {user:?} sent no password"
-                ))),
+                )))
+            } else {
+                Verdict::Pass
             };
         };
         match file.verify(user, password).await {

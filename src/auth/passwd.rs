@@ -211,6 +211,11 @@ impl PasswordFile {
         self.read_entries().len()
     }
 
+    /// Whether `user` has an entry (no hashing).
+    pub fn has_user(&self, user: &str) -> bool {
+        self.read_entries().contains_key(user)
+    }
+
     /// True when the file has no users.
     pub fn is_empty(&self) -> bool {
         self.read_entries().is_empty()
@@ -687,6 +692,7 @@ mod tests {
             file.verify("DEV-1", b"s3cret").await,
             PasswordCheck::UnknownUser
         );
+        assert!(file.has_user("dev-1") && !file.has_user("dev-3"));
     }
 
     #[tokio::test]
