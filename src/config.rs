@@ -1223,11 +1223,13 @@ impl Config {
             }
         }
         for (i, rule) in a.acl.iter().enumerate() {
-            let sample = rule
-                .topic
-                .replace("{device_id}", "x")
-                .replace("{username}", "x")
-                .replace("{client_id}", "x");
+            let who = crate::auth::acl::Subject {
+                device_id: "x",
+                username: Some("x"),
+                client_id: "x",
+            };
+            // Sample values are single plain levels, so render never refuses them.
+            let sample = crate::auth::acl::render(&rule.topic, &who).unwrap_or_default();
             if sample.contains('{') || sample.contains('}') {
                 return Err(invalid(
                     "auth.acl",
@@ -1544,6 +1546,14 @@ mod tests {
             (
                 "[[routes]]\nfilter = \"a/#/b\"\nkafka_topic = \"t\"\n",
                 "routes",
+            ),
+            (
+                "[[auth.acl]]\npermission = \"allow\"\naction = \"publish\"\ntopic = \"d/{tenant}/#\"\n",
+                "auth.acl",
+            ),
+            (
+                "[[auth.acl]]\npermission = \"allow\"\naction = \"publish\"\ntopic = \"d/#/{device_id}\"\n",
+                "auth.acl",
             ),
             (
                 "[unmatched]\naction = \"dead_letter\"\ndead_letter_topic = \"\"\n",

@@ -108,8 +108,9 @@ impl Acl {
 }
 
 /// Fills the placeholders in; `None` when a value used is not a single,
-/// wildcard-free, non-empty topic level.
-fn render(template: &str, who: &Subject<'_>) -> Option<String> {
+/// wildcard-free, non-empty topic level. Also used by config validation,
+/// with sample values, to find placeholders it does not know.
+pub fn render(template: &str, who: &Subject<'_>) -> Option<String> {
     if !template.contains('{') {
         return Some(template.to_owned());
     }
