@@ -83,6 +83,9 @@ pub struct Proxy {
     readiness_grace: Duration,
     health: Arc<Health>,
     ops_cancel: CancellationToken,
+    /// The Kafka reachability check and its stop: it holds a producer
+    /// handle, which must be gone before the embedded broker is.
+    kafka_watch: (JoinHandle<()>, CancellationToken),
     ops_addr: Option<SocketAddr>,
 }
 
@@ -208,11 +211,12 @@ impl Proxy {
                 ops_cancel.clone(),
             ));
         }
-        tokio::spawn(ops::watch_kafka(
+        let kafka_watch_cancel = ops_cancel.child_token();
+        let kafka_watch = tokio::spawn(ops::watch_kafka(
             producer.clone(),
             health.clone(),
             Duration::from_millis(config.ops.kafka_check_interval_ms.max(1)),
-            ops_cancel.clone(),
+            kafka_watch_cancel.clone(),
         ));
 
         let permits = Arc::new(Semaphore::new(config.listeners.max_connections));
@@ -296,6 +300,7 @@ impl Proxy {
             readiness_grace: Duration::from_millis(config.shutdown.readiness_grace_ms),
             health,
             ops_cancel,
+            kafka_watch: (kafka_watch, kafka_watch_cancel),
             ops_addr,
         })
     }
@@ -391,7 +396,11 @@ impl Proxy {
             tracing::warn!(?report, "drain deadline passed with work left");
         }
         // The producer goes before the broker it talks to, so an embedded
-        // broker's shutdown is not logged as "all brokers down".
+        // broker's shutdown is not logged as "all brokers down"; the
+        // reachability check holds a handle to it, so it stops first.
+        let (watch, watch_cancel) = self.kafka_watch;
+        watch_cancel.cancel();
+        let _ = watch.await;
         drop(self.producer);
         drop(self.embedded);
         self.ops_cancel.cancel();
