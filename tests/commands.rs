@@ -15,9 +15,9 @@ use rdkafka::ClientConfig;
 use rumqttc::{Event, Packet, QoS};
 
 /// Produces one command record; `headers` are (name, value) pairs.
-async fn command(bootstrap: &str, device: &str, payload: &str, headers: &[(&str, &str)]) {
+async fn command(t: &TestProxy, device: &str, payload: &str, headers: &[(&str, &str)]) {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+        .set("bootstrap.servers", t.bootstrap())
         .create()
         .unwrap();
     let mut h = OwnedHeaders::new();
@@ -29,7 +29,7 @@ async fn command(bootstrap: &str, device: &str, payload: &str, headers: &[(&str,
     }
     producer
         .send(
-            FutureRecord::to("iot.commands")
+            FutureRecord::to(&t.topic("iot.commands"))
                 .key(device)
                 .payload(payload)
                 .headers(h),
@@ -45,11 +45,13 @@ fn receipt(r: &Rec) -> serde_json::Value {
 }
 
 /// Waits for the receipt of the command with `id`.
-async fn receipt_with_id(bootstrap: &str, id: &str) -> serde_json::Value {
+async fn receipt_with_id(t: &TestProxy, id: &str) -> serde_json::Value {
     let want = id.to_owned();
-    let recs = consume_until(bootstrap, "iot.command-receipts", move |rs| {
-        rs.iter().any(|r| receipt(r)["command_id"] == want.as_str())
-    })
+    let recs = consume_until(
+        &t.bootstrap(),
+        &t.topic("iot.command-receipts"),
+        move |rs| rs.iter().any(|r| receipt(r)["command_id"] == want.as_str()),
+    )
     .await;
     recs.iter()
         .map(receipt)
@@ -58,8 +60,8 @@ async fn receipt_with_id(bootstrap: &str, id: &str) -> serde_json::Value {
 }
 
 /// Asserts the receipt of command `id`: its status and the replica that wrote it.
-async fn assert_receipt(bootstrap: &str, id: &str, status: &str, replica: &str) {
-    let r = receipt_with_id(bootstrap, id).await;
+async fn assert_receipt(t: &TestProxy, id: &str, status: &str, replica: &str) {
+    let r = receipt_with_id(t, id).await;
     assert_eq!(
         (r["status"].as_str(), r["replica"].as_str()),
         (Some(status), Some(replica)),
@@ -103,11 +105,10 @@ async fn next_publish(c: &mut V4) -> rumqttc::Publish {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_reach_a_subscribed_device_at_qos_0_and_1_with_receipts() {
     let t = TestProxy::start_with(|c| c.commands.replica_id = "replica-a".into()).await;
-    let b = t.bootstrap();
     let mut dev = subscribed(t.tcp_port(), "dev-cmd").await;
 
     command(
-        &b,
+        &t,
         "dev-cmd",
         "reboot now",
         &[
@@ -122,14 +123,14 @@ async fn commands_reach_a_subscribed_device_at_qos_0_and_1_with_receipts() {
     assert_eq!(&p.payload[..], b"reboot now");
     assert_eq!(p.qos, QoS::AtLeastOnce);
     // rumqttc acknowledges it; the receipt says delivered.
-    let r = receipt_with_id(&b, "c-1").await;
+    let r = receipt_with_id(&t, "c-1").await;
     assert_eq!(r["status"], "delivered");
     assert_eq!(r["device_id"], "dev-cmd");
     assert_eq!(r["replica"], "replica-a");
-    assert_eq!(r["source"]["topic"], "iot.commands");
+    assert_eq!(r["source"]["topic"], t.topic("iot.commands"));
 
     command(
-        &b,
+        &t,
         "dev-cmd",
         "{\"led\":\"on\"}",
         &[
@@ -144,26 +145,25 @@ async fn commands_reach_a_subscribed_device_at_qos_0_and_1_with_receipts() {
         (p.topic.as_str(), p.qos),
         ("devices/dev-cmd/commands/led", QoS::AtMostOnce)
     );
-    assert_eq!(receipt_with_id(&b, "c-2").await["status"], "delivered");
+    assert_eq!(receipt_with_id(&t, "c-2").await["status"], "delivered");
     t.proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribed_and_expired_commands_are_not_delivered_and_say_so() {
     let t = TestProxy::start().await;
-    let b = t.bootstrap();
     // Connected, never subscribed.
     let _idle = v4_connect(v4_options("dev-quiet", t.tcp_port())).await;
-    command(&b, "dev-quiet", "x", &[("command.id", "c-unsub")]).await;
+    command(&t, "dev-quiet", "x", &[("command.id", "c-unsub")]).await;
     assert_eq!(
-        receipt_with_id(&b, "c-unsub").await["status"],
+        receipt_with_id(&t, "c-unsub").await["status"],
         "not_subscribed"
     );
 
     // Subscribed: an already expired command is skipped, the next one arrives.
     let mut dev = subscribed(t.tcp_port(), "dev-exp").await;
     command(
-        &b,
+        &t,
         "dev-exp",
         "stale",
         &[
@@ -173,7 +173,7 @@ async fn unsubscribed_and_expired_commands_are_not_delivered_and_say_so() {
     )
     .await;
     command(
-        &b,
+        &t,
         "dev-exp",
         "fresh",
         &[
@@ -188,24 +188,23 @@ async fn unsubscribed_and_expired_commands_are_not_delivered_and_say_so() {
         b"fresh",
         "the expired command must not be delivered"
     );
-    assert_eq!(receipt_with_id(&b, "c-old").await["status"], "expired");
-    assert_eq!(receipt_with_id(&b, "c-new").await["status"], "delivered");
+    assert_eq!(receipt_with_id(&t, "c-old").await["status"], "expired");
+    assert_eq!(receipt_with_id(&t, "c-new").await["status"], "delivered");
     t.proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_on_two_replicas_both_receive_their_commands() {
     let a = TestProxy::start_with(|c| c.commands.replica_id = "A".into()).await;
-    let b_boot = a.bootstrap();
     let b = second_replica(&a, "B").await;
     let mut on_a = subscribed(a.tcp_port(), "dev-a").await;
     let mut on_b = subscribed(b.tcp_port(), "dev-b").await;
-    command(&b_boot, "dev-a", "for a", &[("command.id", "ca")]).await;
-    command(&b_boot, "dev-b", "for b", &[("command.id", "cb")]).await;
+    command(&a, "dev-a", "for a", &[("command.id", "ca")]).await;
+    command(&a, "dev-b", "for b", &[("command.id", "cb")]).await;
     assert_eq!(&next_publish(&mut on_a).await.payload[..], b"for a");
     assert_eq!(&next_publish(&mut on_b).await.payload[..], b"for b");
-    assert_receipt(&b_boot, "ca", "delivered", "A").await;
-    assert_receipt(&b_boot, "cb", "delivered", "B").await;
+    assert_receipt(&a, "ca", "delivered", "A").await;
+    assert_receipt(&a, "cb", "delivered", "B").await;
     b.proxy.shutdown().await;
     a.proxy.shutdown().await;
 }
@@ -238,7 +237,7 @@ async fn connects_and_disconnects_are_recorded_in_the_lifecycle_topic() {
     let t = TestProxy::start().await;
     let c = v4_connect(v4_options("dev-life", t.tcp_port())).await;
     c.client.disconnect().await.unwrap();
-    let recs = consume_until(&t.bootstrap(), "iot.lifecycle", |rs| {
+    let recs = consume_until(&t.bootstrap(), &t.topic("iot.lifecycle"), |rs| {
         rs.iter().filter(|r| r.key == "dev-life").count() >= 2
     })
     .await;
@@ -278,9 +277,9 @@ fn connect_with_will(id: &str, will_topic: &str) -> Vec<u8> {
 
 /// Waits for the lifecycle record saying `id` disconnected: the proxy has
 /// finished with that connection, will included.
-async fn disconnected(bootstrap: &str, id: &str) {
+async fn disconnected(t: &TestProxy, id: &str) {
     let want = id.to_owned();
-    consume_until(bootstrap, "iot.lifecycle", move |rs| {
+    consume_until(&t.bootstrap(), &t.topic("iot.lifecycle"), move |rs| {
         rs.iter()
             .any(|r| r.key == want && receipt(r)["event"] == "disconnected")
     })
@@ -290,7 +289,6 @@ async fn disconnected(bootstrap: &str, id: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_will_is_produced_when_a_connection_dies_not_on_a_clean_disconnect() {
     let t = TestProxy::start().await;
-    let b = t.bootstrap();
 
     // Killed: the socket closes without DISCONNECT.
     let mut killed = Raw::connect(t.tcp_port()).await;
@@ -302,7 +300,7 @@ async fn the_will_is_produced_when_a_connection_dies_not_on_a_clean_disconnect()
         .await;
     assert_eq!(killed.read_exact(4).await, [0x20, 0x02, 0x00, 0x00]);
     drop(killed);
-    let recs = consume_until(&b, "iot.events", |rs| {
+    let recs = consume_until(&t.bootstrap(), &t.topic("iot.events"), |rs| {
         rs.iter().any(|r| r.key == "dev-dies")
     })
     .await;
@@ -327,7 +325,7 @@ async fn the_will_is_produced_when_a_connection_dies_not_on_a_clean_disconnect()
     assert_eq!(clean.read_exact(4).await, [0x20, 0x02, 0x00, 0x00]);
     clean.send(&[0xE0, 0x00]).await;
     clean.read_to_close().await;
-    disconnected(&b, "dev-leaves").await;
+    disconnected(&t, "dev-leaves").await;
     let mut again = v4_connect(v4_options("dev-leaves", t.tcp_port())).await;
     again
         .client
@@ -340,7 +338,7 @@ async fn the_will_is_produced_when_a_connection_dies_not_on_a_clean_disconnect()
         .await
         .unwrap();
     again.pubacks(1).await;
-    let recs = consume_until(&b, "iot.events", |rs| {
+    let recs = consume_until(&t.bootstrap(), &t.topic("iot.events"), |rs| {
         rs.iter()
             .any(|r| r.key == "dev-leaves" && r.value == b"sentinel")
     })
@@ -361,9 +359,7 @@ fn persistent(id: &str, port: u16) -> rumqttc::MqttOptions {
 }
 
 async fn second_replica(a: &TestProxy, name: &'static str) -> TestProxy {
-    let boot = a.bootstrap();
-    TestProxy::start_with(move |c| {
-        c.kafka.bootstrap_servers = boot;
+    TestProxy::start_beside(a, move |c| {
         c.commands.replica_id = name.into();
         c.listeners.tls.enabled = false;
     })
@@ -374,14 +370,13 @@ async fn second_replica(a: &TestProxy, name: &'static str) -> TestProxy {
 async fn an_offline_device_gets_its_command_when_it_reconnects_to_the_other_replica() {
     let a = TestProxy::start_with(|c| c.commands.replica_id = "A".into()).await;
     let b = second_replica(&a, "B").await;
-    let boot = a.bootstrap();
     // Persistent session on A, then offline.
     let dev = v4_connect(persistent("dev-away", a.tcp_port())).await;
     dev.client.disconnect().await.unwrap();
-    disconnected(&boot, "dev-away").await;
+    disconnected(&a, "dev-away").await;
 
     command(
-        &boot,
+        &a,
         "dev-away",
         "while you were out",
         &[("command.id", "c-away")],
@@ -392,7 +387,7 @@ async fn an_offline_device_gets_its_command_when_it_reconnects_to_the_other_repl
     let p = next_publish(&mut back).await;
     assert_eq!(&p.payload[..], b"while you were out");
     assert_eq!(p.topic, "devices/dev-away/commands/command");
-    assert_receipt(&boot, "c-away", "delivered", "B").await;
+    assert_receipt(&a, "c-away", "delivered", "B").await;
     b.proxy.shutdown().await;
     a.proxy.shutdown().await;
 }
@@ -400,31 +395,30 @@ async fn an_offline_device_gets_its_command_when_it_reconnects_to_the_other_repl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_replica_rebuilds_its_offline_index_from_kafka() {
     let a = TestProxy::start_with(|c| c.commands.replica_id = "A".into()).await;
-    let boot = a.bootstrap();
     let b = second_replica(&a, "B").await;
     let dev = v4_connect(persistent("dev-later", b.tcp_port())).await;
     dev.client.disconnect().await.unwrap();
-    disconnected(&boot, "dev-later").await;
-    command(&boot, "dev-later", "first", &[("command.id", "c-l1")]).await;
+    disconnected(&a, "dev-later").await;
+    command(&a, "dev-later", "first", &[("command.id", "c-l1")]).await;
     // Replica B goes away and comes back empty-handed: it must read the
     // command back from Kafka.
     b.proxy.shutdown().await;
-    command(&boot, "dev-later", "second", &[("command.id", "c-l2")]).await;
+    command(&a, "dev-later", "second", &[("command.id", "c-l2")]).await;
     let b2 = second_replica(&a, "B2").await;
     let mut back = v4_connect(persistent("dev-later", b2.tcp_port())).await;
     let got = [next_publish(&mut back).await, next_publish(&mut back).await];
     let payloads: Vec<&[u8]> = got.iter().map(|p| &p.payload[..]).collect();
     assert_eq!(payloads, [&b"first"[..], b"second"], "both, in order");
-    assert_eq!(receipt_with_id(&boot, "c-l1").await["status"], "delivered");
-    assert_eq!(receipt_with_id(&boot, "c-l2").await["status"], "delivered");
+    assert_eq!(receipt_with_id(&a, "c-l1").await["status"], "delivered");
+    assert_eq!(receipt_with_id(&a, "c-l2").await["status"], "delivered");
     b2.proxy.shutdown().await;
     a.proxy.shutdown().await;
 }
 
 /// Writes desired state to the retained-commands topic.
-async fn retained(bootstrap: &str, device: &str, mqtt_topic: &str, payload: &str) {
+async fn retained(t: &TestProxy, device: &str, mqtt_topic: &str, payload: &str) {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+        .set("bootstrap.servers", t.bootstrap())
         .create()
         .unwrap();
     let h = OwnedHeaders::new().insert(Header {
@@ -433,7 +427,7 @@ async fn retained(bootstrap: &str, device: &str, mqtt_topic: &str, payload: &str
     });
     producer
         .send(
-            FutureRecord::to("iot.retained-commands")
+            FutureRecord::to(&t.topic("iot.retained-commands"))
                 .key(device)
                 .payload(payload)
                 .headers(h),
@@ -447,15 +441,14 @@ async fn retained(bootstrap: &str, device: &str, mqtt_topic: &str, payload: &str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_commands_are_sent_on_subscribe_latest_per_topic_even_after_a_restart() {
     let a = TestProxy::start_with(|c| c.commands.replica_id = "A".into()).await;
-    let boot = a.bootstrap();
     let led = "devices/dev-state/commands/led";
     let fan = "devices/dev-state/commands/fan";
-    retained(&boot, "dev-state", led, "on").await;
-    retained(&boot, "dev-state", led, "off").await;
-    retained(&boot, "dev-state", fan, "2").await;
-    retained(&boot, "dev-state", fan, "").await; // deleted
-                                                 // A command after the retained ones: it arrives after them, so the device
-                                                 // has seen everything retained once this shows up.
+    retained(&a, "dev-state", led, "on").await;
+    retained(&a, "dev-state", led, "off").await;
+    retained(&a, "dev-state", fan, "2").await;
+    retained(&a, "dev-state", fan, "").await; // deleted
+                                              // A command after the retained ones: it arrives after them, so the device
+                                              // has seen everything retained once this shows up.
     let marker = "devices/dev-state/commands/marker";
 
     // A replica started after the writes loads them from the topic.
@@ -467,7 +460,7 @@ async fn retained_commands_are_sent_on_subscribe_latest_per_topic_even_after_a_r
             (p.topic.as_str(), &p.payload[..], p.retain),
             (led, &b"off"[..], true)
         );
-        command(&boot, "dev-state", "m", &[("mqtt.topic", marker)]).await;
+        command(&a, "dev-state", "m", &[("mqtt.topic", marker)]).await;
         let p = next_publish(&mut dev).await;
         assert_eq!(
             p.topic, marker,
@@ -475,7 +468,7 @@ async fn retained_commands_are_sent_on_subscribe_latest_per_topic_even_after_a_r
         );
         assert!(!p.retain);
         dev.client.disconnect().await.unwrap();
-        disconnected(&boot, "dev-state").await;
+        disconnected(&a, "dev-state").await;
     }
     b.proxy.shutdown().await;
     a.proxy.shutdown().await;
@@ -488,15 +481,14 @@ async fn what_falls_out_of_the_offline_queue_is_reported_as_dropped() {
         c.commands.max_queued_per_device = 1;
     })
     .await;
-    let boot = t.bootstrap();
     let dev = v4_connect(persistent("dev-full", t.tcp_port())).await;
     dev.client.disconnect().await.unwrap();
-    disconnected(&boot, "dev-full").await;
-    command(&boot, "dev-full", "first", &[("command.id", "c-f1")]).await;
-    command(&boot, "dev-full", "second", &[("command.id", "c-f2")]).await;
-    assert_receipt(&boot, "c-f1", "dropped", "A").await;
+    disconnected(&t, "dev-full").await;
+    command(&t, "dev-full", "first", &[("command.id", "c-f1")]).await;
+    command(&t, "dev-full", "second", &[("command.id", "c-f2")]).await;
+    assert_receipt(&t, "c-f1", "dropped", "A").await;
     let mut back = v4_connect(persistent("dev-full", t.tcp_port())).await;
     assert_eq!(&next_publish(&mut back).await.payload[..], b"second");
-    assert_eq!(receipt_with_id(&boot, "c-f2").await["status"], "delivered");
+    assert_eq!(receipt_with_id(&t, "c-f2").await["status"], "delivered");
     t.proxy.shutdown().await;
 }

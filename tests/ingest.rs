@@ -33,7 +33,7 @@ async fn v311_publishes_at_every_qos_reach_kafka_with_headers() {
     })
     .await
     .unwrap();
-    let recs = consume(&t.bootstrap(), "iot.events", 3).await;
+    let recs = consume(&t.bootstrap(), &t.topic("iot.events"), 3).await;
     let mut by_qos: HashMap<String, &Rec> = HashMap::new();
     for r in &recs {
         by_qos.insert(r.header("mqtt.qos").unwrap(), r);
@@ -85,7 +85,7 @@ async fn v5_properties_become_headers() {
     })
     .await
     .unwrap();
-    let recs = consume(&t.bootstrap(), "iot.snapshots", 3).await;
+    let recs = consume(&t.bootstrap(), &t.topic("iot.snapshots"), 3).await;
     let mut qos_seen: Vec<String> = recs.iter().map(|r| r.header("mqtt.qos").unwrap()).collect();
     qos_seen.sort();
     assert_eq!(qos_seen, ["0", "1", "2"]);
@@ -144,7 +144,7 @@ async fn ten_thousand_qos1_messages_from_one_device_arrive_in_order() {
         }
     });
     c.pubacks(N).await;
-    let recs = consume(&t.bootstrap(), "iot.events", N).await;
+    let recs = consume(&t.bootstrap(), &t.topic("iot.events"), N).await;
     let seq: Vec<usize> = recs
         .iter()
         .map(|r| std::str::from_utf8(&r.value).unwrap().parse().unwrap())
@@ -185,7 +185,7 @@ async fn many_devices_keep_per_device_order() {
     for task in tasks {
         task.await.unwrap();
     }
-    let recs = consume(&t.bootstrap(), "iot.events", DEVICES * EACH).await;
+    let recs = consume(&t.bootstrap(), &t.topic("iot.events"), DEVICES * EACH).await;
     let mut per_device: HashMap<String, Vec<usize>> = HashMap::new();
     for r in &recs {
         per_device
@@ -219,7 +219,7 @@ async fn tls_clients_verify_the_generated_ca_and_publish() {
             .unwrap();
     }
     c.pubacks(100).await;
-    let recs = consume(&t.bootstrap(), "iot.events", 100).await;
+    let recs = consume(&t.bootstrap(), &t.topic("iot.events"), 100).await;
     let vals: Vec<String> = recs
         .iter()
         .map(|r| String::from_utf8(r.value.clone()).unwrap())
@@ -267,6 +267,6 @@ async fn publish_pipelined_behind_connect_is_served() {
     ));
     raw.send(&bytes).await;
     assert_eq!(raw.read_exact(8).await, [0x20, 2, 0, 0, 0x40, 2, 0, 7]);
-    let recs = consume_until(&t.bootstrap(), "iot.events", |r| !r.is_empty()).await;
+    let recs = consume_until(&t.bootstrap(), &t.topic("iot.events"), |r| !r.is_empty()).await;
     assert_eq!(recs[0].value, b"first");
 }

@@ -188,9 +188,9 @@ async fn failed_delivery_closes_311_and_nacks_v5() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_in_flight_acks_then_disconnects_v5_with_0x8b() {
     use mqtt_kafka_proxy::mqtt::packet::{Packet, Properties, Publish, QoS as Q, Version};
-    let TestProxy { proxy, dir: _dir } = TestProxy::start().await;
-    let port = proxy.tcp_addr().unwrap().port();
-    let kafka = proxy.embedded_kafka().unwrap().control();
+    let t = TestProxy::start().await;
+    let port = t.tcp_port();
+    let kafka = t.proxy.embedded_kafka().unwrap().control();
     // A raw client sees every byte, in order (rumqttc drops events queued
     // before a server DISCONNECT).
     let mut raw = Raw::connect(port).await;
@@ -198,9 +198,10 @@ async fn shutdown_finishes_in_flight_acks_then_disconnects_v5_with_0x8b() {
     let connack = raw.read_exact(2).await;
     assert_eq!(connack[0], 0x20);
     raw.read_exact(connack[1] as usize).await;
-    let t = TestProxy { proxy, dir: _dir };
     journal_settled(&t, "draining").await;
-    let TestProxy { proxy, dir: _dir } = t;
+    let TestProxy {
+        proxy, dir: _dir, ..
+    } = t;
     kafka.broker_down(1).unwrap();
     let publish = Packet::Publish(Publish {
         dup: false,

@@ -242,9 +242,9 @@ fn property(props: &[(u8, Vec<u8>)], id: u8) -> Option<String> {
 }
 
 /// Produces one command for `device` to the commands topic.
-async fn command(bootstrap: &str, device: &str, payload: &str, id: &str) {
+async fn command(t: &TestProxy, device: &str, payload: &str, id: &str) {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+        .set("bootstrap.servers", t.bootstrap())
         .create()
         .unwrap();
     let headers = OwnedHeaders::new().insert(Header {
@@ -253,7 +253,7 @@ async fn command(bootstrap: &str, device: &str, payload: &str, id: &str) {
     });
     producer
         .send(
-            FutureRecord::to("iot.commands")
+            FutureRecord::to(&t.topic("iot.commands"))
                 .key(device)
                 .payload(payload)
                 .headers(headers),
@@ -334,7 +334,7 @@ async fn metrics_move_with_publishes_refusals_and_commands() {
     })
     .await
     .unwrap();
-    command(&t.bootstrap(), "ops-m1", "blink", "ops-cmd-1").await;
+    command(&t, "ops-m1", "blink", "ops-cmd-1").await;
     let p = next_matching(&mut dev.events, |e| {
         matches!(e, Event::Incoming(P4::Publish(_)))
     })
@@ -375,7 +375,7 @@ async fn metrics_move_with_publishes_refusals_and_commands() {
     );
     grew(
         "mqtt_publish_routed_total",
-        &[("kafka_topic", "iot.events")],
+        &[("kafka_topic", t.topic("iot.events").as_str())],
         N as f64,
     );
     grew("mqtt_publish_refused_total", &[("reason", "no_route")], 1.0);
@@ -441,7 +441,9 @@ async fn readyz_tracks_kafka_and_draining() {
     kafka.broker_up(1).unwrap();
     http_until(ops, "/readyz", 200, "ready").await;
 
-    let TestProxy { proxy, dir: _dir } = t;
+    let TestProxy {
+        proxy, dir: _dir, ..
+    } = t;
     let t0 = Instant::now();
     let drain = tokio::spawn(proxy.shutdown());
     let body = http_until(ops, "/readyz", 503, "not ready").await;
@@ -667,17 +669,23 @@ async fn device(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rolling_restart_of_one_replica_loses_no_acknowledged_message() {
     const DEVICES: usize = 10;
-    // The broker outlives both replicas, as a real Kafka cluster would.
+    // The broker outlives both replicas: the real cluster does; on the
+    // embedded backend a broker of the test's own.
     let dir = tempfile::tempdir().unwrap();
     let topics = test_config(dir.path()).kafka_topics();
-    let kafka = EmbeddedKafka::start(1, 3, &topics, "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("broker starts");
-    let boot = kafka.bootstrap_servers().to_owned();
+    let kafka = if real_kafka() {
+        None
+    } else {
+        Some(
+            EmbeddedKafka::start(1, 3, &topics, "127.0.0.1:0".parse().unwrap())
+                .await
+                .expect("broker starts"),
+        )
+    };
+    let boot = kafka.as_ref().map(|k| k.bootstrap_servers().to_owned());
+    let suffix = topic_suffix_for_run();
     let replica = |name: &'static str| {
-        let boot = boot.clone();
-        TestProxy::start_with(move |c| {
-            c.kafka.bootstrap_servers = boot;
+        TestProxy::start_on(boot.clone(), suffix.clone(), move |c| {
             c.commands.replica_id = name.into();
             c.listeners.tls.enabled = false;
             c.shutdown.readiness_grace_ms = 0;
@@ -706,7 +714,9 @@ async fn rolling_restart_of_one_replica_loses_no_acknowledged_message() {
         progress.iter().all(|p| p.load(Ordering::Acquire) >= 5)
     })
     .await;
-    let TestProxy { proxy, dir: _a_dir } = a;
+    let TestProxy {
+        proxy, dir: _a_dir, ..
+    } = a;
     let report = tokio::time::timeout(PATIENCE, proxy.shutdown())
         .await
         .expect("A drains");
@@ -745,7 +755,7 @@ async fn rolling_restart_of_one_replica_loses_no_acknowledged_message() {
         .map(|l| (l.id.clone(), *l.acked.last().unwrap()))
         .collect();
     let want2 = want.clone();
-    let recs = consume_until(&boot, "iot.events", move |rs| {
+    let recs = consume_until(&b.bootstrap(), &b.topic("iot.events"), move |rs| {
         want2.iter().all(|(id, last)| {
             let v = format!("{id}:{last}");
             rs.iter().any(|r| r.key == *id && r.value == v.as_bytes())

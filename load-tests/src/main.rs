@@ -8,6 +8,7 @@
 mod command_bench;
 mod device;
 mod direct;
+mod kafka;
 mod lean;
 mod report;
 mod rig;
@@ -38,6 +39,9 @@ enum Cmd {
     Rig(rig::RigArgs),
     /// Commands from Kafka to devices on two replicas, beside a direct consumer.
     CommandBench(command_bench::CommandBenchArgs),
+    /// A real Apache Kafka cluster (KRaft, 1 or 3 nodes) on loopback.
+    #[command(subcommand)]
+    Kafka(kafka::KafkaCmd),
     /// (Internal) one worker process of the rig; the argument is its JSON spec.
     Worker {
         /// The worker's spec as JSON.
@@ -79,6 +83,7 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::IngestBench(a) => rt.block_on(ingest_bench(a)),
         Cmd::CommandBench(a) => rt.block_on(command_bench::run(a)),
+        Cmd::Kafka(k) => rt.block_on(kafka::run(k)),
         Cmd::Worker { spec } => rt.block_on(worker::run(serde_json::from_str(&spec)?)),
         Cmd::Rig(a) => {
             let report = rt.block_on(rig::run(a.clone()))?;

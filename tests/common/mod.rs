@@ -1,6 +1,13 @@
-//! Test harness: a real proxy started in-process on port 0 against its
-//! embedded Kafka broker, real MQTT clients (rumqttc), and a real Kafka
-//! consumer (rdkafka) to read what landed. No fixed ports, no sleeps.
+//! Test harness: a real proxy started in-process on port 0, real MQTT
+//! clients (rumqttc), and a real Kafka consumer (rdkafka) to read what
+//! landed. No fixed ports, no sleeps.
+//!
+//! Two Kafka backends, chosen by `MKP_TEST_KAFKA`: `embedded` (the default:
+//! each proxy starts its own in-process mock broker) or `cluster` (a real
+//! Apache Kafka cluster, one per test binary, from the `kafka-cluster`
+//! crate). On the shared cluster every proxy gets its own topic names (a
+//! suffix on every topic of its config), so tests running at once never read
+//! each other's records: ask [`TestProxy::topic`] for a topic's name.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -24,6 +31,52 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 pub struct TestProxy {
     pub proxy: Proxy,
     pub dir: tempfile::TempDir,
+    /// Appended to every topic name on the shared real cluster ("" on the
+    /// embedded broker, which is this proxy's own).
+    pub topic_suffix: String,
+}
+
+/// Whether this run's backend is a real Kafka cluster (`MKP_TEST_KAFKA=cluster`).
+pub fn real_kafka() -> bool {
+    match std::env::var("MKP_TEST_KAFKA").as_deref() {
+        Ok("cluster") => true,
+        Ok("embedded") | Err(_) => false,
+        Ok(other) => panic!("MKP_TEST_KAFKA={other}: expected embedded or cluster"),
+    }
+}
+
+/// A topic suffix no other proxy of this process has.
+fn fresh_topic_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("-t{}-{n}", std::process::id())
+}
+
+/// A fresh topic suffix on the shared real cluster, "" on the embedded broker.
+pub fn topic_suffix_for_run() -> String {
+    if real_kafka() {
+        fresh_topic_suffix()
+    } else {
+        String::new()
+    }
+}
+
+/// Appends `suffix` to every Kafka topic `c` names.
+pub fn suffix_topics(c: &mut Config, suffix: &str) {
+    let add = |t: &mut String| {
+        if !t.is_empty() {
+            t.push_str(suffix);
+        }
+    };
+    for r in &mut c.routes {
+        add(&mut r.kafka_topic);
+    }
+    add(&mut c.unmatched.dead_letter_topic);
+    add(&mut c.commands.topic);
+    add(&mut c.commands.receipts_topic);
+    add(&mut c.commands.retained_topic);
+    add(&mut c.lifecycle.topic);
+    add(&mut c.lifecycle.sessions_topic);
 }
 
 /// A config for tests: loopback, port 0 everywhere, certs in a temp dir.
@@ -57,13 +110,58 @@ impl TestProxy {
         Self::start_with(|_| {}).await
     }
 
+    /// Starts a proxy on this run's backend; `f` adjusts the config (topic
+    /// names as in the default config: they get this proxy's suffix after).
     pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestProxy {
+        Self::start_on(None, topic_suffix_for_run(), f).await
+    }
+
+    /// Starts a second replica on the same Kafka and topics as `other`.
+    pub async fn start_beside(other: &TestProxy, f: impl FnOnce(&mut Config)) -> TestProxy {
+        Self::start_on(Some(other.bootstrap()), other.topic_suffix.clone(), f).await
+    }
+
+    /// Starts a proxy on `bootstrap` (default: this run's backend) with
+    /// every topic name suffixed by `topic_suffix`.
+    pub async fn start_on(
+        bootstrap: Option<String>,
+        topic_suffix: String,
+        f: impl FnOnce(&mut Config),
+    ) -> TestProxy {
         init_logging();
         let dir = tempfile::tempdir().unwrap();
         let mut c = test_config(dir.path());
+        if let Some(b) = bootstrap {
+            c.kafka.bootstrap_servers = b;
+        } else if real_kafka() {
+            let cluster = tokio::task::spawn_blocking(kafka_cluster::shared)
+                .await
+                .unwrap();
+            c.kafka.bootstrap_servers = cluster.bootstrap();
+        }
         f(&mut c);
+        suffix_topics(&mut c, &topic_suffix);
         let proxy = Proxy::start(c).await.expect("proxy starts");
-        TestProxy { proxy, dir }
+        TestProxy {
+            proxy,
+            dir,
+            topic_suffix,
+        }
+    }
+
+    /// The name `topic` (a name from the default config or the test's own
+    /// routes) has for this proxy.
+    pub fn topic(&self, topic: &str) -> String {
+        format!("{topic}{}", self.topic_suffix)
+    }
+
+    /// Where a Kafka client in another process bootstraps: the embedded
+    /// broker's public forwarder, or the real cluster.
+    pub fn public_bootstrap(&self) -> String {
+        match self.proxy.embedded_kafka() {
+            Some(k) => k.public_addr().to_string(),
+            None => self.bootstrap(),
+        }
     }
 
     pub fn tcp_port(&self) -> u16 {
