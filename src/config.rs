@@ -346,6 +346,9 @@ pub struct KafkaConfig {
     /// Any librdkafka producer option, passed through last so it wins
     /// (e.g. `"compression.type" = "lz4"`).
     pub producer: BTreeMap<String, String>,
+    /// The topics the proxy needs, checked (and created) at start-up on a
+    /// real cluster; not used with the embedded broker.
+    pub topics: TopicsConfig,
 }
 
 impl Default for KafkaConfig {
@@ -358,6 +361,7 @@ impl Default for KafkaConfig {
             embedded: EmbeddedKafkaConfig::default(),
             client: BTreeMap::new(),
             producer: BTreeMap::new(),
+            topics: TopicsConfig::default(),
         }
     }
 }
@@ -386,6 +390,7 @@ impl fmt::Debug for KafkaConfig {
             .field("embedded", &self.embedded)
             .field("client", &client)
             .field("producer", &producer)
+            .field("topics", &self.topics)
             .finish()
     }
 }
@@ -395,6 +400,42 @@ pub fn is_secret(key: &str) -> bool {
     ["password", "secret", "key.pem", "token"]
         .iter()
         .any(|s| key.contains(s))
+}
+
+/// The topics the proxy reads and writes, on a real Kafka cluster
+/// (`kafka.topics`): checked at start-up and, unless told otherwise, created
+/// when missing. The sessions and retained-commands topics are always created
+/// with `cleanup.policy=compact`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Create missing topics; false makes a missing topic a start-up error.
+    /// Default true.
+    pub create: bool,
+    /// Partitions of each created topic; -1: the broker's `num.partitions`.
+    /// Default 6.
+    pub partitions: i32,
+    /// Replication factor of each created topic; -1: the broker's
+    /// `default.replication.factor`. Default -1.
+    pub replication_factor: i32,
+    /// Upper bound on the start-up check and creation; a cluster that does
+    /// not answer within it is checked again in the background. Default 30000.
+    pub timeout_ms: u64,
+    /// Topic configs for every created topic (e.g. `"min.insync.replicas" =
+    /// "2"`, `"retention.ms" = "604800000"`). Default empty.
+    pub config: BTreeMap<String, String>,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            create: true,
+            partitions: 6,
+            replication_factor: -1,
+            timeout_ms: 30_000,
+            config: BTreeMap::new(),
+        }
+    }
 }
 
 /// The embedded Kafka-protocol broker (librdkafka's mock cluster).
@@ -1050,6 +1091,28 @@ impl Config {
                 "must be between 1 and 1024",
             ));
         }
+        let t = &k.topics;
+        if t.partitions == 0 || t.partitions < -1 {
+            return Err(invalid(
+                "kafka.topics.partitions",
+                "must be at least 1, or -1 for the broker's num.partitions",
+            ));
+        }
+        if !(1..=i16::MAX as i32).contains(&t.replication_factor) && t.replication_factor != -1 {
+            return Err(invalid(
+                "kafka.topics.replication_factor",
+                "must be between 1 and 32767, or -1 for the broker's default.replication.factor",
+            ));
+        }
+        if t.timeout_ms == 0 {
+            return Err(invalid("kafka.topics.timeout_ms", "must be at least 1"));
+        }
+        if let Some(key) = t.config.keys().find(|key| key.trim().is_empty()) {
+            return Err(invalid(
+                "kafka.topics.config",
+                format!("{key:?} is not a topic config name"),
+            ));
+        }
         for key in k.producer.keys().chain(k.client.keys()) {
             if key == "bootstrap.servers" {
                 return Err(invalid(
@@ -1285,7 +1348,9 @@ pub const ENV_PREFIX: &str = "MQTT_KAFKA_PROXY__";
 /// config file. Levels are separated by `__` and matched lower-cased
 /// (`MQTT_KAFKA_PROXY__KAFKA__BOOTSTRAP_SERVERS`); under `kafka.producer` the
 /// rest of the name is a librdkafka option with `_` for `.`
-/// (`..__KAFKA__PRODUCER__SASL_PASSWORD` → `"sasl.password"`). The value is
+/// (`..__KAFKA__PRODUCER__SASL_PASSWORD` → `"sasl.password"`), and so is it
+/// under `kafka.topics.config` (`..__KAFKA__TOPICS__CONFIG__MIN_INSYNC_REPLICAS`
+/// → `"min.insync.replicas"`). The value is
 /// read as TOML when it parses as a number, boolean or array, else as a
 /// string. A variable ending in `_FILE` takes its value from that file
 /// (trailing newline dropped), for secrets mounted as files.
@@ -1326,7 +1391,12 @@ where
         if path.iter().any(|p| p.is_empty()) {
             return Err(env_err("empty level between __ separators".into()));
         }
-        let parsed = parse_env_value(&value);
+        // Option maps hold strings, even `"min.insync.replicas" = "2"`.
+        let parsed = if in_option_map(&path) {
+            toml::Value::String(value)
+        } else {
+            parse_env_value(&value)
+        };
         let (last, parents) = path.split_last().ok_or_else(|| env_err("no key".into()))?;
         let mut table = &mut *tree;
         for p in parents {
@@ -1351,7 +1421,20 @@ fn env_path(name: &str) -> Vec<String> {
         path.truncate(2);
         path.push(option);
     }
+    // So does it in Kafka topic config names (`min.insync.replicas`).
+    if path.len() > 3 && path[..3] == ["kafka", "topics", "config"] {
+        let option = path[3..].join("_").replace('_', ".");
+        path.truncate(3);
+        path.push(option);
+    }
     path
+}
+
+/// Whether `path` is an entry of a string-valued option map (librdkafka
+/// options, Kafka topic configs).
+fn in_option_map(path: &[String]) -> bool {
+    path.len() == 3 && path[0] == "kafka" && (path[1] == "producer" || path[1] == "client")
+        || path.len() == 4 && path[..3] == ["kafka", "topics", "config"]
 }
 
 /// Whether `path` names an existing key of `tree`.
@@ -1501,6 +1584,37 @@ mod tests {
     }
 
     #[test]
+    fn topic_settings_come_from_the_environment_as_strings() {
+        let c = with_env(
+            "",
+            &[
+                ("MQTT_KAFKA_PROXY__KAFKA__TOPICS__PARTITIONS", "12"),
+                ("MQTT_KAFKA_PROXY__KAFKA__TOPICS__CREATE", "false"),
+                (
+                    "MQTT_KAFKA_PROXY__KAFKA__TOPICS__CONFIG__MIN_INSYNC_REPLICAS",
+                    "2",
+                ),
+                ("MQTT_KAFKA_PROXY__KAFKA__PRODUCER__LINGER_MS", "20"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.topics.partitions, 12);
+        assert!(!c.kafka.topics.create);
+        assert_eq!(
+            c.kafka
+                .topics
+                .config
+                .get("min.insync.replicas")
+                .map(String::as_str),
+            Some("2")
+        );
+        assert_eq!(
+            c.kafka.producer.get("linger.ms").map(String::as_str),
+            Some("20")
+        );
+    }
+
+    #[test]
     fn bad_overrides_name_the_variable_or_the_key() {
         let err = with_env("", &[("MQTT_KAFKA_PROXY__MQTT__RECIEVE_MAXIMUM", "5")]).unwrap_err();
         assert!(err.to_string().contains("recieve_maximum"), "{err}");
@@ -1558,6 +1672,16 @@ mod tests {
             (
                 "[unmatched]\naction = \"dead_letter\"\ndead_letter_topic = \"\"\n",
                 "unmatched.dead_letter_topic",
+            ),
+            ("[kafka.topics]\npartitions = 0\n", "kafka.topics.partitions"),
+            (
+                "[kafka.topics]\nreplication_factor = -2\n",
+                "kafka.topics.replication_factor",
+            ),
+            ("[kafka.topics]\ntimeout_ms = 0\n", "kafka.topics.timeout_ms"),
+            (
+                "[kafka.topics.config]\n\"\" = \"1\"\n",
+                "kafka.topics.config",
             ),
         ];
         for (text, key) in cases {

@@ -21,6 +21,7 @@ use crate::config::{Config, ConfigError};
 use crate::kafka::commands::{CommandConsumer, Journal};
 use crate::kafka::embedded::EmbeddedKafka;
 use crate::kafka::producer::Producer;
+use crate::kafka::topics::{self, TopicCheck, TopicsError};
 use crate::kafka::KafkaError;
 use crate::limits::SourceLimiter;
 use crate::ops::{self, Health};
@@ -41,6 +42,9 @@ pub enum StartError {
     /// Kafka (or the embedded broker) could not be set up.
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    /// The Kafka topics the proxy needs are missing and were not created.
+    #[error(transparent)]
+    Topics(#[from] TopicsError),
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -87,6 +91,9 @@ pub struct Proxy {
     /// handle, which must be gone before the embedded broker is.
     kafka_watch: (JoinHandle<()>, CancellationToken),
     ops_addr: Option<SocketAddr>,
+    /// The topic check on a real cluster; held so that its background
+    /// retry (when Kafka did not answer at start-up) stops with the replica.
+    _topic_check: Option<TopicCheck>,
 }
 
 impl Proxy {
@@ -128,6 +135,23 @@ impl Proxy {
         let kafka_bootstrap = match &embedded {
             Some(k) => k.bootstrap_servers().to_owned(),
             None => config.kafka.bootstrap_servers.clone(),
+        };
+        // A real cluster must hold the topics (compacted where they keep
+        // state) before the command consumer reads them.
+        let topic_check = match &embedded {
+            Some(_) => None,
+            None => Some(
+                TopicCheck::start(
+                    &kafka_bootstrap,
+                    &crate::kafka::ClientSettings {
+                        statistics_interval_ms: 0,
+                        options: config.kafka.client.clone(),
+                    },
+                    &config.kafka.topics,
+                    topics::required(&config.kafka_topics(), &config.commands, &config.lifecycle),
+                )
+                .await?,
+            ),
         };
         let producer = Producer::new(
             &config.kafka,
@@ -302,6 +326,7 @@ impl Proxy {
             ops_cancel,
             kafka_watch: (kafka_watch, kafka_watch_cancel),
             ops_addr,
+            _topic_check: topic_check,
         })
     }
 

@@ -1,13 +1,16 @@
 //! Everything that talks to Kafka: the producer that turns PUBLISH packets
-//! into records ([`producer`]), the record format ([`record`]) and the
+//! into records ([`producer`]), the record format ([`record`]), the
 //! embedded Kafka-protocol broker used when `bootstrap_servers = "embedded"`
-//! ([`embedded`]), and librdkafka statistics as metrics ([`stats`]).
+//! ([`embedded`]), librdkafka statistics as metrics ([`stats`]), and the
+//! start-up check that creates the proxy's topics on a real cluster
+//! ([`topics`]).
 
 pub mod commands;
 pub mod embedded;
 pub mod producer;
 pub mod record;
 pub mod stats;
+pub mod topics;
 
 /// Settings every Kafka client of the proxy shares.
 #[derive(Debug, Clone, Default)]
