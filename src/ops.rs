@@ -6,7 +6,7 @@
 //! runs on its own timer so a probe never waits on Kafka.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -19,15 +19,16 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::kafka::producer::Producer;
+use crate::kafka::producer::{KafkaState, Producer};
 
 /// Readiness of one replica.
 #[derive(Debug, Default)]
 pub struct Health {
     /// Set at the start of shutdown: load balancers should stop sending.
     draining: AtomicBool,
-    /// The last Kafka check succeeded.
-    kafka_reachable: AtomicBool,
+    /// What the last Kafka check found ([`KafkaState`] as a number; 0 =
+    /// not checked yet).
+    kafka: AtomicU8,
 }
 
 impl Health {
@@ -47,13 +48,22 @@ impl Health {
     }
 
     /// Records the outcome of a Kafka check.
-    pub fn set_kafka_reachable(&self, ok: bool) {
-        let was = self.kafka_reachable.swap(ok, Ordering::AcqRel);
-        if was != ok {
-            if ok {
-                tracing::info!("kafka reachable: replica ready");
-            } else {
-                tracing::warn!("kafka unreachable: /readyz reports not ready");
+    pub fn set_kafka(&self, state: KafkaState) {
+        let code = match state {
+            KafkaState::Reachable => 1,
+            KafkaState::Unreachable => 2,
+            KafkaState::Refused => 3,
+        };
+        let was = self.kafka.swap(code, Ordering::AcqRel);
+        if was != code {
+            match state {
+                KafkaState::Reachable => tracing::info!("kafka reachable: replica ready"),
+                KafkaState::Unreachable => {
+                    tracing::warn!("kafka unreachable: /readyz reports not ready")
+                }
+                KafkaState::Refused => tracing::error!(
+                    "kafka refused the proxy (authentication or TLS): /readyz reports not ready"
+                ),
             }
         }
     }
@@ -61,11 +71,13 @@ impl Health {
     /// `Ok` when ready, else why not.
     pub fn ready(&self) -> Result<(), &'static str> {
         if self.is_draining() {
-            Err("draining")
-        } else if !self.kafka_reachable.load(Ordering::Acquire) {
-            Err("kafka unreachable")
-        } else {
-            Ok(())
+            return Err("draining");
+        }
+        match self.kafka.load(Ordering::Acquire) {
+            1 => Ok(()),
+            0 => Err("starting"),
+            3 => Err("kafka refused the proxy's credentials or TLS (authentication failed)"),
+            _ => Err("kafka unreachable"),
         }
     }
 }
@@ -187,10 +199,10 @@ pub async fn watch_kafka(
             _ = tick.tick() => {
                 let p = producer.clone();
                 let timeout = every.min(Duration::from_secs(5));
-                let ok = tokio::task::spawn_blocking(move || p.reachable(timeout))
+                let state = tokio::task::spawn_blocking(move || p.check(timeout))
                     .await
-                    .unwrap_or(false);
-                health.set_kafka_reachable(ok);
+                    .unwrap_or(KafkaState::Unreachable);
+                health.set_kafka(state);
                 metrics::gauge!(crate::metrics::KAFKA_IN_FLIGHT).set(producer.in_flight() as f64);
                 metrics::gauge!(crate::metrics::READY).set(if health.ready().is_ok() { 1.0 } else { 0.0 });
             }

@@ -116,6 +116,28 @@ impl Proxy {
                 tracing::warn!(filter = %r.filter, key = %r.key, "route key template ignored: with authentication on every record is keyed by the authenticated device id");
             }
         }
+        // The ops endpoint comes first, so probes get answers while Kafka is
+        // slow to answer at start-up ("starting"), and it outlives the
+        // listeners: it reports "draining" until the very end of shutdown.
+        // If start-up fails below, the guard stops it.
+        let health = Health::new();
+        let ops_cancel = CancellationToken::new();
+        let mut ops_addr = None;
+        if config.ops.enabled {
+            let addr = config.ops.bind;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?;
+            ops_addr = listener.local_addr().ok();
+            tracing::info!(addr = ?ops_addr, "ops endpoint: /metrics /healthz /readyz");
+            tokio::spawn(ops::serve(
+                listener,
+                ops::prometheus(),
+                health.clone(),
+                ops_cancel.clone(),
+            ));
+        }
+        let ops_guard = ops_cancel.clone().drop_guard();
         let embedded = if config.embedded_kafka() {
             let e = &config.kafka.embedded;
             let kafka =
@@ -136,6 +158,21 @@ impl Proxy {
             Some(k) => k.bootstrap_servers().to_owned(),
             None => config.kafka.bootstrap_servers.clone(),
         };
+        let producer = Producer::new(
+            &config.kafka,
+            &kafka_bootstrap,
+            config.mqtt.max_packet_size_bytes,
+            config.ops.kafka_statistics_interval_ms,
+        )?;
+        // Watched from the start, so /readyz says why while the steps below
+        // wait for a Kafka that does not answer or refuses the proxy.
+        let kafka_watch_cancel = ops_cancel.child_token();
+        let kafka_watch = tokio::spawn(ops::watch_kafka(
+            producer.clone(),
+            health.clone(),
+            Duration::from_millis(config.ops.kafka_check_interval_ms.max(1)),
+            kafka_watch_cancel.clone(),
+        ));
         // A real cluster must hold the topics (compacted where they keep
         // state) before the command consumer reads them.
         let topic_check = match &embedded {
@@ -153,12 +190,6 @@ impl Proxy {
                 .await?,
             ),
         };
-        let producer = Producer::new(
-            &config.kafka,
-            &kafka_bootstrap,
-            config.mqtt.max_packet_size_bytes,
-            config.ops.kafka_statistics_interval_ms,
-        )?;
         let replica = if config.commands.replica_id.is_empty() {
             let host = std::fs::read_to_string("/etc/hostname")
                 .map(|h| h.trim().to_owned())
@@ -216,32 +247,6 @@ impl Proxy {
                 .filter(|r| !r.is_empty()),
             sources: sources.clone(),
         });
-        // The ops endpoint outlives the listeners: it reports "draining"
-        // until the very end of shutdown.
-        let health = Health::new();
-        let ops_cancel = CancellationToken::new();
-        let mut ops_addr = None;
-        if config.ops.enabled {
-            let addr = config.ops.bind;
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { addr, source })?;
-            ops_addr = listener.local_addr().ok();
-            tracing::info!(addr = ?ops_addr, "ops endpoint: /metrics /healthz /readyz");
-            tokio::spawn(ops::serve(
-                listener,
-                ops::prometheus(),
-                health.clone(),
-                ops_cancel.clone(),
-            ));
-        }
-        let kafka_watch_cancel = ops_cancel.child_token();
-        let kafka_watch = tokio::spawn(ops::watch_kafka(
-            producer.clone(),
-            health.clone(),
-            Duration::from_millis(config.ops.kafka_check_interval_ms.max(1)),
-            kafka_watch_cancel.clone(),
-        ));
 
         let permits = Arc::new(Semaphore::new(config.listeners.max_connections));
         let cancel = CancellationToken::new();
@@ -308,6 +313,7 @@ impl Proxy {
             Duration::from_millis(l.tls.reload_interval_ms),
             cancel.clone(),
         )));
+        ops_guard.disarm();
         Ok(Proxy {
             tcp_addr,
             tls_addr,
@@ -476,7 +482,16 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ShutdownReport, StartError> {
-    let proxy = Proxy::start(config).await?;
+    // Polled from the start, so a signal during a slow start-up (Kafka not
+    // answering) stops the replica cleanly instead of killing it.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let proxy = tokio::select! {
+        started = Proxy::start(config) => started?,
+        _ = &mut shutdown => {
+            tracing::info!("shutdown requested during start-up: nothing was accepted yet, exiting");
+            return Ok(ShutdownReport { connections_left: 0, records_unflushed: 0 });
+        }
+    };
     shutdown.await;
     Ok(proxy.shutdown().await)
 }

@@ -287,21 +287,41 @@ impl Cluster {
         self.spawn(n)
     }
 
-    /// Waits until every running node is a broker in the metadata.
+    /// Resumes paused nodes and starts stopped ones again, then waits until
+    /// every broker is back: puts a cluster back after a fault test.
+    pub fn heal(&self) -> Result<(), ClusterError> {
+        for n in &self.nodes {
+            let running = lock(&n.child).as_ref().map(|c| c.id());
+            match running {
+                // SAFETY: kill(2) on a child we own and have not reaped.
+                Some(pid) => unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGCONT);
+                },
+                None => self.spawn(n)?,
+            }
+        }
+        self.wait_ready()
+    }
+
+    /// Waits until every running node answers a metadata request itself
+    /// and the cluster's metadata lists that many brokers.
     pub fn wait_ready(&self) -> Result<(), ClusterError> {
-        let want = self
+        let running: Vec<&Node> = self
             .nodes
             .iter()
             .filter(|n| lock(&n.child).is_some())
-            .count();
+            .collect();
         let deadline = Instant::now() + READY_TIMEOUT;
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .set("log_level", "0")
-            .create()
-            .map_err(|e| ClusterError::NotReady(format!("metadata client: {e}")))?;
+        // Each node is asked through a fresh client bootstrapped at it alone,
+        // whose first answer comes from that node (after a quick restart the
+        // cluster's metadata may still list the old incarnation). librdkafka
+        // names the broker that answered "host:port/id".
+        let mut unconfirmed: Vec<String> = running
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.ports.plain))
+            .collect();
         loop {
-            for n in &self.nodes {
+            for n in &running {
                 let mut guard = lock(&n.child);
                 if let Some(c) = guard.as_mut() {
                     if let Ok(Some(status)) = c.try_wait() {
@@ -314,10 +334,23 @@ impl Cluster {
                     }
                 }
             }
-            if let Ok(md) = consumer.fetch_metadata(None, Duration::from_secs(2)) {
-                if md.brokers().len() >= want {
-                    return Ok(());
-                }
+            unconfirmed.retain(|addr| {
+                let Ok(c) = ClientConfig::new()
+                    .set("bootstrap.servers", addr.as_str())
+                    .set("log_level", "0")
+                    .create::<BaseConsumer>()
+                else {
+                    return true;
+                };
+                let answered = c.fetch_metadata(None, Duration::from_secs(2)).map(|md| {
+                    md.orig_broker_name().starts_with(&format!("{addr}/"))
+                        && md.brokers().len() >= running.len()
+                });
+                !matches!(answered, Ok(true))
+            });
+            let all_up = unconfirmed.is_empty();
+            if all_up {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 let tails: Vec<String> = self
@@ -326,7 +359,8 @@ impl Cluster {
                     .map(|n| format!("node {}:\n{}", n.id, log_tail(&n.dir)))
                     .collect();
                 return Err(ClusterError::NotReady(format!(
-                    "{want} brokers not in metadata after {READY_TIMEOUT:?}\n{}",
+                    "{} brokers not serving metadata after {READY_TIMEOUT:?}\n{}",
+                    running.len(),
                     tails.join("\n")
                 )));
             }
@@ -731,12 +765,17 @@ pub fn java_classpath() -> Result<String, ClusterError> {
 /// and stopped when the process exits. `MKP_TEST_KAFKA_BROKERS` sets its
 /// size (default 1). Panics if it cannot start: a test cannot go on.
 pub fn shared() -> &'static Cluster {
+    let brokers = std::env::var("MKP_TEST_KAFKA_BROKERS")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(1);
+    shared_sized(brokers)
+}
+
+/// [`shared`] with a given size; the first call in a process decides it.
+pub fn shared_sized(brokers: u32) -> &'static Cluster {
     static SHARED: OnceLock<Cluster> = OnceLock::new();
     SHARED.get_or_init(|| {
-        let brokers = std::env::var("MKP_TEST_KAFKA_BROKERS")
-            .ok()
-            .and_then(|b| b.parse().ok())
-            .unwrap_or(1);
         let cluster = Cluster::start(ClusterConfig {
             brokers,
             ..Default::default()

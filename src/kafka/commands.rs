@@ -262,51 +262,60 @@ impl CommandConsumer {
         let consumer: BaseConsumer<ConsumerStats> = cc
             .create_with_context(ConsumerStats)
             .map_err(KafkaError::Client)?;
-        let mut topics = vec![lifecycle.sessions_topic.as_str()];
+        let mut topics = vec![lifecycle.sessions_topic.clone()];
         if cfg.enabled {
-            topics.push(cfg.topic.as_str());
-            topics.push(cfg.receipts_topic.as_str());
+            topics.push(cfg.topic.clone());
+            topics.push(cfg.receipts_topic.clone());
             if !cfg.retained_topic.is_empty() {
-                topics.push(cfg.retained_topic.as_str());
+                topics.push(cfg.retained_topic.clone());
             }
         }
-        // Where each partition ends now: the rebuild reads up to here, live
-        // consumption starts here.
-        let mut ends: Vec<(String, i32, i64)> = Vec::new();
-        for topic in topics {
-            let md = consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(10))
-                .map_err(KafkaError::Client)?;
-            let partitions = md.topics().first().map_or(0, |t| t.partitions().len());
-            for p in 0..partitions as i32 {
-                let (_, high) = consumer
-                    .fetch_watermarks(topic, p, Duration::from_secs(10))
-                    .map_err(KafkaError::Client)?;
-                ends.push((topic.to_owned(), p, high));
+        let state = Rebuild {
+            offline: &offline,
+            retained: &retained,
+            table: &table,
+            journal: &journal,
+        };
+        // Kafka may not answer yet (down, or refusing our credentials): the
+        // replica starts anyway, not ready, and the thread below keeps trying;
+        // commands are not delivered until it succeeds.
+        let mut assigned = match assign_from_now(&consumer, cfg, lifecycle, &topics, state) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "command consumer: kafka did not answer at start-up; retrying in the background, commands wait until then");
+                false
             }
-        }
-        if cfg.enabled {
-            let state = Rebuild {
-                offline: &offline,
-                retained: &retained,
-                table: &table,
-                journal: &journal,
-            };
-            rebuild(&consumer, cfg, &lifecycle.sessions_topic, &ends, state)?;
-        }
-        let mut tpl = TopicPartitionList::new();
-        for (topic, p, high) in &ends {
-            tpl.add_partition_offset(topic, *p, Offset::Offset(*high))
-                .map_err(KafkaError::Client)?;
-        }
-        consumer.assign(&tpl).map_err(KafkaError::Client)?;
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let cfg = cfg.clone();
         let sessions_topic = lifecycle.sessions_topic.clone();
+        let lifecycle = lifecycle.clone();
         let thread = std::thread::Builder::new()
             .name("command-consumer".into())
             .spawn(move || {
+                let mut backoff = Duration::from_secs(1);
+                while !assigned && !flag.load(Ordering::Relaxed) {
+                    // In steps, so that a stop is not held up by the backoff.
+                    let until = std::time::Instant::now() + backoff;
+                    while std::time::Instant::now() < until && !flag.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    let state = Rebuild {
+                        offline: &offline,
+                        retained: &retained,
+                        table: &table,
+                        journal: &journal,
+                    };
+                    match assign_from_now(&consumer, &cfg, &lifecycle, &topics, state) {
+                        Ok(()) => {
+                            tracing::info!("command consumer: kafka answered, consuming commands");
+                            assigned = true;
+                        }
+                        Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "command consumer: kafka still not answering"),
+                    }
+                }
                 let mut last_sweep = std::time::Instant::now();
                 while !flag.load(Ordering::Relaxed) {
                     if last_sweep.elapsed() >= SWEEP_EVERY {
@@ -490,6 +499,40 @@ fn on_retained<M: Message>(
 /// reported an outcome for, so a restarted replica can still deliver them;
 /// and loads every retained command.
 /// What the start-up rebuild fills in.
+/// Reads where every partition of `topics` ends now, rebuilds the offline
+/// index and retained store up to there, and assigns the consumer from
+/// there: nothing written after this returns can be missed.
+fn assign_from_now(
+    consumer: &BaseConsumer<ConsumerStats>,
+    cfg: &CommandsConfig,
+    lifecycle: &LifecycleConfig,
+    topics: &[String],
+    state: Rebuild<'_>,
+) -> Result<(), KafkaError> {
+    let mut ends: Vec<(String, i32, i64)> = Vec::new();
+    for topic in topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(KafkaError::Client)?;
+        let partitions = md.topics().first().map_or(0, |t| t.partitions().len());
+        for p in 0..partitions as i32 {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map_err(KafkaError::Client)?;
+            ends.push((topic.clone(), p, high));
+        }
+    }
+    if cfg.enabled {
+        rebuild(consumer, cfg, &lifecycle.sessions_topic, &ends, state)?;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, p, high) in &ends {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*high))
+            .map_err(KafkaError::Client)?;
+    }
+    consumer.assign(&tpl).map_err(KafkaError::Client)
+}
+
 struct Rebuild<'a> {
     offline: &'a OfflineIndex,
     retained: &'a RetainedStore,

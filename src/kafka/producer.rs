@@ -6,7 +6,7 @@
 //! record back and connections wait on [`Producer::wait_for_space`] instead
 //! of reading more from their sockets — backpressure, never a buffer.
 
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use tokio::sync::{oneshot, Notify};
 
 use super::KafkaError;
 use crate::config::KafkaConfig;
+use crate::limits::LogThrottle;
 use crate::metrics as m;
 
 /// The outcome of one record: `Ok` once Kafka has it (acks=all), or why not.
@@ -33,6 +34,17 @@ pub enum Delivery {
     Fire,
 }
 
+/// What the last look at Kafka found, for `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaState {
+    /// A broker answered.
+    Reachable,
+    /// No broker answered in time.
+    Unreachable,
+    /// A broker refused the proxy's credentials (SASL) or TLS handshake.
+    Refused,
+}
+
 /// librdkafka callbacks: delivery reports, errors, logs.
 pub struct ProxyContext {
     space: Notify,
@@ -40,6 +52,11 @@ pub struct ProxyContext {
     /// Records handed to librdkafka and not yet reported on. Unlike
     /// librdkafka's `outq_len`, this counts records only, not protocol requests.
     records: AtomicI64,
+    /// A broker refused authentication or the TLS handshake since the last
+    /// successful metadata request.
+    refused: AtomicBool,
+    /// librdkafka reports a refusal on every reconnect: one line a minute.
+    refused_log: LogThrottle,
 }
 
 impl ClientContext for ProxyContext {
@@ -49,7 +66,24 @@ impl ClientContext for ProxyContext {
 
     fn error(&self, error: RdError, reason: &str) {
         metrics::counter!(m::KAFKA_CLIENT_ERRORS).increment(1);
-        tracing::warn!(%error, reason, "kafka client error");
+        let refusal = match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Authentication) => Some(
+                "Kafka refused the proxy's credentials (SASL authentication failed): check kafka.client sasl.mechanisms, sasl.username and sasl.password; this replica stays up, reports not ready on /readyz and keeps retrying",
+            ),
+            Some(RDKafkaErrorCode::SSL) => Some(
+                "TLS to Kafka failed: check kafka.client ssl.ca.location (the brokers' CA) and security.protocol; this replica stays up, reports not ready on /readyz and keeps retrying",
+            ),
+            _ => None,
+        };
+        match refusal {
+            Some(what) => {
+                self.refused.store(true, Ordering::Release);
+                if let Some(held_back) = self.refused_log.allow() {
+                    tracing::error!(reason, held_back, "{what}");
+                }
+            }
+            None => tracing::warn!(%error, reason, "kafka client error"),
+        }
     }
 }
 
@@ -160,6 +194,8 @@ impl Producer {
             space: Notify::new(),
             waiting: AtomicUsize::new(0),
             records: AtomicI64::new(0),
+            refused: AtomicBool::new(false),
+            refused_log: LogThrottle::new(Duration::from_secs(60)),
         };
         let inner: ThreadedProducer<ProxyContext> = cc
             .create_with_context(context)
@@ -204,10 +240,19 @@ impl Producer {
         ctx.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Whether a broker answers a metadata request within `timeout`
-    /// (blocking; call from a blocking thread).
-    pub fn reachable(&self, timeout: Duration) -> bool {
-        self.inner.client().fetch_metadata(None, timeout).is_ok()
+    /// Whether a broker answers a metadata request within `timeout`, and if
+    /// not, whether one refused the proxy (blocking; call from a blocking
+    /// thread).
+    pub fn check(&self, timeout: Duration) -> KafkaState {
+        let ctx = self.inner.context();
+        if self.inner.client().fetch_metadata(None, timeout).is_ok() {
+            ctx.refused.store(false, Ordering::Release);
+            KafkaState::Reachable
+        } else if ctx.refused.load(Ordering::Acquire) {
+            KafkaState::Refused
+        } else {
+            KafkaState::Unreachable
+        }
     }
 
     /// Records handed to the producer that have no outcome yet.

@@ -46,7 +46,7 @@ pub fn real_kafka() -> bool {
 }
 
 /// A topic suffix no other proxy of this process has.
-fn fresh_topic_suffix() -> String {
+pub fn fresh_topic_suffix() -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("-t{}-{n}", std::process::id())
