@@ -217,7 +217,7 @@ async fn nothing_but_sentinel(t: &TestProxy, client_id: &str) -> Vec<Rec> {
         .await
         .unwrap();
     c.pubacks(1).await;
-    let recs = consume_until(&t.bootstrap(), "iot.events", |r| {
+    let recs = consume_until(&t.bootstrap(), &t.topic("iot.events"), |r| {
         r.iter().any(|r| r.value == b"sentinel")
     })
     .await;
@@ -784,7 +784,7 @@ async fn unmatched_topic_gets_reason_0x90_from_a_v5_connection_that_stays_usable
         );
     }
 
-    let recs = consume(&t.bootstrap(), "iot.events", 1).await;
+    let recs = consume(&t.bootstrap(), &t.topic("iot.events"), 1).await;
     assert_eq!(recs[0].value, b"kept");
     t.proxy.shutdown().await;
 }
@@ -812,7 +812,7 @@ async fn unmatched_topic_goes_to_the_dead_letter_topic_when_configured() {
         "dead-lettered is accepted"
     );
 
-    let mut recs = consume(&t.bootstrap(), "iot.deadletter", 2).await;
+    let mut recs = consume(&t.bootstrap(), &t.topic("iot.deadletter"), 2).await;
     recs.sort_by(|a, b| a.key.cmp(&b.key));
     assert_eq!(recs[0].key, "dl-311");
     assert_eq!(recs[0].value, b"lost-311");
@@ -924,7 +924,7 @@ async fn qos2_resend_before_pubrel_is_produced_once() {
         (0x40, vec![0, 10]),
         "PUBACK 10"
     );
-    let recs = consume_until(&t.bootstrap(), "iot.events", |r| {
+    let recs = consume_until(&t.bootstrap(), &t.topic("iot.events"), |r| {
         r.iter().any(|r| r.value == b"sentinel")
     })
     .await;
@@ -1070,7 +1070,7 @@ async fn topic_alias_rules() {
         );
         assert_eq!(reason_at(&body, 2), reason::SUCCESS, "PUBACK {pid}");
     }
-    let recs = consume(&t.bootstrap(), "iot.events", 4).await;
+    let recs = consume(&t.bootstrap(), &t.topic("iot.events"), 4).await;
     let got: Vec<(String, Option<String>)> = recs
         .iter()
         .map(|r| {
@@ -1160,7 +1160,7 @@ async fn v311_qos2_pipelined_beyond_receive_maximum_is_not_refused() {
             "PUBCOMP {pid}"
         );
     }
-    let recs = consume(&t.bootstrap(), "iot.events", 3).await;
+    let recs = consume(&t.bootstrap(), &t.topic("iot.events"), 3).await;
     let values: Vec<&[u8]> = recs.iter().map(|r| r.value.as_slice()).collect();
     assert_eq!(values, [b"1", b"2", b"3"]);
     t.proxy.shutdown().await;
@@ -1193,7 +1193,7 @@ async fn v311_rumqttc_qos2_burst_completes_with_the_default_config() {
         .await
         .unwrap_or_else(|e| panic!("after {i} PUBCOMPs: {e}"));
     }
-    let recs = consume(&t.bootstrap(), "iot.events", N).await;
+    let recs = consume(&t.bootstrap(), &t.topic("iot.events"), N).await;
     let seq: Vec<usize> = recs
         .iter()
         .map(|r| std::str::from_utf8(&r.value).unwrap().parse().unwrap())
@@ -1329,7 +1329,7 @@ async fn good_clients_are_unaffected_by_hostile_ones() {
         h.await.unwrap();
     }
     good.await.unwrap();
-    let recs = consume(&t.bootstrap(), "iot.events", 2 * EACH).await;
+    let recs = consume(&t.bootstrap(), &t.topic("iot.events"), 2 * EACH).await;
     for key in ["good-311", "good-5"] {
         let seq: Vec<usize> = recs
             .iter()
