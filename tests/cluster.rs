@@ -196,27 +196,14 @@ async fn two_brokers_down_no_success_is_acknowledged_and_the_resend_lands_once_t
         }
         packet_id += 1;
     }
-    loop {
-        assert!(Instant::now() < deadline, "3.1.1 resend never acknowledged");
-        let mut again = v4_connect(v4_options("rep-311", port)).await;
-        again
-            .client
-            .publish(
-                "devices/rep-311/events/e",
-                QoS::AtLeastOnce,
-                false,
-                "during",
-            )
-            .await
-            .unwrap();
-        let ack = next_matching(&mut again.events, |e| {
-            matches!(e, Event::Incoming(Packet::PubAck(_)))
-        })
-        .await;
-        if ack.is_ok() {
-            break;
-        }
-    }
+    v4_publish_until_acked(
+        port,
+        "rep-311",
+        "devices/rep-311/events/e",
+        "during",
+        deadline.saturating_duration_since(Instant::now()),
+    )
+    .await;
     let recs = consume_until(&t.bootstrap(), &events, |rs| {
         ["rep-5", "rep-311"]
             .iter()
@@ -271,14 +258,6 @@ async fn steady_device(
     ledger
 }
 
-async fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + PATIENCE * 2;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partition_leader_killed_mid_stream_loses_no_acknowledged_message() {
     const DEVICES: usize = 6;
@@ -297,7 +276,7 @@ async fn a_partition_leader_killed_mid_stream_loses_no_acknowledged_message() {
             ))
         })
         .collect();
-    wait_for("every device acknowledged 20 times", || {
+    eventually_within("every device acknowledged 20 times", PATIENCE * 2, || {
         acked.iter().all(|a| a.load(Ordering::Acquire) >= 20)
     })
     .await;
@@ -311,12 +290,16 @@ async fn a_partition_leader_killed_mid_stream_loses_no_acknowledged_message() {
     .await;
     let at_kill: Vec<usize> = acked.iter().map(|a| a.load(Ordering::Acquire)).collect();
     // Leadership moves to an in-sync follower; publishing goes on.
-    wait_for("20 more acknowledgements per device after the kill", || {
-        acked
-            .iter()
-            .zip(&at_kill)
-            .all(|(a, k)| a.load(Ordering::Acquire) >= k + 20)
-    })
+    eventually_within(
+        "20 more acknowledgements per device after the kill",
+        PATIENCE * 2,
+        || {
+            acked
+                .iter()
+                .zip(&at_kill)
+                .all(|(a, k)| a.load(Ordering::Acquire) >= k + 20)
+        },
+    )
     .await;
     on_cluster(move |c| c.restart(victim).unwrap()).await;
     stop.store(true, Ordering::Release);

@@ -10,18 +10,6 @@ use std::time::Duration;
 use common::*;
 use rumqttc::{Event, Packet, QoS};
 
-/// Polls `cond` until it holds or [`PATIENCE`] runs out.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Waits until the proxy's own records about `client_id` (lifecycle and
 /// session announcement) are in Kafka, so the producer's in-flight count
 /// afterwards is only the test's messages.
@@ -150,31 +138,14 @@ async fn failed_delivery_closes_311_and_nacks_v5() {
     // After the outage the device resends until it is acknowledged, as a
     // real one does: a record sent before the producer has reconnected may
     // still time out, and then the proxy closes again.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never acknowledged after the outage"
-        );
-        let mut again = v4_connect(v4_options("fail-311", t.tcp_port())).await;
-        again
-            .client
-            .publish(
-                "devices/fail-311/events/e",
-                QoS::AtLeastOnce,
-                false,
-                "resent",
-            )
-            .await
-            .unwrap();
-        let ack = next_matching(&mut again.events, |e| {
-            matches!(e, Event::Incoming(Packet::PubAck(_)))
-        })
-        .await;
-        if ack.is_ok() {
-            break;
-        }
-    }
+    v4_publish_until_acked(
+        t.tcp_port(),
+        "fail-311",
+        "devices/fail-311/events/e",
+        "resent",
+        PATIENCE,
+    )
+    .await;
     let recs = consume_until(&t.bootstrap(), "iot.events", |r| {
         r.iter().any(|r| r.value == b"resent")
     })

@@ -264,15 +264,6 @@ async fn command(t: &TestProxy, device: &str, payload: &str, id: &str) {
         .unwrap();
 }
 
-/// Polls `cond` until it holds or [`PATIENCE`] runs out.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 // ---------------------------------------------------------------------------
 // 1. Metrics.
 // ---------------------------------------------------------------------------

@@ -181,6 +181,55 @@ impl TestProxy {
     }
 }
 
+/// Polls `cond` every 20 ms until it holds; panics naming `what` after `limit`.
+pub async fn eventually_within(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// [`eventually_within`] the test's [`PATIENCE`].
+pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    eventually_within(what, PATIENCE, cond).await
+}
+
+/// Reconnects a 3.1.1 client `id` and publishes `payload` at QoS 1 until a
+/// PUBACK comes, as a real device does after an outage (the proxy closes a
+/// 3.1.1 connection whose record Kafka did not take). Panics after `limit`.
+pub async fn v4_publish_until_acked(
+    port: u16,
+    id: &str,
+    topic: &str,
+    payload: &str,
+    limit: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id}: never acknowledged after the outage"
+        );
+        let mut again = v4_connect(v4_options(id, port)).await;
+        again
+            .client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+        let ack = next_matching(&mut again.events, |e| {
+            matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))
+        })
+        .await;
+        if ack.is_ok() {
+            return;
+        }
+    }
+}
+
 /// One Kafka record as a downstream consumer sees it.
 #[derive(Debug, Clone)]
 pub struct Rec {
