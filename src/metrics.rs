@@ -61,5 +61,7 @@ pub const PUBLISH_ROUTED: &str = "mqtt_publish_routed_total";
 pub const BYTES_RECEIVED: &str = "mqtt_bytes_received_total";
 /// Counter: bytes written to device sockets (before TLS).
 pub const BYTES_SENT: &str = "mqtt_bytes_sent_total";
+/// Counter: records the embedded Kafka broker dropped under its retention limits, labelled by `topic`.
+pub const EMBEDDED_KAFKA_RECORDS_DROPPED: &str = "embedded_kafka_records_dropped_total";
 /// Gauge: 1 while the replica is ready (Kafka reachable, not draining).
 pub const READY: &str = "proxy_ready";
