@@ -40,7 +40,8 @@ enum Command {
         /// Partitions of each topic.
         #[arg(long, default_value_t = 6)]
         partitions: u32,
-        /// Topics to create, comma-separated (default: the config's routes).
+        /// More topics to create, comma-separated, besides every topic the
+        /// config names (a proxy checks at start-up that all of its exist).
         #[arg(long, value_delimiter = ',')]
         topics: Vec<String>,
     },
@@ -95,12 +96,13 @@ fn main() -> ExitCode {
         listen,
         brokers,
         partitions,
-        mut topics,
+        topics: extra,
     }) = cli.command
     {
-        if topics.is_empty() {
-            topics = config.kafka_topics();
-        }
+        let mut topics = config.kafka_topics();
+        topics.extend(extra);
+        topics.sort();
+        topics.dedup();
         let run = mqtt_kafka_proxy::kafka::embedded::run_standalone(
             listen,
             brokers,

@@ -128,7 +128,9 @@ fn payload(n: usize) -> Vec<u8> {
 
 async fn ingest_bench(a: IngestArgs) -> Result<()> {
     let topic = "iot.events".to_string();
-    let kafka = EmbeddedKafka::start(1, a.partitions, &[topic.clone()], "127.0.0.1:0".parse()?)
+    // Every topic the proxy names: it checks at start-up that they exist.
+    let topics = Config::default().kafka_topics();
+    let kafka = EmbeddedKafka::start(1, a.partitions, &topics, "127.0.0.1:0".parse()?)
         .await
         .context("embedded broker")?;
     let bootstrap = kafka.bootstrap_servers().to_owned();
