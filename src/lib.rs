@@ -23,7 +23,9 @@
 //! - [`server`]: listeners, accept loops, TLS.
 //! - [`session`]: the per-connection task and its framed socket.
 //! - [`router`]: MQTT topic → Kafka topic and key.
-//! - [`kafka`]: the producer, the record format, the embedded broker.
+//! - [`kafka`]: the producer, the record format, the command consumer, the
+//!   start-up topic check on a real cluster, the embedded broker (with the
+//!   forwarders that let every Kafka client read it).
 //! - [`metrics`]: every metric name.
 //! - [`proxy`]: start-up and graceful shutdown of the whole replica.
 
