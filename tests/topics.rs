@@ -79,6 +79,19 @@ fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
 }
 
 /// Partition counts of the topics of `names` that exist.
+/// Polls the metadata until all of `names` show (a broker learns of a new
+/// topic a moment after CreateTopics returns), or [`common::PATIENCE`] ends.
+async fn visible_partitions(bootstrap: &str, names: &[String]) -> HashMap<String, usize> {
+    let deadline = Instant::now() + common::PATIENCE;
+    loop {
+        let counts = partitions(bootstrap, names);
+        if counts.len() == names.len() || Instant::now() > deadline {
+            return counts;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn partitions(bootstrap: &str, names: &[String]) -> HashMap<String, usize> {
     let md = admin(bootstrap)
         .inner()
@@ -128,7 +141,7 @@ async fn a_fresh_cluster_gets_every_topic_compacted_where_it_keeps_state() {
 
     let proxy = Proxy::start(c).await.expect("proxy starts");
 
-    let counts = partitions(&bootstrap, &needed);
+    let counts = visible_partitions(&bootstrap, &needed).await;
     for name in &needed {
         assert_eq!(counts.get(name), Some(&4), "{name}: {counts:?}");
     }
@@ -160,6 +173,8 @@ async fn without_create_missing_topics_fail_start_up_by_name() {
         .unwrap()
         .remove(0)
         .unwrap();
+    // Real Kafka: the broker's metadata shows it a moment after creation.
+    assert_eq!(visible_partitions(&bootstrap, &needed[..1]).await.len(), 1);
 
     let started = Instant::now();
     let err = match Proxy::start(c).await {
@@ -219,7 +234,7 @@ async fn existing_topics_are_left_as_they_are() {
         .config
         .insert("retention.ms".into(), "60000".into());
     let b = Proxy::start(second).await.expect("second replica starts");
-    let counts = partitions(&bootstrap, &needed);
+    let counts = visible_partitions(&bootstrap, &needed).await;
     assert!(
         needed.iter().all(|n| counts.get(n) == Some(&3)),
         "{counts:?}"
@@ -241,6 +256,8 @@ async fn existing_topics_are_left_as_they_are() {
         .unwrap()
         .remove(0)
         .unwrap();
+    let sessions_only = std::slice::from_ref(&sessions);
+    assert_eq!(visible_partitions(&bootstrap, sessions_only).await.len(), 1);
     let p = Proxy::start(c)
         .await
         .expect("starts with an uncompacted topic");
@@ -348,7 +365,7 @@ async fn an_unreachable_cluster_is_checked_again_in_the_background() {
         assert!(Instant::now() < deadline, "background check never finished");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let counts = partitions(&bootstrap, &needed);
+    let counts = visible_partitions(&bootstrap, &needed).await;
     assert_eq!(counts.len(), needed.len(), "{counts:?}");
     let policies = topic_config(&bootstrap, &needed, "cleanup.policy").await;
     assert_eq!(policies[&format!("{prefix}.sessions")], "compact");

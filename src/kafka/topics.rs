@@ -234,6 +234,9 @@ fn retriable(code: Code) -> bool {
     )
 }
 
+/// Bound on reading the state topics' `cleanup.policy` at start-up.
+const COMPACTION_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The admin client the check runs on.
 pub struct Admin {
     client: Arc<Client>,
@@ -425,7 +428,12 @@ impl Admin {
         }
         let specifiers: Vec<ResourceSpecifier<'_>> =
             names.iter().map(|n| ResourceSpecifier::Topic(n)).collect();
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        // Advisory (it only logs), so bounded tighter than the check: a broker
+        // without DescribeConfigs (the embedded mock, which a standalone
+        // `dev-kafka` serves) never answers it.
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .min(COMPACTION_CHECK_TIMEOUT);
         let opts = AdminOptions::new().request_timeout(Some(remaining));
         let results = match self.client.describe_configs(&specifiers, &opts).await {
             Ok(r) => r,
