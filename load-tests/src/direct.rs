@@ -54,7 +54,7 @@ pub async fn produce(
                 delivered: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
             })?;
-        let keys: Vec<String> = (0..devices).map(|d| crate::worker::device_id(d)).collect();
+        let keys: Vec<String> = (0..devices).map(crate::worker::device_id).collect();
         // One sending thread per core, so the direct path is limited by the
         // broker and librdkafka, not by a single caller thread.
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;

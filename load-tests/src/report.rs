@@ -23,9 +23,11 @@ pub struct Sample {
     pub puback_p99_ms: f64,
     /// Sum of replica RSS, MiB.
     pub proxy_rss_mib: f64,
+    /// Sum of the broker processes' RSS (every cluster node), MiB.
+    pub broker_rss_mib: f64,
     /// CPU cores used by the replicas in this second.
     pub proxy_cores: f64,
-    /// CPU cores used by the broker in this second.
+    /// CPU cores used by the broker (all cluster nodes together) in this second.
     pub broker_cores: f64,
     /// CPU cores used by the simulator workers in this second.
     pub workers_cores: f64,
@@ -47,6 +49,9 @@ pub struct Reference {
 /// Everything the run measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
+    /// Which Kafka ran: the embedded mock broker, or the real cluster with
+    /// its broker count, replication factor and `min.insync.replicas`.
+    pub kafka: String,
     /// Scenario name.
     pub scenario: String,
     /// Devices simulated.
@@ -101,8 +106,10 @@ pub struct Report {
     pub proxy_bytes_per_conn_load: f64,
     /// Proxy CPU seconds (all replicas) per 1,000 messages.
     pub proxy_cpu_s_per_1k_msgs: f64,
-    /// Broker CPU seconds per 1,000 messages.
+    /// Broker CPU seconds (all cluster nodes) per 1,000 messages.
     pub broker_cpu_s_per_1k_msgs: f64,
+    /// Peak RSS of the broker processes together (all cluster nodes), MiB.
+    pub broker_rss_peak_mib: f64,
     /// Average CPU cores in use while traffic flowed: proxy replicas, broker, simulator workers.
     pub cores_during_traffic: (f64, f64, f64),
     /// Reference broker memory, if measured.
@@ -117,6 +124,7 @@ impl Report {
         let mut s = String::new();
         let v = &self.verdict;
         let rows: Vec<(&str, String)> = vec![
+            ("Kafka", self.kafka.clone()),
             (
                 "scenario",
                 format!(
@@ -193,6 +201,10 @@ impl Report {
                 format!("{:.0} MiB", self.proxy_rss_baseline_mib),
             ),
             (
+                "broker RSS peak (all nodes)",
+                format!("{:.0} MiB", self.broker_rss_peak_mib),
+            ),
+            (
                 "CPU s per 1,000 msgs: proxy / broker",
                 format!(
                     "{:.3} / {:.3}",
@@ -248,6 +260,7 @@ impl Report {
             ("Proxy RSS, all replicas (MiB)", series(|s| s.proxy_rss_mib)),
             ("CPU cores: proxy replicas", series(|s| s.proxy_cores)),
             ("CPU cores: broker", series(|s| s.broker_cores)),
+            ("Broker RSS, all nodes (MiB)", series(|s| s.broker_rss_mib)),
             ("CPU cores: simulator workers", series(|s| s.workers_cores)),
         ];
         let mut h = String::from(
@@ -257,8 +270,9 @@ impl Report {
         );
         let _ = write!(
             h,
-            "<h1>mqtt-kafka-proxy load test: {}</h1><table>",
-            self.scenario
+            "<h1>mqtt-kafka-proxy load test: {}</h1><p>Kafka: {}</p><table>",
+            self.scenario,
+            self.kafka.replace('<', "&lt;")
         );
         for line in self.table().lines().skip(2) {
             let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();

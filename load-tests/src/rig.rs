@@ -1,9 +1,13 @@
-//! The rig: one command that starts a standalone embedded Kafka broker
-//! (`mqtt-kafka-proxy dev-kafka`), K proxy replicas sharing one port with
-//! SO_REUSEPORT (the kernel spreads connections like an L4 load balancer),
-//! the verifier, and worker processes that simulate the fleet from several
-//! loopback source addresses; it samples memory and CPU of every process,
-//! shows progress, writes the report, and tears everything down.
+//! The rig: one command that starts Kafka (`--kafka embedded`: the
+//! embedded broker as its own process, `mqtt-kafka-proxy dev-kafka`;
+//! `--kafka cluster`: a real Apache Kafka cluster of `--brokers` JVM nodes,
+//! see [`backend`]), K proxy replicas sharing one port with SO_REUSEPORT
+//! (the kernel spreads connections like an L4 load balancer), the verifier,
+//! and worker processes that simulate the fleet from several loopback
+//! source addresses; it samples memory and CPU of every process (the
+//! cluster's nodes together as "broker"), shows progress, measures a direct
+//! producer into the same Kafka, writes the report, and tears everything
+//! down, on error paths too.
 
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -19,6 +23,20 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::report::{Reference, Report, Sample};
 use crate::verify::Verifier;
 use crate::worker::{Progress, Scenario, WorkerSpec};
+
+mod backend;
+
+pub use backend::KafkaBackend;
+use backend::RigKafka;
+
+/// The topics the fleet writes through the replicas (the default routes).
+const INGEST_TOPICS: [&str; 2] = ["iot.events", "iot.snapshots"];
+/// The topic the direct-producer comparison writes.
+const DIRECT_TOPIC: &str = "bench.direct";
+
+/// Each finished worker's PUBACK latency histogram, as (µs, count) pairs,
+/// filled by the threads that read the workers' stdout.
+type Histograms = Arc<Mutex<Vec<Vec<(u64, u64)>>>>;
 
 /// Options of `load-tests rig`.
 #[derive(clap::Args, Clone, Debug)]
@@ -63,9 +81,18 @@ pub struct RigArgs {
     /// the single-threaded embedded broker (see the README).
     #[arg(long, default_value_t = 5)]
     pub linger_ms: u64,
-    /// Partitions of each topic on the broker.
+    /// Partitions of each topic on the broker (on the cluster: the
+    /// replicas' `[kafka.topics] partitions`).
     #[arg(long, default_value_t = 24)]
     pub partitions: u32,
+    /// Which Kafka: the embedded mock broker in its own process, or a real
+    /// Apache Kafka cluster (KRaft JVM nodes on loopback, RF min(3, brokers),
+    /// min.insync.replicas min(2, brokers)).
+    #[arg(long, value_enum, default_value = "embedded")]
+    pub kafka: KafkaBackend,
+    /// Brokers of the real cluster (with `--kafka cluster`).
+    #[arg(long, default_value_t = 3)]
+    pub brokers: u32,
     /// Most devices per worker process (each process may hold < 20,000 files).
     #[arg(long, default_value_t = 12_500)]
     pub devices_per_worker: u64,
@@ -145,6 +172,28 @@ pub fn proc_usage(pid: u32) -> (u64, f64) {
     (rss, cpu)
 }
 
+/// Summed RSS and CPU seconds of several processes (the cluster's nodes).
+fn pids_usage(pids: &[u32]) -> (u64, f64) {
+    pids.iter()
+        .map(|p| proc_usage(*p))
+        .fold((0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
+}
+
+/// The child gets SIGTERM when the rig dies (even by SIGKILL), so no
+/// replica or worker outlives it. `PR_SET_PDEATHSIG` fires when the
+/// *spawning thread* exits: the rig spawns from the thread that runs
+/// `block_on`, which lives as long as the process.
+fn tie_to_rig(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -155,6 +204,7 @@ fn free_port() -> Result<u16> {
 /// the process and that line. Later stdout lines go to `log`.
 fn spawn_until(name: &str, mut cmd: Command, ready: &str, log: &Path) -> Result<(Proc, String)> {
     let stderr = std::fs::File::create(log.with_extension("err"))?;
+    tie_to_rig(&mut cmd);
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(stderr)
@@ -214,70 +264,53 @@ pub async fn run(a: RigArgs) -> Result<Report> {
         &certs.join("server.key"),
     )?;
 
-    // The shared broker, in its own process.
-    let kafka_port = free_port()?;
-    let mut cmd = Command::new(&proxy_bin);
-    cmd.args(["dev-kafka", "--listen", &format!("127.0.0.1:{kafka_port}")])
-        .args(["--partitions", &a.partitions.to_string()])
-        .args(["--topics", "iot.events,iot.snapshots,bench.direct"])
-        .env("RUST_LOG", "warn");
-    let (mut broker, _) = spawn_until(
-        "dev-kafka",
-        cmd,
-        "dev-kafka bootstrap=",
-        &out.join("dev-kafka.log"),
-    )?;
-    let bootstrap = format!("127.0.0.1:{kafka_port}");
+    // Every topic the replicas use (routes, commands, sessions, lifecycle),
+    // read from their own config.
+    let replica_topics = mqtt_kafka_proxy::Config::parse(&replica_config(&a, 0, "", &certs))
+        .map_err(|e| anyhow::anyhow!("the replicas' config: {e}"))?
+        .kafka_topics();
+
+    // The shared Kafka: the embedded broker's process or the cluster's JVMs.
+    let mut kafka = RigKafka::start(
+        a.kafka,
+        a.brokers,
+        a.partitions,
+        &replica_topics,
+        DIRECT_TOPIC,
+        &proxy_bin,
+        &out,
+    )
+    .await?;
+    // Every exit from here on, error or not, stops Kafka before returning:
+    // the cluster's JVMs must not outlive the run.
+    let result = drive(&a, &mut kafka, &exe, &proxy_bin, &out, &ca, &certs, epoch).await;
+    kafka.stop().await;
+    result
+}
+
+/// Everything after Kafka is up: replicas, verifier, workers, the direct
+/// producer, teardown of the replicas and Kafka, the report.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    a: &RigArgs,
+    kafka: &mut RigKafka,
+    exe: &Path,
+    proxy_bin: &Path,
+    out: &Path,
+    ca: &Path,
+    certs: &Path,
+    epoch: u64,
+) -> Result<Report> {
+    let bootstrap = kafka.bootstrap.clone();
 
     // K replicas on one port.
     let port = free_port()?;
-    let config = format!(
-        r#"[listeners]
-max_connections = 19000
-reuse_port = true
-[listeners.tcp]
-enabled = {tcp}
-bind = "127.0.0.1:{port}"
-[listeners.tls]
-enabled = {tls}
-bind = "127.0.0.1:{port}"
-cert_path = "{cert}"
-key_path = "{key}"
-generate_dev_certs = false
-[mqtt]
-connect_timeout_ms = 60000
-# The simulator puts 12,500 devices behind one source address.
-[limits]
-connects_per_second_per_source = 0
-[ops]
-bind = "127.0.0.1:0"
-[listeners.ws]
-enabled = false
-bind = "127.0.0.1:0"
-path = "/mqtt"
-proxy_protocol = false
-[listeners.wss]
-enabled = false
-bind = "127.0.0.1:0"
-path = "/mqtt"
-proxy_protocol = false
-[kafka]
-bootstrap_servers = "{bootstrap}"
-linger_ms = {linger}
-[log]
-level = "warn,mqtt_kafka_proxy::proxy=info"
-"#,
-        tcp = !a.tls,
-        tls = a.tls,
-        linger = a.linger_ms,
-        cert = certs.join("server.crt").display(),
-        key = certs.join("server.key").display(),
-    );
+    let config = replica_config(a, port, &bootstrap, certs);
     let config_path = out.join("proxy.toml");
     std::fs::write(&config_path, config)?;
     let mut replicas = Vec::new();
     for r in 0..a.replicas {
-        let mut cmd = Command::new(&proxy_bin);
+        let mut cmd = Command::new(proxy_bin);
         cmd.arg("--config").arg(&config_path).env("NO_COLOR", "1");
         let (p, _) = spawn_until(
             &format!("replica-{r}"),
@@ -295,14 +328,24 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
             .fold((0u64, 0f64), |a, b| (a.0 + b.0, a.1 + b.1))
     };
     let (baseline_rss, proxy_cpu0) = usage(&replicas);
-    let (_, broker_cpu0) = proc_usage(broker.pid());
+    let (_, broker_cpu0) = pids_usage(&kafka.pids());
 
+    kafka.await_topics(&INGEST_TOPICS, a.partitions).await?;
+    println!("kafka: {}", kafka.description);
     let verifier = Verifier::start(
         &bootstrap,
-        &["iot.events", "iot.snapshots"],
+        &INGEST_TOPICS,
         a.partitions,
         a.devices,
         epoch,
+        // The mock broker answers a fetch with one message set per
+        // partition, so the verifier must fetch often to keep up; a real
+        // broker fills the answer, and polling it every 10 ms would only
+        // add broker CPU to what is measured.
+        match a.kafka {
+            KafkaBackend::Embedded => 10,
+            KafkaBackend::Cluster => 100,
+        },
     )?;
 
     // Workers: slices of the fleet, each from its own source address.
@@ -310,7 +353,7 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
     let per = a.devices.div_ceil(workers_n as u64);
     let progress: Arc<Mutex<Vec<Progress>>> =
         Arc::new(Mutex::new(vec![Progress::default(); workers_n]));
-    let histograms: Arc<Mutex<Vec<Vec<(u64, u64)>>>> = Arc::new(Mutex::new(Vec::new()));
+    let histograms: Histograms = Arc::new(Mutex::new(Vec::new()));
     let mut workers = Vec::new();
     let mut ledgers = Vec::new();
     let mut readers = Vec::new();
@@ -326,7 +369,7 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
             index: w,
             addr,
             source: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + w as u8)),
-            tls_ca: a.tls.then(|| ca.clone()),
+            tls_ca: a.tls.then(|| ca.to_path_buf()),
             first,
             count,
             scenario: a.scenario,
@@ -341,13 +384,14 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
             epoch,
             ledger,
         };
-        let mut child = Command::new(&exe)
-            .arg("worker")
+        let mut cmd = Command::new(exe);
+        cmd.arg("worker")
             .arg(serde_json::to_string(&spec)?)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(out.join(format!("worker-{w}.err")))?)
-            .spawn()?;
+            .stderr(std::fs::File::create(out.join(format!("worker-{w}.err")))?);
+        tie_to_rig(&mut cmd);
+        let mut child = cmd.spawn()?;
         let stdout = child.stdout.take().context("worker stdout")?;
         let (progress, histograms) = (progress.clone(), histograms.clone());
         readers.push(std::thread::spawn(move || {
@@ -384,6 +428,7 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
     let mut idle_rss: Option<u64> = None;
     let mut all_connected_at: Option<Instant> = None;
     let mut peak_rss = baseline_rss;
+    let mut broker_peak_rss = 0u64;
     let mut last_cpu = (proxy_cpu0, broker_cpu0, 0.0);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -404,7 +449,7 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
             }
         }
         let (rss, proxy_cpu) = usage(&replicas);
-        let (_, broker_cpu) = proc_usage(broker.pid());
+        let (broker_rss, broker_cpu) = pids_usage(&kafka.pids());
         let (_, workers_cpu) = usage(&workers);
         let cores = |now: f64, before: f64| (now - before).max(0.0);
         // Idle memory: everyone connected, traffic not started yet.
@@ -415,6 +460,7 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
             }
         }
         peak_rss = peak_rss.max(rss);
+        broker_peak_rss = broker_peak_rss.max(broker_rss);
         peak_connected = peak_connected.max(connected);
         timeline.push(Sample {
             t: started.elapsed().as_secs_f64(),
@@ -422,6 +468,7 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
             acked_per_s: acked.saturating_sub(last_acked) as f64,
             puback_p99_ms: p99 as f64 / 1000.0,
             proxy_rss_mib: rss as f64 / (1 << 20) as f64,
+            broker_rss_mib: broker_rss as f64 / (1 << 20) as f64,
             proxy_cores: cores(proxy_cpu, last_cpu.0),
             broker_cores: cores(broker_cpu, last_cpu.1),
             workers_cores: cores(workers_cpu, last_cpu.2),
@@ -430,7 +477,7 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
         // Without a terminal the bar is hidden: print a line every 10 s for logs.
         if bar.is_hidden() && timeline.len() % 10 == 0 {
             println!(
-                "t={:>4.0}s connected={} acked={} ({:.0}/s) puback_p99={:.1}ms found={} proxy_rss={:.0}MiB cpu(proxy/broker/workers)={:.2}/{:.2}/{:.2}",
+                "t={:>4.0}s connected={} acked={} ({:.0}/s) puback_p99={:.1}ms found={} proxy_rss={:.0}MiB broker_rss={:.0}MiB cpu(proxy/broker/workers)={:.2}/{:.2}/{:.2}",
                 started.elapsed().as_secs_f64(),
                 connected,
                 acked,
@@ -438,6 +485,7 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
                 p99 as f64 / 1000.0,
                 verifier.found(),
                 rss as f64 / (1 << 20) as f64,
+                broker_rss as f64 / (1 << 20) as f64,
                 timeline.last().map_or(0.0, |s| s.proxy_cores),
                 timeline.last().map_or(0.0, |s| s.broker_cores),
                 timeline.last().map_or(0.0, |s| s.workers_cores),
@@ -465,7 +513,7 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
         let _ = r.join();
     }
     let (_, proxy_cpu1) = usage(&replicas);
-    let (_, broker_cpu1) = proc_usage(broker.pid());
+    let (_, broker_cpu1) = pids_usage(&kafka.pids());
 
     // Ledger → verdict.
     let mut acked_per_device = vec![0u64; a.devices as usize];
@@ -504,7 +552,7 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
         }
     };
 
-    // The same records straight into the same broker.
+    // The same records straight into the same Kafka.
     let messages = verdict.found_qos1.max(acked).max(1);
     let sample = crate::worker::payload(
         "dev-000000",
@@ -515,22 +563,23 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
         &mut crate::device::Rng::new(1),
     );
     let direct_msg_s =
-        crate::direct::produce(&bootstrap, "bench.direct", a.devices, messages, &sample).await?;
+        crate::direct::produce(&bootstrap, DIRECT_TOPIC, a.devices, messages, &sample).await?;
 
-    // Tear down: replicas drain on SIGTERM.
+    // Tear down: replicas drain on SIGTERM, then Kafka stops (before the
+    // Mosquitto reference, which should not share the machine with it).
     for r in &mut replicas {
         r.terminate(Duration::from_secs(40));
     }
-    broker.terminate(Duration::from_secs(10));
+    kafka.stop().await;
 
     let traffic_s = a.duration_s.max(1e-9);
     let throughput = acked as f64 / traffic_s;
     let reference = if a.mosquitto {
         Some(
             mosquitto_reference(
-                &exe,
-                &out,
-                &ca,
+                exe,
+                out,
+                ca,
                 a.mosquitto_devices.min(15_000),
                 a.connect_rate,
             )
@@ -549,6 +598,8 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
         avg(|s| s.workers_cores),
     );
     let report = Report {
+        kafka: kafka.description.clone(),
+        broker_rss_peak_mib: broker_peak_rss as f64 / (1 << 20) as f64,
         cores_during_traffic,
         scenario: format!("{:?}", a.scenario).to_lowercase(),
         devices: a.devices,
@@ -582,8 +633,66 @@ level = "warn,mqtt_kafka_proxy::proxy=info"
         timeline,
         verdict,
     };
-    report.write(&out)?;
+    report.write(out)?;
     Ok(report)
+}
+
+/// The replicas' config file: one port for all (SO_REUSEPORT), TCP or TLS,
+/// limits sized for the simulator, Kafka at `bootstrap`; on a real cluster
+/// the replicas create their topics with `--partitions` partitions and the
+/// brokers' default replication factor.
+fn replica_config(a: &RigArgs, port: u16, bootstrap: &str, certs: &Path) -> String {
+    let topics_section = match a.kafka {
+        // The embedded broker has no admin API: it is started with every
+        // topic the replicas use.
+        KafkaBackend::Embedded => String::new(),
+        KafkaBackend::Cluster => format!(
+            "[kafka.topics]\npartitions = {}\nreplication_factor = -1\n",
+            a.partitions
+        ),
+    };
+    format!(
+        r#"[listeners]
+max_connections = 19000
+reuse_port = true
+[listeners.tcp]
+enabled = {tcp}
+bind = "127.0.0.1:{port}"
+[listeners.tls]
+enabled = {tls}
+bind = "127.0.0.1:{port}"
+cert_path = "{cert}"
+key_path = "{key}"
+generate_dev_certs = false
+[mqtt]
+connect_timeout_ms = 60000
+# The simulator puts 12,500 devices behind one source address.
+[limits]
+connects_per_second_per_source = 0
+[ops]
+bind = "127.0.0.1:0"
+[listeners.ws]
+enabled = false
+bind = "127.0.0.1:0"
+path = "/mqtt"
+proxy_protocol = false
+[listeners.wss]
+enabled = false
+bind = "127.0.0.1:0"
+path = "/mqtt"
+proxy_protocol = false
+[kafka]
+bootstrap_servers = "{bootstrap}"
+linger_ms = {linger}
+{topics_section}[log]
+level = "warn,mqtt_kafka_proxy::proxy=info"
+"#,
+        tcp = !a.tls,
+        tls = a.tls,
+        linger = a.linger_ms,
+        cert = certs.join("server.crt").display(),
+        key = certs.join("server.key").display(),
+    )
 }
 
 /// Mosquitto holding `n` idle plain connections, then (a fresh instance) `n`
@@ -692,4 +801,81 @@ async fn mosquitto_reference(
         plain_bytes_per_conn: per_conn[0],
         tls_bytes_per_conn: per_conn[1],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use mqtt_kafka_proxy::Config;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        rig: RigArgs,
+    }
+
+    fn args(flags: &[&str]) -> RigArgs {
+        Cli::parse_from(std::iter::once("rig").chain(flags.iter().copied())).rig
+    }
+
+    fn parsed(a: &RigArgs, bootstrap: &str) -> Config {
+        let text = replica_config(a, 18830, bootstrap, Path::new("/certs"));
+        Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    #[test]
+    fn the_embedded_broker_stays_the_default_with_the_replicas_config_as_before() {
+        let a = args(&[]);
+        assert_eq!(a.kafka, KafkaBackend::Embedded);
+        let c = parsed(&a, "127.0.0.1:9092");
+        assert_eq!(c.kafka.bootstrap_servers, "127.0.0.1:9092");
+        // Topics come from the broker: the replicas' topic settings are the defaults.
+        assert_eq!(
+            c.kafka.topics,
+            mqtt_kafka_proxy::config::TopicsConfig::default()
+        );
+        assert!(c.kafka_topics().contains(&"iot.sessions".to_string()));
+    }
+
+    #[test]
+    fn on_the_cluster_the_replicas_create_the_topics_with_the_rigs_partitions() {
+        let a = args(&["--kafka", "cluster", "--partitions", "12", "--tls"]);
+        assert_eq!(
+            a.brokers, 3,
+            "three brokers unless --brokers says otherwise"
+        );
+        let bootstrap = "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3";
+        let c = parsed(&a, bootstrap);
+        assert_eq!(c.kafka.bootstrap_servers, bootstrap);
+        assert!(c.kafka.topics.create);
+        assert_eq!(c.kafka.topics.partitions, 12);
+        assert_eq!(
+            c.kafka.topics.replication_factor, -1,
+            "the brokers' default.replication.factor"
+        );
+        assert!(c.listeners.tls.enabled && !c.listeners.tcp.enabled);
+        assert!(c.validate().is_ok(), "{:?}", c.validate());
+    }
+
+    #[test]
+    fn broker_usage_sums_every_node() {
+        // A sleeping child's RSS does not move between two reads.
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        // Until exec is done the RSS is the forked test binary's.
+        let comm = format!("/proc/{pid}/comm");
+        while std::fs::read_to_string(&comm).unwrap_or_default().trim() != "sleep" {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let (one, _) = pids_usage(&[pid]);
+        let (two, _) = pids_usage(&[pid, pid]);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(one > 0);
+        assert_eq!(two, 2 * one);
+        assert_eq!(pids_usage(&[]), (0, 0.0));
+    }
 }

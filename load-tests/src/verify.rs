@@ -1,10 +1,11 @@
 //! The verifier: a Kafka consumer that reads every partition of the ingest
 //! topics from the beginning while the run goes (librdkafka's mock broker
 //! keeps only the last 5 MiB / 100k records per partition, so reading after
-//! the run could miss records the broker already dropped), and checks what it
-//! finds against the devices' ledger: every acknowledged QoS 1 message
-//! present, per-device order kept, duplicates counted, end-to-end latency
-//! (send time in the payload → record consumed).
+//! the run could miss records the broker already dropped; a real cluster
+//! keeps them, and is read the same way), and checks what it finds against
+//! the devices' ledger: every acknowledged QoS 1 message present, per-device
+//! order kept, duplicates counted, end-to-end latency (send time in the
+//! payload → record consumed).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -81,10 +82,19 @@ struct Shared {
     found: AtomicU64,
 }
 
+/// What the consuming thread hands back when it stops.
+struct Findings {
+    seen: Vec<DeviceSeen>,
+    qos0: u64,
+    foreign: u64,
+    e2e: Histogram<u64>,
+}
+
 /// A running verifier.
 pub struct Verifier {
     shared: Arc<Shared>,
-    handle: JoinHandle<Result<(Vec<DeviceSeen>, u64, u64, Histogram<u64>)>>,
+    /// `None` once [`Verifier::finish`] took it.
+    handle: Option<JoinHandle<Result<Findings>>>,
 }
 
 fn field(payload: &[u8], name: &[u8]) -> Option<u64> {
@@ -100,13 +110,17 @@ fn field(payload: &[u8], name: &[u8]) -> Option<u64> {
 }
 
 impl Verifier {
-    /// Starts consuming `topics` (each with `partitions` partitions) from the beginning.
+    /// Starts consuming `topics` (each with `partitions` partitions) from
+    /// the beginning. `fetch_wait_max_ms` bounds how long a broker holds a
+    /// fetch with nothing new: short for the mock broker (see below), the
+    /// usual order for a real one.
     pub fn start(
         bootstrap: &str,
         topics: &[&str],
         partitions: u32,
         devices: u64,
         epoch: u64,
+        fetch_wait_max_ms: u32,
     ) -> Result<Verifier> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
@@ -115,9 +129,9 @@ impl Verifier {
             .set("fetch.max.bytes", "52428800")
             // librdkafka's mock broker answers a fetch with one message set
             // per partition ("FIXME: Multiple messageSets ?" in
-            // rdkafka_mock_handlers.c), so the verifier keeps up only by
-            // fetching often: at most 10 ms between fetches.
-            .set("fetch.wait.max.ms", "10")
+            // rdkafka_mock_handlers.c), so against it the verifier keeps up
+            // only by fetching often: the rig passes 10 ms there.
+            .set("fetch.wait.max.ms", fetch_wait_max_ms.to_string())
             .create()?;
         let mut tpl = TopicPartitionList::new();
         for t in topics {
@@ -181,9 +195,17 @@ impl Verifier {
                         }
                     }
                 }
-                Ok((seen, qos0, foreign, e2e))
+                Ok(Findings {
+                    seen,
+                    qos0,
+                    foreign,
+                    e2e,
+                })
             })?;
-        Ok(Verifier { shared, handle })
+        Ok(Verifier {
+            shared,
+            handle: Some(handle),
+        })
     }
 
     /// Records consumed so far.
@@ -193,13 +215,24 @@ impl Verifier {
 
     /// Stops once the topics are drained and checks against the ledger
     /// (`acked[i]` = QoS 1 messages device i had acknowledged: seqs 0..n).
-    pub fn finish(self, acked: &[u64]) -> Result<Verdict> {
+    pub fn finish(mut self, acked: &[u64]) -> Result<Verdict> {
         self.shared.stop.store(true, Ordering::Relaxed);
-        let (seen, found_qos0, foreign, e2e) = self
+        let f = self
             .handle
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("verifier already finished"))?
             .join()
             .map_err(|_| anyhow::anyhow!("verifier panicked"))??;
-        Ok(verdict(&seen, acked, found_qos0, foreign, &e2e))
+        Ok(verdict(&f.seen, acked, f.qos0, f.foreign, &f.e2e))
+    }
+}
+
+impl Drop for Verifier {
+    /// A run that fails before [`Verifier::finish`] still stops the
+    /// consuming thread (within ~3 s), rather than leaving it polling a
+    /// Kafka that is being stopped.
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
     }
 }
 
