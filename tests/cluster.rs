@@ -20,8 +20,6 @@ use kafka_cluster::Cluster;
 use mqtt_kafka_proxy::mqtt::packet::{QoS as Q, Version};
 use mqtt_kafka_proxy::Config;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use rumqttc::{Event, Packet, QoS};
 
@@ -433,32 +431,15 @@ async fn produce_and_command_through(t: &TestProxy, device: &str) {
         (device, &b"secured"[..])
     );
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &plain)
-        .create()
-        .unwrap();
-    producer
-        .send(
-            FutureRecord::to(&t.topic("iot.commands"))
-                .key(device)
-                .payload("open")
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: "command.id",
-                    value: Some("sec-1"),
-                })),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
-    let p = next_matching(&mut dev.events, |e| {
-        matches!(e, Event::Incoming(Packet::Publish(_)))
-    })
-    .await
-    .unwrap();
-    let Event::Incoming(Packet::Publish(p)) = p else {
-        unreachable!()
-    };
+    produce_command(
+        &plain,
+        &t.topic("iot.commands"),
+        device,
+        "open",
+        &[("command.id", "sec-1")],
+    )
+    .await;
+    let p = dev.next_publish().await;
     assert_eq!(&p.payload[..], b"open");
     let receipts = consume_until(&plain, &t.topic("iot.command-receipts"), |rs| {
         !rs.is_empty()

@@ -14,30 +14,16 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use rumqttc::{Event, Packet, QoS};
 
-/// Produces one command record; `headers` are (name, value) pairs.
+/// Produces one command record to `t`'s commands topic.
 async fn command(t: &TestProxy, device: &str, payload: &str, headers: &[(&str, &str)]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", t.bootstrap())
-        .create()
-        .unwrap();
-    let mut h = OwnedHeaders::new();
-    for (k, v) in headers {
-        h = h.insert(Header {
-            key: k,
-            value: Some(*v),
-        });
-    }
-    producer
-        .send(
-            FutureRecord::to(&t.topic("iot.commands"))
-                .key(device)
-                .payload(payload)
-                .headers(h),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+    produce_command(
+        &t.bootstrap(),
+        &t.topic("iot.commands"),
+        device,
+        payload,
+        headers,
+    )
+    .await
 }
 
 fn receipt(r: &Rec) -> serde_json::Value {
@@ -90,18 +76,6 @@ async fn subscribed(port: u16, id: &str) -> V4 {
     c
 }
 
-async fn next_publish(c: &mut V4) -> rumqttc::Publish {
-    let ev = next_matching(&mut c.events, |e| {
-        matches!(e, Event::Incoming(Packet::Publish(_)))
-    })
-    .await
-    .unwrap();
-    let Event::Incoming(Packet::Publish(p)) = ev else {
-        unreachable!()
-    };
-    p
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_reach_a_subscribed_device_at_qos_0_and_1_with_receipts() {
     let t = TestProxy::start_with(|c| c.commands.replica_id = "replica-a".into()).await;
@@ -118,7 +92,7 @@ async fn commands_reach_a_subscribed_device_at_qos_0_and_1_with_receipts() {
         ],
     )
     .await;
-    let p = next_publish(&mut dev).await;
+    let p = dev.next_publish().await;
     assert_eq!(p.topic, "devices/dev-cmd/commands/reboot");
     assert_eq!(&p.payload[..], b"reboot now");
     assert_eq!(p.qos, QoS::AtLeastOnce);
@@ -140,7 +114,7 @@ async fn commands_reach_a_subscribed_device_at_qos_0_and_1_with_receipts() {
         ],
     )
     .await;
-    let p = next_publish(&mut dev).await;
+    let p = dev.next_publish().await;
     assert_eq!(
         (p.topic.as_str(), p.qos),
         ("devices/dev-cmd/commands/led", QoS::AtMostOnce)
@@ -182,7 +156,7 @@ async fn unsubscribed_and_expired_commands_are_not_delivered_and_say_so() {
         ],
     )
     .await;
-    let p = next_publish(&mut dev).await;
+    let p = dev.next_publish().await;
     assert_eq!(
         &p.payload[..],
         b"fresh",
@@ -201,8 +175,8 @@ async fn devices_on_two_replicas_both_receive_their_commands() {
     let mut on_b = subscribed(b.tcp_port(), "dev-b").await;
     command(&a, "dev-a", "for a", &[("command.id", "ca")]).await;
     command(&a, "dev-b", "for b", &[("command.id", "cb")]).await;
-    assert_eq!(&next_publish(&mut on_a).await.payload[..], b"for a");
-    assert_eq!(&next_publish(&mut on_b).await.payload[..], b"for b");
+    assert_eq!(&on_a.next_publish().await.payload[..], b"for a");
+    assert_eq!(&on_b.next_publish().await.payload[..], b"for b");
     assert_receipt(&a, "ca", "delivered", "A").await;
     assert_receipt(&a, "cb", "delivered", "B").await;
     b.proxy.shutdown().await;
@@ -384,7 +358,7 @@ async fn an_offline_device_gets_its_command_when_it_reconnects_to_the_other_repl
     .await;
     // Back, on the other replica, without subscribing again.
     let mut back = v4_connect(persistent("dev-away", b.tcp_port())).await;
-    let p = next_publish(&mut back).await;
+    let p = back.next_publish().await;
     assert_eq!(&p.payload[..], b"while you were out");
     assert_eq!(p.topic, "devices/dev-away/commands/command");
     assert_receipt(&a, "c-away", "delivered", "B").await;
@@ -406,7 +380,7 @@ async fn a_restarted_replica_rebuilds_its_offline_index_from_kafka() {
     command(&a, "dev-later", "second", &[("command.id", "c-l2")]).await;
     let b2 = second_replica(&a, "B2").await;
     let mut back = v4_connect(persistent("dev-later", b2.tcp_port())).await;
-    let got = [next_publish(&mut back).await, next_publish(&mut back).await];
+    let got = [back.next_publish().await, back.next_publish().await];
     let payloads: Vec<&[u8]> = got.iter().map(|p| &p.payload[..]).collect();
     assert_eq!(payloads, [&b"first"[..], b"second"], "both, in order");
     assert_eq!(receipt_with_id(&a, "c-l1").await["status"], "delivered");
@@ -455,13 +429,13 @@ async fn retained_commands_are_sent_on_subscribe_latest_per_topic_even_after_a_r
     let b = second_replica(&a, "B").await;
     for port in [a.tcp_port(), b.tcp_port()] {
         let mut dev = subscribed(port, "dev-state").await;
-        let p = next_publish(&mut dev).await;
+        let p = dev.next_publish().await;
         assert_eq!(
             (p.topic.as_str(), &p.payload[..], p.retain),
             (led, &b"off"[..], true)
         );
         command(&a, "dev-state", "m", &[("mqtt.topic", marker)]).await;
-        let p = next_publish(&mut dev).await;
+        let p = dev.next_publish().await;
         assert_eq!(
             p.topic, marker,
             "only the latest led state; the fan state was deleted"
@@ -488,7 +462,7 @@ async fn what_falls_out_of_the_offline_queue_is_reported_as_dropped() {
     command(&t, "dev-full", "second", &[("command.id", "c-f2")]).await;
     assert_receipt(&t, "c-f1", "dropped", "A").await;
     let mut back = v4_connect(persistent("dev-full", t.tcp_port())).await;
-    assert_eq!(&next_publish(&mut back).await.payload[..], b"second");
+    assert_eq!(&back.next_publish().await.payload[..], b"second");
     assert_eq!(receipt_with_id(&t, "c-f2").await["status"], "delivered");
     t.proxy.shutdown().await;
 }

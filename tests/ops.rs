@@ -21,9 +21,6 @@ use common::*;
 use mqtt_kafka_proxy::config::{AclAction, AclRule, Permission};
 use mqtt_kafka_proxy::kafka::embedded::EmbeddedKafka;
 use mqtt_kafka_proxy::mqtt::packet::{self as mp, reason, Packet, Properties, Publish, Version};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -241,27 +238,16 @@ fn property(props: &[(u8, Vec<u8>)], id: u8) -> Option<String> {
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
 }
 
-/// Produces one command for `device` to the commands topic.
+/// Produces one command for `device` to `t`'s commands topic.
 async fn command(t: &TestProxy, device: &str, payload: &str, id: &str) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", t.bootstrap())
-        .create()
-        .unwrap();
-    let headers = OwnedHeaders::new().insert(Header {
-        key: "command.id",
-        value: Some(id),
-    });
-    producer
-        .send(
-            FutureRecord::to(&t.topic("iot.commands"))
-                .key(device)
-                .payload(payload)
-                .headers(headers),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+    produce_command(
+        &t.bootstrap(),
+        &t.topic("iot.commands"),
+        device,
+        payload,
+        &[("command.id", id)],
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------

@@ -181,6 +181,41 @@ impl TestProxy {
     }
 }
 
+/// Produces one command record for `device` to `topic`, as a back-end
+/// service does; `headers` are (name, value) pairs.
+pub async fn produce_command(
+    bootstrap: &str,
+    topic: &str,
+    device: &str,
+    payload: &str,
+    headers: &[(&str, &str)],
+) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let mut h = OwnedHeaders::new();
+    for (k, v) in headers {
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .key(device)
+                .payload(payload)
+                .headers(h),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
 /// Polls `cond` every 20 ms until it holds; panics naming `what` after `limit`.
 pub async fn eventually_within(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
@@ -396,6 +431,19 @@ pub async fn next_matching<E: std::fmt::Debug>(
 }
 
 impl V4 {
+    /// Waits for the next PUBLISH from the proxy (a command).
+    pub async fn next_publish(&mut self) -> rumqttc::Publish {
+        let ev = next_matching(&mut self.events, |e| {
+            matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::Publish(_)))
+        })
+        .await
+        .unwrap();
+        let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev else {
+            unreachable!()
+        };
+        p
+    }
+
     /// Waits until `n` PUBACKs have arrived; returns their packet ids in order.
     pub async fn pubacks(&mut self, n: usize) -> Vec<u16> {
         let mut ids = Vec::with_capacity(n);
