@@ -26,6 +26,8 @@ use crate::kafka::producer::{KafkaState, Producer};
 pub struct Health {
     /// Set at the start of shutdown: load balancers should stop sending.
     draining: AtomicBool,
+    /// Set once the listeners are open: ready means "send devices here".
+    started: AtomicBool,
     /// What the last Kafka check found ([`KafkaState`] as a number; 0 =
     /// not checked yet).
     kafka: AtomicU8,
@@ -40,6 +42,11 @@ impl Health {
     /// Marks the replica as draining; `/readyz` answers 503 from now on.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+
+    /// Marks start-up as done (listeners open).
+    pub fn mark_started(&self) {
+        self.started.store(true, Ordering::Release);
     }
 
     /// True once shutdown has begun.
@@ -57,7 +64,7 @@ impl Health {
         let was = self.kafka.swap(code, Ordering::AcqRel);
         if was != code {
             match state {
-                KafkaState::Reachable => tracing::info!("kafka reachable: replica ready"),
+                KafkaState::Reachable => tracing::info!("kafka reachable"),
                 KafkaState::Unreachable => {
                     tracing::warn!("kafka unreachable: /readyz reports not ready")
                 }
@@ -74,8 +81,8 @@ impl Health {
             return Err("draining");
         }
         match self.kafka.load(Ordering::Acquire) {
-            1 => Ok(()),
-            0 => Err("starting"),
+            1 if self.started.load(Ordering::Acquire) => Ok(()),
+            0 | 1 => Err("starting"),
             3 => Err("kafka refused the proxy's credentials or TLS (authentication failed)"),
             _ => Err("kafka unreachable"),
         }

@@ -314,6 +314,7 @@ impl Proxy {
             cancel.clone(),
         )));
         ops_guard.disarm();
+        health.mark_started();
         Ok(Proxy {
             tcp_addr,
             tls_addr,

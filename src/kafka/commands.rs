@@ -289,7 +289,6 @@ impl CommandConsumer {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let cfg = cfg.clone();
-        let sessions_topic = lifecycle.sessions_topic.clone();
         let lifecycle = lifecycle.clone();
         let thread = std::thread::Builder::new()
             .name("command-consumer".into())
@@ -334,7 +333,7 @@ impl CommandConsumer {
                             continue;
                         }
                     };
-                    if msg.topic() == sessions_topic {
+                    if msg.topic() == lifecycle.sessions_topic {
                         on_session(&msg, &table, &journal);
                     } else if msg.topic() == cfg.receipts_topic {
                         if let Some((device, source)) = parse_receipt(&msg) {
@@ -494,11 +493,6 @@ fn on_retained<M: Message>(
     }
 }
 
-/// Start-up: reads the commands and receipts of the last
-/// `offline_max_age_ms` up to `ends` and holds every command nobody has
-/// reported an outcome for, so a restarted replica can still deliver them;
-/// and loads every retained command.
-/// What the start-up rebuild fills in.
 /// Reads where every partition of `topics` ends now, rebuilds the offline
 /// index and retained store up to there, and assigns the consumer from
 /// there: nothing written after this returns can be missed.
@@ -533,6 +527,7 @@ fn assign_from_now(
     consumer.assign(&tpl).map_err(KafkaError::Client)
 }
 
+/// What the start-up rebuild fills in.
 struct Rebuild<'a> {
     offline: &'a OfflineIndex,
     retained: &'a RetainedStore,
@@ -540,6 +535,10 @@ struct Rebuild<'a> {
     journal: &'a Journal,
 }
 
+/// Start-up: reads the commands and receipts of the last
+/// `offline_max_age_ms` up to `ends` and holds every command nobody has
+/// reported an outcome for, so a restarted replica can still deliver them;
+/// and loads every retained command.
 fn rebuild(
     consumer: &BaseConsumer<ConsumerStats>,
     cfg: &CommandsConfig,
