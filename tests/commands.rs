@@ -6,12 +6,7 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use rumqttc::{Event, Packet, QoS};
 
 /// Produces one command record to `t`'s commands topic.
@@ -391,25 +386,14 @@ async fn a_restarted_replica_rebuilds_its_offline_index_from_kafka() {
 
 /// Writes desired state to the retained-commands topic.
 async fn retained(t: &TestProxy, device: &str, mqtt_topic: &str, payload: &str) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", t.bootstrap())
-        .create()
-        .unwrap();
-    let h = OwnedHeaders::new().insert(Header {
-        key: "mqtt.topic",
-        value: Some(mqtt_topic),
-    });
-    producer
-        .send(
-            FutureRecord::to(&t.topic("iot.retained-commands"))
-                .key(device)
-                .payload(payload)
-                .headers(h),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+    produce_command(
+        &t.bootstrap(),
+        &t.topic("iot.retained-commands"),
+        device,
+        payload,
+        &[("mqtt.topic", mqtt_topic)],
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
