@@ -163,10 +163,7 @@ async fn two_brokers_down_no_success_is_acknowledged_and_the_resend_lands_once_t
         )
         .await
         .unwrap();
-    let end = next_matching(&mut v4.events, |e| {
-        matches!(e, Event::Incoming(Packet::PubAck(_)))
-    })
-    .await;
+    let end = v4.next_puback().await;
     assert!(
         end.is_err(),
         "3.1.1 got a PUBACK with two brokers down: {end:?}"
@@ -242,10 +239,7 @@ async fn steady_device(
             )
             .await
             .unwrap();
-        let ack = next_matching(&mut c.events, |e| {
-            matches!(e, Event::Incoming(Packet::PubAck(_)))
-        })
-        .await;
+        let ack = c.next_puback().await;
         assert!(
             ack.is_ok(),
             "{id}: connection lost during failover: {ack:?}"

@@ -111,10 +111,7 @@ async fn failed_delivery_closes_311_and_nacks_v5() {
         .await
         .unwrap();
     // 3.1.1 has no negative ack: the proxy closes so the client resends.
-    let end = next_matching(&mut v4.events, |e| {
-        matches!(e, Event::Incoming(Packet::PubAck(_)))
-    })
-    .await;
+    let end = v4.next_puback().await;
     assert!(
         end.is_err(),
         "3.1.1 must not get a PUBACK for a failed record: {end:?}"

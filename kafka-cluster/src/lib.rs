@@ -140,8 +140,7 @@ impl Cluster {
     /// Fetches the jars if needed, formats and starts the nodes, and returns
     /// once every broker appears in the cluster's metadata. Blocking.
     pub fn start(config: ClusterConfig) -> Result<Cluster, ClusterError> {
-        let jars = jars()?;
-        let classpath = format!("{}/*", jars.display());
+        let classpath = java_classpath()?;
         let (temp, root) = match &config.data_dir {
             Some(d) => {
                 std::fs::create_dir_all(d).map_err(io(format!("create {}", d.display())))?;
@@ -219,17 +218,6 @@ impl Cluster {
         self.nodes.len() as u32
     }
 
-    /// The classpath of the Kafka jars (`java -cp` form), for Kafka's own
-    /// tools such as the console consumer.
-    pub fn classpath(&self) -> &str {
-        &self.classpath
-    }
-
-    /// The PLAINTEXT address of node `id` (1-based).
-    pub fn node_addr(&self, id: u32) -> Result<String, ClusterError> {
-        Ok(format!("127.0.0.1:{}", self.node(id)?.ports.plain))
-    }
-
     /// The process id of node `id`, if it is running.
     pub fn pid(&self, id: u32) -> Result<Option<u32>, ClusterError> {
         let n = self.node(id)?;
@@ -276,15 +264,6 @@ impl Cluster {
         }
         self.spawn(n)?;
         self.wait_ready()
-    }
-
-    /// Starts node `id` again without waiting for it.
-    pub fn restart_nowait(&self, id: u32) -> Result<(), ClusterError> {
-        let n = self.node(id)?;
-        if lock(&n.child).is_some() {
-            return Ok(());
-        }
-        self.spawn(n)
     }
 
     /// Resumes paused nodes and starts stopped ones again, then waits until

@@ -255,11 +255,7 @@ pub async fn v4_publish_until_acked(
             .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
             .await
             .unwrap();
-        let ack = next_matching(&mut again.events, |e| {
-            matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))
-        })
-        .await;
-        if ack.is_ok() {
+        if again.next_puback().await.is_ok() {
             return;
         }
     }
@@ -444,18 +440,28 @@ impl V4 {
         p
     }
 
+    /// Waits for the next PUBACK: its packet id, or the event loop's error
+    /// if the connection ends first.
+    pub async fn next_puback(&mut self) -> Result<u16, String> {
+        let ev = next_matching(&mut self.events, |e| {
+            matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))
+        })
+        .await?;
+        let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(a)) = ev else {
+            unreachable!()
+        };
+        Ok(a.pkid)
+    }
+
     /// Waits until `n` PUBACKs have arrived; returns their packet ids in order.
     pub async fn pubacks(&mut self, n: usize) -> Vec<u16> {
         let mut ids = Vec::with_capacity(n);
         while ids.len() < n {
-            let ev = next_matching(&mut self.events, |e| {
-                matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))
-            })
-            .await
-            .unwrap_or_else(|e| panic!("after {} PUBACKs: {e}", ids.len()));
-            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(a)) = ev {
-                ids.push(a.pkid);
-            }
+            let id = self
+                .next_puback()
+                .await
+                .unwrap_or_else(|e| panic!("after {} PUBACKs: {e}", ids.len()));
+            ids.push(id);
         }
         ids
     }
