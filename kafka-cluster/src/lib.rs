@@ -474,7 +474,9 @@ impl Cluster {
                     n.dir.join("log4j2.properties").display()
                 ))
                 .args(["kafka.tools.StorageTool", "format", "--ignore-formatted"])
-                .args(["-t", &cluster_id, "-c"])
+                // "=" form: an id may start with "-", which argparse would take for an option.
+                .arg(format!("--cluster-id={cluster_id}"))
+                .arg("-c")
                 .arg(&props)
                 .args(["--add-scram", &scram])
                 .stdout(Stdio::piped())
