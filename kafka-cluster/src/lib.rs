@@ -8,9 +8,11 @@
 //!   `~/.m2` and under `target/kafka-jars/`). No tarball, no downloaded binary.
 //! - [`Cluster::start`]: format the storage of every node (with a SCRAM user),
 //!   start the nodes, wait until every broker is in the cluster's metadata.
-//! - Every node has four listeners: `PLAINTEXT` (also between brokers),
-//!   `CONTROLLER`, `SASL` (SASL_PLAINTEXT with SCRAM-SHA-512) and `TLS` (SSL,
-//!   a certificate from a CA generated per cluster).
+//! - Every node has five listeners: `PLAINTEXT` (also between brokers),
+//!   `CONTROLLER`, `SASL` (SASL_PLAINTEXT with SCRAM-SHA-512), `TLS` (SSL,
+//!   a certificate from a CA generated per cluster) and `LINK` (plaintext,
+//!   advertised at a port where a [`Link`] forwarder can stand in front of
+//!   the node: a network path that can be made to go silent).
 //! - Fault control per node: [`Cluster::kill`] (SIGKILL), [`Cluster::pause`]
 //!   / [`Cluster::resume`] (SIGSTOP/SIGCONT: sockets open, nothing answers),
 //!   [`Cluster::terminate`] (SIGTERM, controlled shutdown), [`Cluster::restart`]
@@ -19,6 +21,10 @@
 //!   (SIGKILL after a deadline). The JVMs are also tied to this process's life
 //!   (`PR_SET_PDEATHSIG`), so a crashed test leaves no broker behind.
 //! - [`shared`]: one cluster per process for test binaries, stopped at exit.
+
+mod link;
+
+pub use link::Link;
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -109,14 +115,21 @@ impl Default for ClusterConfig {
     }
 }
 
-/// The four loopback ports of one node.
+/// The loopback ports of one node.
 #[derive(Debug, Clone, Copy)]
 struct Ports {
     plain: u16,
     controller: u16,
     sasl: u16,
     tls: u16,
+    /// Where the `LINK` listener binds.
+    link: u16,
+    /// Where it is advertised: a [`Link`] forwards this port to `link`.
+    link_front: u16,
 }
+
+/// Ports reserved per node.
+const PORTS_PER_NODE: usize = 6;
 
 /// One node: its id, ports, files and (while running) its process.
 struct Node {
@@ -156,10 +169,10 @@ impl Cluster {
             }
         };
         write_certs(&root)?;
-        let ports = free_ports(config.brokers as usize * 4)?;
+        let ports = free_ports(config.brokers as usize * PORTS_PER_NODE)?;
         let nodes: Vec<Node> = (0..config.brokers)
             .map(|i| {
-                let p = &ports[i as usize * 4..i as usize * 4 + 4];
+                let p = &ports[i as usize * PORTS_PER_NODE..(i as usize + 1) * PORTS_PER_NODE];
                 Node {
                     id: i + 1,
                     ports: Ports {
@@ -167,6 +180,8 @@ impl Cluster {
                         controller: p[1],
                         sasl: p[2],
                         tls: p[3],
+                        link: p[4],
+                        link_front: p[5],
                     },
                     dir: root.join(format!("node-{}", i + 1)),
                     child: Mutex::new(None),
@@ -201,6 +216,21 @@ impl Cluster {
     /// The `SSL` bootstrap list; the brokers' CA is [`Cluster::ca_path`].
     pub fn tls_bootstrap(&self) -> String {
         self.list(|p| p.tls)
+    }
+
+    /// The `LINK` bootstrap list: the ports a [`Link`] serves (nothing
+    /// answers there until one is started with [`Link::start`]).
+    pub fn link_bootstrap(&self) -> String {
+        self.list(|p| p.link_front)
+    }
+
+    /// (front, back) port of every node's `LINK` listener: a forwarder
+    /// listens on front and connects to back.
+    pub fn link_ports(&self) -> Vec<(u16, u16)> {
+        self.nodes
+            .iter()
+            .map(|n| (n.ports.link_front, n.ports.link))
+            .collect()
     }
 
     /// The PEM CA certificate that signed every broker's TLS certificate.
@@ -402,9 +432,9 @@ impl Cluster {
             ("process.roles", "broker,controller".into()),
             ("node.id", n.id.to_string()),
             ("controller.quorum.voters", voters.join(",")),
-            ("listeners", format!("PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{},SASL://127.0.0.1:{},TLS://127.0.0.1:{}", p.plain, p.controller, p.sasl, p.tls)),
-            ("advertised.listeners", format!("PLAINTEXT://127.0.0.1:{},SASL://127.0.0.1:{},TLS://127.0.0.1:{}", p.plain, p.sasl, p.tls)),
-            ("listener.security.protocol.map", "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL:SASL_PLAINTEXT,TLS:SSL".into()),
+            ("listeners", format!("PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{},SASL://127.0.0.1:{},TLS://127.0.0.1:{},LINK://127.0.0.1:{}", p.plain, p.controller, p.sasl, p.tls, p.link)),
+            ("advertised.listeners", format!("PLAINTEXT://127.0.0.1:{},SASL://127.0.0.1:{},TLS://127.0.0.1:{},LINK://127.0.0.1:{}", p.plain, p.sasl, p.tls, p.link_front)),
+            ("listener.security.protocol.map", "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL:SASL_PLAINTEXT,TLS:SSL,LINK:PLAINTEXT".into()),
             ("controller.listener.names", "CONTROLLER".into()),
             ("inter.broker.listener.name", "PLAINTEXT".into()),
             ("sasl.enabled.mechanisms", "SCRAM-SHA-512".into()),
