@@ -301,6 +301,26 @@ pub struct MqttConfig {
     /// within this time (slowloris guard; the CONNECT has
     /// `connect_timeout_ms`). Default 30000.
     pub partial_packet_timeout_ms: u64,
+    /// How a connection's QoS 1/2 records are handed to Kafka, and what a
+    /// failed delivery does to the ones behind it. Default `pipelined`.
+    pub ordering: PublishOrdering,
+}
+
+/// `mqtt.ordering`: the trade between throughput and a device's order in
+/// Kafka when a delivery fails. QoS 0 records are never held by either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishOrdering {
+    /// Up to `receive_maximum` records of a connection in the producer's
+    /// hands at once; a failed delivery is nacked (5.0) and the records
+    /// behind it may land, so a resend of the failed one lands after them.
+    #[default]
+    Pipelined,
+    /// One record of a connection in the producer's hands at a time; later
+    /// ones wait in the connection. A failed delivery is nacked and the
+    /// connection closed, and the waiting records are never produced, so
+    /// the device resends from the failed one, in order.
+    Strict,
 }
 
 impl Default for MqttConfig {
@@ -317,6 +337,7 @@ impl Default for MqttConfig {
             max_topic_bytes: 256,
             max_awaiting_rel: 256,
             partial_packet_timeout_ms: 30_000,
+            ordering: PublishOrdering::Pipelined,
         }
     }
 }
@@ -1633,6 +1654,18 @@ mod tests {
         let shipped = Config::parse(DEFAULT_CONFIG_TOML).expect("config.toml parses");
         assert_eq!(shipped, Config::default());
         shipped.validate().expect("config.toml is valid");
+    }
+
+    #[test]
+    fn ordering_is_pipelined_or_strict() {
+        let c = Config::parse("[mqtt]\nordering = \"strict\"\n").unwrap();
+        assert_eq!(c.mqtt.ordering, PublishOrdering::Strict);
+        assert_eq!(Config::default().mqtt.ordering, PublishOrdering::Pipelined);
+        let err = Config::parse("[mqtt]\nordering = \"fifo\"\n").unwrap_err();
+        assert!(
+            err.contains("ordering") && err.contains("pipelined") && err.contains("strict"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -21,11 +21,13 @@
 //! - [`config`]: the configuration tree and its validation.
 //! - [`mqtt`]: packets, the strict decoder and the encoder (no I/O).
 //! - [`server`]: listeners, accept loops, TLS.
-//! - [`session`]: the per-connection task and its framed socket.
+//! - [`session`]: the per-connection task, its in-flight window
+//!   (`mqtt.ordering`) and its framed socket.
 //! - [`router`]: MQTT topic → Kafka topic and key.
 //! - [`kafka`]: the producer, the record format, the command consumer, the
 //!   start-up topic check on a real cluster, the embedded broker (with the
-//!   forwarders that let every Kafka client read it).
+//!   forwarders that let every Kafka client read it), librdkafka's log
+//!   lines forwarded to `tracing`.
 //! - [`metrics`]: every metric name.
 //! - [`proxy`]: start-up and graceful shutdown of the whole replica.
 

@@ -2,15 +2,18 @@
 //! `ops.bind`: `/metrics` (Prometheus text format, from the `metrics`
 //! facade every module records into), `/healthz` (the process answers) and
 //! `/readyz` (200 only while Kafka is reachable and the replica is not
-//! draining). [`Health`] is the shared readiness state; the Kafka check
-//! runs on its own timer so a probe never waits on Kafka.
+//! draining). [`Health`] is the shared readiness state. [`watch_kafka`]
+//! runs the Kafka check on its own blocking thread and timer, so neither a
+//! probe nor a gauge ever waits on Kafka, and logs one line when Kafka
+//! becomes unreachable (what devices experience) and one when it is back.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::future::OptionFuture;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -19,6 +22,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::PublishOrdering;
 use crate::kafka::producer::{KafkaState, Producer};
 
 /// Readiness of one replica.
@@ -61,18 +65,7 @@ impl Health {
             KafkaState::Unreachable => 2,
             KafkaState::Refused => 3,
         };
-        let was = self.kafka.swap(code, Ordering::AcqRel);
-        if was != code {
-            match state {
-                KafkaState::Reachable => tracing::info!("kafka reachable"),
-                KafkaState::Unreachable => {
-                    tracing::warn!("kafka unreachable: /readyz reports not ready")
-                }
-                KafkaState::Refused => tracing::error!(
-                    "kafka refused the proxy (authentication or TLS): /readyz reports not ready"
-                ),
-            }
-        }
+        self.kafka.store(code, Ordering::Release);
     }
 
     /// `Ok` when ready, else why not.
@@ -190,29 +183,117 @@ fn answer(
     }
 }
 
-/// Checks Kafka reachability every `every` until `cancel`: a metadata
-/// request through the producer's connections, on a blocking thread.
+/// What the Kafka watch needs besides the producer: how often to look, and
+/// what to tell the operator devices experience while Kafka is away.
+#[derive(Debug, Clone, Copy)]
+pub struct KafkaWatch {
+    /// `ops.kafka_check_interval_ms`.
+    pub check_every: Duration,
+    /// `kafka.delivery_timeout_ms`: when held PUBLISHes are finally nacked.
+    pub delivery_timeout: Duration,
+    /// `mqtt.ordering`: whether a failed delivery also disconnects 5.0 devices.
+    pub ordering: PublishOrdering,
+}
+
+/// How often the gauges are refreshed, whatever Kafka does.
+const GAUGE_EVERY: Duration = Duration::from_secs(1);
+
+/// Checks Kafka reachability every `watch.check_every` until `cancel`: a
+/// metadata request through the producer's connections, on a blocking
+/// thread. The gauges (`kafka_records_in_flight`, `proxy_ready`) tick on
+/// their own second meanwhile: a check that waits out its timeout on a hung
+/// broker does not hold them back.
 pub async fn watch_kafka(
     producer: Producer,
     health: Arc<Health>,
-    every: Duration,
+    watch: KafkaWatch,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check_tick = tokio::time::interval(watch.check_every);
+    check_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut gauge_tick = tokio::time::interval(GAUGE_EVERY.min(watch.check_every));
+    gauge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let timeout = watch.check_every.min(Duration::from_secs(5));
+    // The running check and when it started.
+    let mut check: Option<(tokio::task::JoinHandle<KafkaState>, Instant)> = None;
+    let mut last: Option<KafkaState> = None;
+    // When the first check of the current run of failed ones started.
+    let mut failing_since: Option<Instant> = None;
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {
+            _ = cancel.cancelled() => {
+                // The check holds a producer handle, which must be gone
+                // before the embedded broker is: wait it out (≤ `timeout`).
+                if let Some((running, _)) = check.take() {
+                    let _ = running.await;
+                }
+                return;
+            }
+            _ = gauge_tick.tick() => {}
+            _ = check_tick.tick(), if check.is_none() => {
                 let p = producer.clone();
-                let timeout = every.min(Duration::from_secs(5));
-                let state = tokio::task::spawn_blocking(move || p.check(timeout))
-                    .await
-                    .unwrap_or(KafkaState::Unreachable);
+                check = Some((tokio::task::spawn_blocking(move || p.check(timeout)), Instant::now()));
+            }
+            // Polled only while a check runs; a JoinHandle is cancellation-safe.
+            state = OptionFuture::from(check.as_mut().map(|(h, _)| h)), if check.is_some() => {
+                let started = check.take().map_or_else(Instant::now, |(_, at)| at);
+                let state = match state {
+                    Some(Ok(s)) => s,
+                    _ => KafkaState::Unreachable,
+                };
                 health.set_kafka(state);
-                metrics::gauge!(crate::metrics::KAFKA_IN_FLIGHT).set(producer.in_flight() as f64);
-                metrics::gauge!(crate::metrics::READY).set(if health.ready().is_ok() { 1.0 } else { 0.0 });
+                let failed_for = if state == KafkaState::Reachable {
+                    failing_since.take().map(|at| at.elapsed())
+                } else {
+                    failing_since.get_or_insert(started);
+                    None
+                };
+                if last != Some(state) {
+                    // Before the line: librdkafka lines after it are quieted.
+                    producer.set_outage_reported(state == KafkaState::Unreachable);
+                    log_change(state, failed_for, timeout, &watch, producer.in_flight());
+                    last = Some(state);
+                }
             }
         }
+        metrics::gauge!(crate::metrics::KAFKA_IN_FLIGHT).set(producer.in_flight() as f64);
+        metrics::gauge!(crate::metrics::READY).set(if health.ready().is_ok() { 1.0 } else { 0.0 });
+    }
+}
+
+/// The one line an operator reads when Kafka's state changes. `failed_for`:
+/// on recovery, how long checks had been failing (from the start of the
+/// first failed one; none at start-up).
+fn log_change(
+    state: KafkaState,
+    failed_for: Option<Duration>,
+    timeout: Duration,
+    watch: &KafkaWatch,
+    records_in_flight: i64,
+) {
+    match state {
+        KafkaState::Unreachable => {
+            let v5 = match watch.ordering {
+                PublishOrdering::Pipelined => "5.0 devices get PUBACK/PUBREC 0x80 and stay connected",
+                PublishOrdering::Strict => "5.0 devices get PUBACK/PUBREC 0x80 then DISCONNECT 0x80 (mqtt.ordering = \"strict\")",
+            };
+            tracing::warn!(
+                records_in_flight,
+                "kafka unreachable: no broker answered a metadata request within {:.1} s. PUBLISHes are held unacknowledged (each connection stops reading at mqtt.receive_maximum); a record Kafka has not taken {} s after it arrived (kafka.delivery_timeout_ms) fails: {v5}, 3.1.1 devices are disconnected. /readyz reports not ready",
+                timeout.as_secs_f64(),
+                watch.delivery_timeout.as_secs_f64(),
+            );
+        }
+        KafkaState::Reachable => match failed_for {
+            Some(down) => tracing::info!(
+                records_in_flight,
+                "kafka reachable again after {:.0} s; held PUBLISHes are acknowledged as Kafka takes them, /readyz reports ready",
+                down.as_secs_f64()
+            ),
+            None => tracing::info!("kafka reachable"),
+        },
+        KafkaState::Refused => tracing::error!(
+            "kafka refused the proxy (authentication or TLS): /readyz reports not ready"
+        ),
     }
 }

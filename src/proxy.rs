@@ -170,7 +170,11 @@ impl Proxy {
         let kafka_watch = tokio::spawn(ops::watch_kafka(
             producer.clone(),
             health.clone(),
-            Duration::from_millis(config.ops.kafka_check_interval_ms.max(1)),
+            ops::KafkaWatch {
+                check_every: Duration::from_millis(config.ops.kafka_check_interval_ms.max(1)),
+                delivery_timeout: Duration::from_millis(config.kafka.delivery_timeout_ms),
+                ordering: config.mqtt.ordering,
+            },
             kafka_watch_cancel.clone(),
         ));
         // A real cluster must hold the topics (compacted where they keep
@@ -183,6 +187,7 @@ impl Proxy {
                     &crate::kafka::ClientSettings {
                         statistics_interval_ms: 0,
                         options: config.kafka.client.clone(),
+                        outage_reported: producer.outage_flag(),
                     },
                     &config.kafka.topics,
                     topics::required(&config.kafka_topics(), &config.commands, &config.lifecycle),
@@ -222,6 +227,7 @@ impl Proxy {
             &crate::kafka::ClientSettings {
                 statistics_interval_ms: config.ops.kafka_statistics_interval_ms,
                 options: config.kafka.client.clone(),
+                outage_reported: producer.outage_flag(),
             },
         )?;
         tracing::info!(replica, commands = config.commands.enabled, topic = %config.commands.topic, "command consumer started");

@@ -1,8 +1,10 @@
 //! Against a real 3-broker Apache Kafka cluster (KRaft, topics with
 //! replication factor 3 and `min.insync.replicas=2`): what only a real
 //! cluster can show. Brokers stopped until acks=all cannot be met, a
-//! partition leader killed mid-stream, the whole cluster hung, and the
-//! producer and command consumer through the SASL/SCRAM and TLS listeners.
+//! partition leader killed mid-stream, the whole cluster hung (readiness,
+//! gauges and log lines while it hangs; `mqtt.ordering = "strict"` across a
+//! hang longer than the delivery timeout), and the producer and command
+//! consumer through the SASL/SCRAM and TLS listeners.
 //!
 //! These tests stop and hang brokers of the one cluster this binary starts,
 //! so they run one at a time (a lock) and put the cluster back afterwards,
@@ -391,6 +393,130 @@ async fn readyz_and_metrics_while_the_whole_cluster_hangs() {
     })
     .await;
     ops_until(&t, "/readyz", 200, "ready").await;
+    t.proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_cluster_is_reported_in_one_clear_line_and_the_gauges_stay_live() {
+    let _x = exclusive().await;
+    let pids = on_cluster(|c| {
+        (1..=3)
+            .map(|id| c.pid(id).unwrap().expect("every broker runs"))
+            .collect()
+    })
+    .await;
+    common::hang::a_hang_is_reported_and_the_gauges_stay_live(&cluster().bootstrap(), pids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_ordering_keeps_a_device_in_order_across_a_hang_longer_than_the_delivery_timeout() {
+    const TIMEOUT_MS: u64 = 4_000;
+    let _x = exclusive().await;
+    let t = proxy_on(cluster().bootstrap(), |c| {
+        c.mqtt.ordering = mqtt_kafka_proxy::config::PublishOrdering::Strict;
+        c.kafka.delivery_timeout_ms = TIMEOUT_MS;
+    })
+    .await;
+    let events = t.topic("iot.events");
+    let port = t.tcp_port();
+    let (d5, d4) = ("strict-hang-5", "strict-hang-311");
+    let (topic5, topic4) = (
+        format!("devices/{d5}/events/e"),
+        format!("devices/{d4}/events/e"),
+    );
+    let m = |d: &str, i: u64| format!("{d}:{i}");
+    let mut v5 = raw_v5_connect(port, d5).await;
+    v5.send(&publish_bytes(
+        publish(&topic5, Q::AtLeastOnce, 1, m(d5, 1).as_bytes()),
+        Version::V5,
+    ))
+    .await;
+    let (b1, body) = read_packet(&mut v5).await;
+    assert_eq!(
+        (b1, body.get(2).copied().unwrap_or(0)),
+        (0x40, 0),
+        "PUBACK 1"
+    );
+    let mut v4 = v4_connect(v4_options(d4, port)).await;
+    v4.client
+        .publish(&topic4, QoS::AtLeastOnce, false, m(d4, 1))
+        .await
+        .unwrap();
+    v4.pubacks(1).await;
+
+    // Every broker hangs: sockets open, nothing answers.
+    on_cluster(|c| {
+        for id in 1..=3 {
+            c.pause(id).unwrap();
+        }
+    })
+    .await;
+    // Message 2, then message 3 half a delivery timeout later: pipelined,
+    // message 3 could land after message 2 failed, before its resend.
+    v5.send(&publish_bytes(
+        publish(&topic5, Q::AtLeastOnce, 2, m(d5, 2).as_bytes()),
+        Version::V5,
+    ))
+    .await;
+    v4.client
+        .publish(&topic4, QoS::AtLeastOnce, false, m(d4, 2))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(TIMEOUT_MS / 2)).await;
+    v5.send(&publish_bytes(
+        publish(&topic5, Q::AtLeastOnce, 3, m(d5, 3).as_bytes()),
+        Version::V5,
+    ))
+    .await;
+    v4.client
+        .publish(&topic4, QoS::AtLeastOnce, false, m(d4, 3))
+        .await
+        .unwrap();
+    // 5.0: PUBACK 0x80 for message 2, DISCONNECT 0x80, the close; nothing
+    // for message 3. 3.1.1: closed without a PUBACK.
+    let mut seen = Vec::new();
+    while let Some(p) = try_read_packet(&mut v5).await {
+        seen.push(p);
+    }
+    let kinds: Vec<(u8, u8)> = seen
+        .iter()
+        .map(|(b1, body)| {
+            (
+                *b1,
+                body.get(if *b1 == 0x40 { 2 } else { 0 })
+                    .copied()
+                    .unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(kinds, [(0x40, 0x80), (0xE0, 0x80)], "{seen:02x?}");
+    assert_eq!(&seen[0].1[..2], &[0, 2], "the nack is for message 2");
+    let end = v4.next_puback().await;
+    assert!(
+        end.is_err(),
+        "3.1.1 got a PUBACK for a failed record: {end:?}"
+    );
+
+    on_cluster(|c| {
+        for id in 1..=3 {
+            c.resume(id).unwrap();
+        }
+    })
+    .await;
+    let outbox5: Vec<String> = (2..=4).map(|i| m(d5, i)).collect();
+    publish_in_order_until_acked(port, d5, &topic5, &outbox5, PATIENCE * 2).await;
+    for i in 2..=4 {
+        v4_publish_until_acked(port, d4, &topic4, &m(d4, i), PATIENCE * 2).await;
+    }
+    let want = [m(d5, 4), m(d4, 4)];
+    let recs = consume_until(&t.bootstrap(), &events, move |rs| {
+        want.iter()
+            .all(|w| rs.iter().any(|r| r.value == w.as_bytes()))
+    })
+    .await;
+    for d in [d5, d4] {
+        assert_device_order(d, &seqs(&recs, d), 4);
+    }
     t.proxy.shutdown().await;
 }
 

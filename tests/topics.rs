@@ -347,6 +347,7 @@ async fn an_unreachable_cluster_is_checked_again_in_the_background() {
     let settings = ClientSettings {
         statistics_interval_ms: 0,
         options: Default::default(),
+        ..Default::default()
     };
     let started = Instant::now();
     let check = TopicCheck::start(&front, &settings, &c.kafka.topics, required)

@@ -260,7 +260,7 @@ impl CommandConsumer {
             cc.set(k, v);
         }
         let consumer: BaseConsumer<ConsumerStats> = cc
-            .create_with_context(ConsumerStats)
+            .create_with_context(ConsumerStats::new(settings.outage_reported.clone()))
             .map_err(KafkaError::Client)?;
         let mut topics = vec![lifecycle.sessions_topic.clone()];
         if cfg.enabled {

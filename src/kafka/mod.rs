@@ -3,8 +3,10 @@
 //! embedded Kafka-protocol broker used when `bootstrap_servers = "embedded"`
 //! ([`embedded`]), librdkafka statistics as metrics ([`stats`]), and the
 //! start-up check that creates the proxy's topics on a real cluster
-//! ([`topics`]).
+//! ([`topics`]), and librdkafka's log lines forwarded to `tracing`
+//! ([`client_log`]).
 
+pub mod client_log;
 pub mod commands;
 pub mod embedded;
 pub mod producer;
@@ -19,6 +21,10 @@ pub struct ClientSettings {
     pub statistics_interval_ms: u64,
     /// `kafka.client` pass-through options (security, SASL, …).
     pub options: std::collections::BTreeMap<String, String>,
+    /// Set while the replica's Kafka watch reports Kafka unreachable (the
+    /// producer's flag, [`producer::Producer::outage_flag`]): the client's
+    /// librdkafka lines about unanswered brokers go to debug meanwhile.
+    pub outage_reported: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Errors from the Kafka side.

@@ -57,11 +57,20 @@ pub struct ProxyContext {
     refused: AtomicBool,
     /// librdkafka reports a refusal on every reconnect: one line a minute.
     refused_log: LogThrottle,
+    /// The Kafka watch has logged that no broker answers: librdkafka's
+    /// per-broker lines about it go to debug until it answers again (shared
+    /// with the command consumer's context).
+    outage_reported: Arc<AtomicBool>,
 }
 
 impl ClientContext for ProxyContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
         super::stats::record(&statistics, "producer");
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        let reported = self.outage_reported.load(Ordering::Relaxed);
+        super::client_log::forward(level, fac, log_message, reported);
     }
 
     fn error(&self, error: RdError, reason: &str) {
@@ -81,6 +90,12 @@ impl ClientContext for ProxyContext {
                 if let Some(held_back) = self.refused_log.allow() {
                     tracing::error!(reason, held_back, "{what}");
                 }
+            }
+            // The watch's "kafka unreachable" line already says this.
+            None if self.outage_reported.load(Ordering::Relaxed)
+                && super::client_log::is_reachability_error(error.rdkafka_error_code()) =>
+            {
+                tracing::debug!(%error, reason, "kafka client error")
             }
             None => tracing::warn!(%error, reason, "kafka client error"),
         }
@@ -196,6 +211,7 @@ impl Producer {
             records: AtomicI64::new(0),
             refused: AtomicBool::new(false),
             refused_log: LogThrottle::new(Duration::from_secs(60)),
+            outage_reported: Arc::default(),
         };
         let inner: ThreadedProducer<ProxyContext> = cc
             .create_with_context(context)
@@ -253,6 +269,21 @@ impl Producer {
         } else {
             KafkaState::Unreachable
         }
+    }
+
+    /// Tells the log forwarding whether the Kafka watch has reported Kafka
+    /// unreachable (librdkafka's reachability lines go to debug meanwhile).
+    pub fn set_outage_reported(&self, reported: bool) {
+        self.inner
+            .context()
+            .outage_reported
+            .store(reported, Ordering::Relaxed);
+    }
+
+    /// The flag [`Producer::set_outage_reported`] sets, for the replica's
+    /// other Kafka clients ([`super::ClientSettings::outage_reported`]).
+    pub fn outage_flag(&self) -> Arc<AtomicBool> {
+        self.inner.context().outage_reported.clone()
     }
 
     /// Records handed to the producer that have no outcome yet.

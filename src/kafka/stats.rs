@@ -2,6 +2,9 @@
 //! turned into gauges: the producer's queue depth, each broker's request
 //! round-trip time, and the command consumer's lag per topic.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::Statistics;
@@ -40,12 +43,39 @@ pub fn record(stats: &Statistics, client: &'static str) {
     }
 }
 
-/// Context of the command consumer: statistics only.
-pub struct ConsumerStats;
+/// Context of the command consumer: statistics, and librdkafka's log lines
+/// and errors through the proxy's forwarding ([`super::client_log`]).
+pub struct ConsumerStats {
+    /// The replica's Kafka watch reports Kafka unreachable.
+    outage_reported: Arc<AtomicBool>,
+}
+
+impl ConsumerStats {
+    /// A context that quiets reachability noise while `outage_reported` is set.
+    pub fn new(outage_reported: Arc<AtomicBool>) -> ConsumerStats {
+        ConsumerStats { outage_reported }
+    }
+}
 
 impl ClientContext for ConsumerStats {
     fn stats(&self, statistics: Statistics) {
         record(&statistics, "consumer");
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        let reported = self.outage_reported.load(Ordering::Relaxed);
+        super::client_log::forward(level, fac, log_message, reported);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if self.outage_reported.load(Ordering::Relaxed)
+            && super::client_log::is_reachability_error(error.rdkafka_error_code())
+        {
+            tracing::debug!(target: "librdkafka", "librdkafka: {error}: {reason}");
+        } else {
+            // As rdkafka's default context does.
+            tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
+        }
     }
 }
 

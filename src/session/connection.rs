@@ -4,35 +4,36 @@
 //! that logs why the connection closed.
 //!
 //! Flow control is the point of this file. A QoS 1/2 PUBLISH becomes an
-//! `InFlight` entry whose acknowledgement is written only when Kafka has the
-//! record; entries are acknowledged in the order the PUBLISH packets arrived
-//! [MQTT-4.6.0-2]. The socket is not read while the producer queue is full
-//! or (3.1.1) while `receive_maximum` records are in flight, so a slow Kafka
-//! becomes TCP backpressure on the device instead of memory in the proxy.
+//! entry of the in-flight [`Window`](super::inflight) whose acknowledgement
+//! is written only when Kafka has the record; entries are acknowledged in
+//! the order the PUBLISH packets arrived [MQTT-4.6.0-2]. Under
+//! `mqtt.ordering = "strict"` the window hands Kafka one record at a time
+//! and a failed delivery closes the connection. The socket is not read
+//! while the producer queue is full or (3.1.1) while `receive_maximum`
+//! records are in the window, so a slow Kafka becomes TCP backpressure on
+//! the device instead of memory in the proxy.
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use futures::future::OptionFuture;
-use rdkafka::message::OwnedHeaders;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::framed::{Framed, WriteError};
+use super::inflight::{Held, Outcome, State, Window};
 use crate::auth::acl::{Access, Subject};
 use crate::auth::hook::{HookAction, HookRequest, HookVerdict};
 use crate::auth::{Authenticator, ConnectInfo};
 use crate::config::{CommandsConfig, LimitsConfig, MqttConfig, OnError, Permission};
 use crate::kafka::commands::{self, Journal, Status};
-use crate::kafka::producer::{Delivery, DeliveryOutcome, Producer, Record, SendError};
+use crate::kafka::producer::{Delivery, Producer, Record, SendError};
 use crate::kafka::record;
 use crate::limits::TokenBucket;
 use crate::metrics as m;
@@ -378,57 +379,13 @@ async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
 /// only until CONNECT has been authenticated.
 pub type PeerCert = Option<rustls::pki_types::CertificateDer<'static>>;
 
-/// A QoS 1/2 PUBLISH the device is owed an acknowledgement for.
-struct InFlight {
-    packet_id: u16,
-    qos: QoS,
-    state: InFlightState,
-}
-
-enum InFlightState {
-    /// Waiting for Kafka's delivery report.
-    Producing(oneshot::Receiver<DeliveryOutcome>),
-    /// Refused by the proxy (5.0): acknowledge with this reason code, in order.
-    Refused(u8, String),
-}
-
 /// A record that found the producer queue full, kept until there is room.
 /// While one exists the socket is not read.
 struct Pending {
-    kafka_topic: Arc<str>,
-    key: String,
-    payload: Bytes,
-    headers: OwnedHeaders,
-    timestamp_ms: i64,
+    record: Held,
     delivery: Box<Delivery>,
     /// When the queue was found full, for the backpressure histogram.
     since: tokio::time::Instant,
-}
-
-/// The outcome at the head of the in-flight queue.
-struct NextOutcome<'a>(&'a mut VecDeque<InFlight>);
-
-impl Future for NextOutcome<'_> {
-    type Output = Result<(), (u8, String)>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(front) = self.get_mut().0.front_mut() else {
-            return Poll::Pending;
-        };
-        match &mut front.state {
-            InFlightState::Refused(code, why) => Poll::Ready(Err((*code, std::mem::take(why)))),
-            InFlightState::Producing(rx) => match Pin::new(rx).poll(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(Ok(()))) => Poll::Ready(Ok(())),
-                Poll::Ready(Ok(Err(e))) => Poll::Ready(Err((reason::UNSPECIFIED_ERROR, e))),
-                // The producer dropped the delivery: it refused the record.
-                Poll::Ready(Err(_)) => Poll::Ready(Err((
-                    reason::UNSPECIFIED_ERROR,
-                    "record refused by the producer".into(),
-                ))),
-            },
-        }
-    }
 }
 
 struct Session {
@@ -461,7 +418,10 @@ struct Session {
     keep_alive: Duration,
     /// 5.0 Request Problem Information: may reason strings be sent.
     problem_info: bool,
-    inflight: VecDeque<InFlight>,
+    /// QoS 1/2 PUBLISH packets owed an acknowledgement, in arrival order;
+    /// under `mqtt.ordering = "strict"` also the records held behind the
+    /// one Kafka has.
+    inflight: Window,
     /// QoS 2 packet ids PUBREC'd and waiting for PUBREL.
     awaiting_rel: HashSet<u16>,
     /// Inbound 5.0 topic aliases, allocated on first use.
@@ -790,7 +750,7 @@ impl Session {
             denied: 0,
             keep_alive: Duration::from_millis(connect.keep_alive as u64 * 1500),
             problem_info: connect.properties.request_problem_information != Some(0),
-            inflight: VecDeque::new(),
+            inflight: Window::new(cfg.ordering),
             awaiting_rel: HashSet::new(),
             aliases: Vec::new(),
             pending: None,
@@ -904,23 +864,28 @@ impl Session {
                 _ = OptionFuture::from(drain_at.as_mut()), if drain_at.is_some() && !draining => {
                     draining = true;
                 }
-                outcome = NextOutcome(&mut self.inflight), if !self.inflight.is_empty() => {
+                outcome = self.inflight.next_outcome(), if !self.inflight.is_empty() => {
                     if let Err(reason) = self.acknowledge(framed, outcome) {
                         return reason;
                     }
                     // Delivery reports come in batches: acknowledge every one
                     // that is ready, then write them with one syscall.
-                    while let Some(outcome) = self.ready_outcome() {
+                    while let Some(outcome) = self.inflight.ready_outcome() {
                         if let Err(reason) = self.acknowledge(framed, outcome) {
                             return reason;
                         }
                     }
+                    // `strict`: the record held behind the acknowledged ones goes to Kafka now.
+                    self.release_held(shared);
                 }
                 // Boxed, and only built while a record waits: idle tasks stay small.
                 _ = OptionFuture::from(self.pending.is_some().then(|| Box::pin(shared.producer.wait_for_space(Duration::from_millis(50))))), if self.pending.is_some() => {
                     if let Some(p) = self.pending.take() {
                         self.retry(*p, shared);
                     }
+                    // `strict`: a held record waits behind a pending one
+                    // (QoS 0, or its own queue-full retry) as well.
+                    self.release_held(shared);
                 }
                 read = framed.read_more(), if reading => match read {
                     Ok(0) => return CloseReason::ConnectionLost,
@@ -1129,11 +1094,7 @@ impl Session {
                 framed.queue(&Packet::PubRec(Ack::new(p.packet_id, 0)), self.version);
                 return Ok(Step::Continue);
             }
-            if self
-                .inflight
-                .iter()
-                .any(|f| f.packet_id == p.packet_id && f.qos == QoS::ExactlyOnce)
-            {
+            if self.inflight.has_qos2(p.packet_id) {
                 // Already being produced; its PUBREC follows when Kafka has it.
                 return Ok(Step::Continue);
             }
@@ -1264,10 +1225,29 @@ impl Session {
                 tracing::warn!(topic = %p.topic, kafka_topic = %dest.kafka_topic, "no route; record sent to the dead-letter topic (counted in the close line from now on)");
             }
         }
+        let headers = record::headers(&p, &p.topic, self.client_id(), self.version);
+        let next = if throttled {
+            Step::Pause
+        } else {
+            Step::Continue
+        };
+        if p.qos != QoS::AtMostOnce && self.inflight.must_hold() {
+            // `strict`: Kafka has a record of this connection already; this
+            // one waits in the window for that one's acknowledgement.
+            let held = Held {
+                kafka_topic: dest.kafka_topic.clone(),
+                key: key.into_owned(),
+                payload: p.payload,
+                headers,
+                timestamp_ms: received_ms,
+            };
+            self.inflight
+                .push(p.packet_id, p.qos, State::Held(Box::new(held)));
+            return Ok(next);
+        }
         self.published += 1;
         metrics::counter!(m::PUBLISH_ROUTED, "kafka_topic" => dest.kafka_topic.clone())
             .increment(1);
-        let headers = record::headers(&p, &p.topic, self.client_id(), self.version);
         let (delivery, waiter) = if p.qos == QoS::AtMostOnce {
             (Box::new(Delivery::Fire), None)
         } else {
@@ -1275,11 +1255,7 @@ impl Session {
             (Box::new(Delivery::Ack(tx)), Some(rx))
         };
         if let Some(rx) = waiter {
-            self.inflight.push_back(InFlight {
-                packet_id: p.packet_id,
-                qos: p.qos,
-                state: InFlightState::Producing(rx),
-            });
+            self.inflight.push(p.packet_id, p.qos, State::Producing(rx));
         }
         let rec = Record {
             topic: dest.kafka_topic,
@@ -1288,20 +1264,17 @@ impl Session {
             headers,
             timestamp_ms: received_ms,
         };
-        let next = if throttled {
-            Step::Pause
-        } else {
-            Step::Continue
-        };
         match shared.producer.send(rec, delivery) {
             Ok(()) => Ok(next),
             Err(SendError::QueueFull(headers, delivery)) => {
                 self.pending = Some(Box::new(Pending {
-                    kafka_topic: dest.kafka_topic.clone(),
-                    key: key.into_owned(),
-                    payload: p.payload,
-                    headers,
-                    timestamp_ms: received_ms,
+                    record: Held {
+                        kafka_topic: dest.kafka_topic.clone(),
+                        key: key.into_owned(),
+                        payload: p.payload,
+                        headers,
+                        timestamp_ms: received_ms,
+                    },
                     delivery,
                     since: tokio::time::Instant::now(),
                 }));
@@ -1316,6 +1289,24 @@ impl Session {
                 Ok(next)
             }
         }
+    }
+
+    /// `strict`: hands the record at the head of the window to the producer
+    /// once every record ahead of it is acknowledged. A full producer queue
+    /// makes it the pending record (the socket is not read meanwhile).
+    fn release_held(&mut self, shared: &Shared) {
+        // One record at a time waits for queue space; the pending branch
+        // calls this again once it is sent.
+        if self.pending.is_some() {
+            return;
+        }
+        let Some((held, tx)) = self.inflight.release_head() else {
+            return;
+        };
+        self.published += 1;
+        metrics::counter!(m::PUBLISH_ROUTED, "kafka_topic" => held.kafka_topic.clone())
+            .increment(1);
+        self.send_held(*held, Box::new(Delivery::Ack(tx)), None, shared);
     }
 
     fn resolve_alias(
@@ -1366,11 +1357,8 @@ impl Session {
             }
             (Version::V5, qos) => {
                 self.note_refusal(&why);
-                self.inflight.push_back(InFlight {
-                    packet_id: p.packet_id,
-                    qos,
-                    state: InFlightState::Refused(code, why),
-                });
+                self.inflight
+                    .push(p.packet_id, qos, State::Refused(code, why));
                 Ok(Step::Continue)
             }
         }
@@ -1523,23 +1511,37 @@ impl Session {
     }
 
     fn retry(&mut self, p: Pending, shared: &Shared) {
+        self.send_held(p.record, p.delivery, Some(p.since), shared);
+    }
+
+    /// Hands a built record to the producer; a full queue makes it the
+    /// pending record. `since`: when it first found the queue full.
+    fn send_held(
+        &mut self,
+        held: Held,
+        delivery: Box<Delivery>,
+        since: Option<tokio::time::Instant>,
+        shared: &Shared,
+    ) {
         let rec = Record {
-            topic: &p.kafka_topic,
-            key: p.key.as_bytes(),
-            payload: &p.payload,
-            headers: p.headers,
-            timestamp_ms: p.timestamp_ms,
+            topic: &held.kafka_topic,
+            key: held.key.as_bytes(),
+            payload: &held.payload,
+            headers: held.headers,
+            timestamp_ms: held.timestamp_ms,
         };
-        match shared.producer.send(rec, p.delivery) {
+        match shared.producer.send(rec, delivery) {
             Ok(()) => {
-                metrics::histogram!(m::KAFKA_BACKPRESSURE_SECONDS)
-                    .record(p.since.elapsed().as_secs_f64());
+                if let Some(since) = since {
+                    metrics::histogram!(m::KAFKA_BACKPRESSURE_SECONDS)
+                        .record(since.elapsed().as_secs_f64());
+                }
             }
             Err(SendError::QueueFull(headers, delivery)) => {
                 self.pending = Some(Box::new(Pending {
-                    headers,
+                    record: Held { headers, ..held },
                     delivery,
-                    ..p
+                    since: since.unwrap_or_else(tokio::time::Instant::now),
                 }));
             }
             Err(SendError::Refused(e)) => {
@@ -1548,55 +1550,53 @@ impl Session {
         }
     }
 
-    /// The outcome at the head of the in-flight queue if it is already known.
-    fn ready_outcome(&mut self) -> Option<Result<(), (u8, String)>> {
-        let front = self.inflight.front_mut()?;
-        match &mut front.state {
-            InFlightState::Refused(code, why) => Some(Err((*code, std::mem::take(why)))),
-            InFlightState::Producing(rx) => match rx.try_recv() {
-                Ok(Ok(())) => Some(Ok(())),
-                Ok(Err(e)) => Some(Err((reason::UNSPECIFIED_ERROR, e))),
-                Err(oneshot::error::TryRecvError::Empty) => None,
-                Err(oneshot::error::TryRecvError::Closed) => Some(Err((
-                    reason::UNSPECIFIED_ERROR,
-                    "record refused by the producer".into(),
-                ))),
-            },
-        }
-    }
-
-    /// Writes the acknowledgement at the head of the in-flight queue.
+    /// Writes the acknowledgement at the head of the in-flight window. A
+    /// failed delivery closes the connection on 3.1.1 (no negative ack) and
+    /// under `mqtt.ordering = "strict"` (after the 5.0 negative ack), so the
+    /// device resends; the records held behind it are never produced.
     fn acknowledge<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         framed: &mut Framed<S>,
-        outcome: Result<(), (u8, String)>,
+        outcome: Outcome,
     ) -> Result<(), CloseReason> {
-        let Some(done) = self.inflight.pop_front() else {
+        let Some((packet_id, qos)) = self.inflight.pop_front() else {
             return Ok(());
         };
-        let (code, properties) = match outcome {
-            Ok(()) => (reason::SUCCESS, Properties::default()),
-            Err((_, why)) if self.version == Version::V311 => {
+        let code = outcome.code();
+        let mut close = None;
+        let properties = match outcome {
+            Outcome::Delivered => Properties::default(),
+            Outcome::Failed(why) if self.version == Version::V311 => {
                 // No negative ack in 3.1.1: closing makes the client resend.
                 return Err(CloseReason::DeliveryFailed(why));
             }
-            Err((code, why)) => (code, self.reason_string(&why)),
+            Outcome::Failed(why) if self.inflight.is_strict() => {
+                let properties = self.reason_string(&why);
+                close = Some(CloseReason::DeliveryFailed(format!(
+                    "{why}; mqtt.ordering = \"strict\" closes the connection: {} record(s) held behind it were not produced, resend from this one",
+                    self.inflight.held()
+                )));
+                properties
+            }
+            Outcome::Failed(why) | Outcome::Refused(_, why) => self.reason_string(&why),
         };
         let ack = Ack {
-            packet_id: done.packet_id,
+            packet_id,
             reason: code,
             properties,
         };
-        match done.qos {
+        match qos {
             QoS::AtLeastOnce => framed.queue(&Packet::PubAck(ack), self.version),
             _ => {
                 if code == reason::SUCCESS {
-                    self.awaiting_rel.insert(done.packet_id);
+                    self.awaiting_rel.insert(packet_id);
                 }
                 framed.queue(&Packet::PubRec(ack), self.version)
             }
         }
-        Ok(())
+        // The negative ack is queued; the DISCONNECT that follows it is
+        // written behind it in one flush (see `run`).
+        close.map_or(Ok(()), Err)
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod connection;
 pub mod framed;
+mod inflight;
 pub mod offline;
 pub mod retained;
 pub mod table;

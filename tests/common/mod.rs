@@ -19,8 +19,12 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
+pub mod hang;
+pub mod ordered;
 pub mod wire;
-// Not every test binary uses the wire helpers.
+// Not every test binary uses the wire or ordering helpers.
+#[allow(unused_imports)]
+pub use ordered::*;
 #[allow(unused_imports)]
 pub use wire::*;
 
@@ -603,12 +607,24 @@ pub fn spawn_binary(
     tokio::process::Child,
     tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
 ) {
+    spawn_binary_logging(config, args, "info")
+}
+
+/// [`spawn_binary`] with `RUST_LOG` set to `filter`.
+pub fn spawn_binary_logging(
+    config: &std::path::Path,
+    args: &[&str],
+    filter: &str,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtt-kafka-proxy"))
         .arg("--config")
         .arg(config)
         .args(args)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", filter)
         .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
