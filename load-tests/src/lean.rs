@@ -2,6 +2,10 @@
 //! packets, a fixed window of unacknowledged QoS 1 messages, and PUBACKs
 //! parsed straight off the socket. It spends as little CPU as possible so the
 //! machine's cores go to the proxy and the broker being measured.
+//!
+//! Two ways to publish: [`publish_qos1`] as fast as the window allows (the
+//! peak rate), and [`publish_qos1_paced`] on a schedule (the PUBACK latency
+//! at a fixed rate).
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +15,8 @@ use mqtt_kafka_proxy::mqtt::encode::encode;
 use mqtt_kafka_proxy::mqtt::packet::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::measure::Pace;
 
 /// What one device's run measured.
 #[derive(Debug, Default, Clone)]
@@ -31,47 +37,24 @@ pub async fn publish_qos1(
     count: u64,
     window: u16,
 ) -> Result<DeviceResult> {
-    let mut stream = TcpStream::connect(addr).await.context("connect")?;
-    stream.set_nodelay(true)?;
-    crate::device::handshake(&mut stream, client_id, 60).await?;
-    let mut out = BytesMut::new();
-
+    let stream = connect(addr, client_id).await?;
     let mut result = DeviceResult {
         acked: 0,
         ack_latency_us: Vec::with_capacity(count as usize),
     };
     let (mut rd, mut wr) = stream.into_split();
     let window = window.max(1) as u64;
-    // Send times by packet id; ids cycle through 1..=window*2 so they never collide.
-    let ids = window * 2;
-    let mut sent_at = vec![Instant::now(); ids as usize + 1];
+    let mut ids = PacketIds::new(window, Instant::now());
+    let template = Template::new(topic, payload);
     let mut sent = 0u64;
+    let mut out = BytesMut::new();
     let mut buf = BytesMut::with_capacity(8192);
     let mut pending = BytesMut::new();
-    let mut template = BytesMut::new();
-    let p = Publish {
-        dup: false,
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        topic: topic.into(),
-        packet_id: 1,
-        properties: Properties::default(),
-        payload: bytes::Bytes::copy_from_slice(payload),
-    };
-    encode(&Packet::Publish(p), Version::V311, &mut template);
-    // Fixed header (1 + length bytes), then the topic (2 + len), then the id.
-    let len_bytes = template[1..].iter().take_while(|b| *b & 0x80 != 0).count() + 1;
-    let id_offset = 1 + len_bytes + 2 + topic.len();
     while result.acked < count {
         // Fill the window in one write.
         out.clear();
         while sent < count && sent - result.acked < window {
-            let id = (sent % ids) as u16 + 1;
-            // Patch the packet id into the pre-encoded PUBLISH.
-            let at = out.len();
-            out.extend_from_slice(&template);
-            out[at + id_offset..at + id_offset + 2].copy_from_slice(&id.to_be_bytes());
-            sent_at[id as usize] = Instant::now();
+            template.put(&mut out, ids.send(sent));
             sent += 1;
         }
         if !out.is_empty() {
@@ -88,20 +71,172 @@ pub async fn publish_qos1(
             );
         }
         pending.extend_from_slice(&buf);
-        while pending.len() >= 4 {
-            if pending[0] != 0x40 || pending[1] != 0x02 {
-                bail!("{client_id}: unexpected packet {:02x?}", &pending[..4]);
+        read_pubacks(client_id, &mut pending, &ids, None, &mut result)?;
+    }
+    let _ = wr.write_all(&[0xE0, 0x00]).await;
+    Ok(result)
+}
+
+/// Connects as `client_id` (3.1.1, clean session) and reads the CONNACK.
+pub async fn connect(addr: std::net::SocketAddr, client_id: &str) -> Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await.context("connect")?;
+    stream.set_nodelay(true)?;
+    crate::device::handshake(&mut stream, client_id, 60).await?;
+    Ok(stream)
+}
+
+/// Publishes `pace.total` QoS 1 messages on `stream` (connected as
+/// `client_id`) on `pace`'s schedule from `start` (waking at most once a
+/// millisecond and writing every message due in one write), with at most
+/// `window` unacknowledged, and waits for every PUBACK. Latency is recorded
+/// for messages written at or after `measure_from` (after the warm-up).
+/// A message that the window holds back is written as soon as an
+/// acknowledgement frees a slot; its latency counts from that write.
+#[allow(clippy::too_many_arguments)]
+pub async fn publish_qos1_paced(
+    stream: TcpStream,
+    client_id: &str,
+    topic: &str,
+    payload: &[u8],
+    pace: Pace,
+    start: tokio::time::Instant,
+    measure_from: Instant,
+    window: u16,
+) -> Result<DeviceResult> {
+    let count = pace.total;
+    let mut result = DeviceResult {
+        acked: 0,
+        ack_latency_us: Vec::with_capacity(count as usize),
+    };
+    let (mut rd, mut wr) = stream.into_split();
+    let window = window.max(1) as u64;
+    let mut ids = PacketIds::new(window, Instant::now());
+    let template = Template::new(topic, payload);
+    let mut sent = 0u64;
+    let mut out = BytesMut::new();
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut pending = BytesMut::new();
+    let tick = Duration::from_millis(1);
+    tokio::time::sleep_until(start).await;
+    while result.acked < count {
+        let elapsed = start.elapsed();
+        let allowed = pace.due(elapsed).min(result.acked + window);
+        if sent < allowed {
+            out.clear();
+            while sent < allowed {
+                template.put(&mut out, ids.send(sent));
+                sent += 1;
             }
-            let id = u16::from_be_bytes([pending[2], pending[3]]);
-            let _ = pending.split_to(4);
-            let us = sent_at[id as usize]
-                .elapsed()
-                .as_micros()
-                .min(u32::MAX as u128) as u32;
-            result.ack_latency_us.push(us);
-            result.acked += 1;
+            wr.write_all(&out).await?;
+        }
+        // Sleep until the next message is due, unless the window is full
+        // (then only an acknowledgement can let it out).
+        let wake = if sent < result.acked + window {
+            pace.wait(sent, start.elapsed(), tick)
+        } else {
+            None
+        };
+        buf.clear();
+        tokio::select! {
+            // Cancellation-safe: read_buf appends only what it read.
+            n = rd.read_buf(&mut buf) => {
+                if n? == 0 {
+                    bail!("{client_id}: proxy closed the connection after {} acks", result.acked);
+                }
+                pending.extend_from_slice(&buf);
+                read_pubacks(client_id, &mut pending, &ids, Some(measure_from), &mut result)?;
+            }
+            _ = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(60))) => {
+                anyhow::ensure!(wake.is_some(), "{client_id}: no PUBACK for 60 s");
+            }
         }
     }
     let _ = wr.write_all(&[0xE0, 0x00]).await;
     Ok(result)
+}
+
+/// A PUBLISH encoded once; each message patches its packet id in.
+struct Template {
+    bytes: BytesMut,
+    id_offset: usize,
+}
+
+impl Template {
+    fn new(topic: &str, payload: &[u8]) -> Template {
+        let mut bytes = BytesMut::new();
+        let p = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: topic.into(),
+            packet_id: 1,
+            properties: Properties::default(),
+            payload: bytes::Bytes::copy_from_slice(payload),
+        };
+        encode(&Packet::Publish(p), Version::V311, &mut bytes);
+        // Fixed header (1 + length bytes), then the topic (2 + len), then the id.
+        let len_bytes = bytes[1..].iter().take_while(|b| *b & 0x80 != 0).count() + 1;
+        Template {
+            id_offset: 1 + len_bytes + 2 + topic.len(),
+            bytes,
+        }
+    }
+
+    /// Appends the PUBLISH with packet id `id` to `out`.
+    fn put(&self, out: &mut BytesMut, id: u16) {
+        let at = out.len();
+        out.extend_from_slice(&self.bytes);
+        out[at + self.id_offset..at + self.id_offset + 2].copy_from_slice(&id.to_be_bytes());
+    }
+}
+
+/// Packet ids and send times: ids cycle through 1..=window*2, so an id is
+/// never reused while its message is unacknowledged.
+struct PacketIds {
+    ids: u64,
+    sent_at: Vec<Instant>,
+}
+
+impl PacketIds {
+    fn new(window: u64, now: Instant) -> PacketIds {
+        PacketIds {
+            ids: window * 2,
+            sent_at: vec![now; window as usize * 2 + 1],
+        }
+    }
+
+    /// The id of the `n`th message, stamped as sent now.
+    fn send(&mut self, n: u64) -> u16 {
+        let id = (n % self.ids) as u16 + 1;
+        self.sent_at[id as usize] = Instant::now();
+        id
+    }
+}
+
+/// Takes every complete PUBACK off `pending`, counting it and recording its
+/// latency (only for messages sent at or after `measure_from`, if given).
+fn read_pubacks(
+    client_id: &str,
+    pending: &mut BytesMut,
+    ids: &PacketIds,
+    measure_from: Option<Instant>,
+    result: &mut DeviceResult,
+) -> Result<()> {
+    while pending.len() >= 4 {
+        if pending[0] != 0x40 || pending[1] != 0x02 {
+            bail!("{client_id}: unexpected packet {:02x?}", &pending[..4]);
+        }
+        let id = u16::from_be_bytes([pending[2], pending[3]]);
+        let _ = pending.split_to(4);
+        let sent_at = *ids
+            .sent_at
+            .get(id as usize)
+            .with_context(|| format!("{client_id}: PUBACK for unknown packet id {id}"))?;
+        if measure_from.is_none_or(|from| sent_at >= from) {
+            let us = sent_at.elapsed().as_micros().min(u32::MAX as u128) as u32;
+            result.ack_latency_us.push(us);
+        }
+        result.acked += 1;
+    }
+    Ok(())
 }

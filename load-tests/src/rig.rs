@@ -562,8 +562,18 @@ async fn drive(
         "door",
         &mut crate::device::Rng::new(1),
     );
-    let direct_msg_s =
-        crate::direct::produce(&bootstrap, DIRECT_TOPIC, a.devices, messages, &sample).await?;
+    // The direct producer runs with the replicas' producer settings.
+    let mut direct_config = mqtt_kafka_proxy::Config::default();
+    direct_config.kafka.linger_ms = a.linger_ms;
+    let direct_msg_s = crate::direct::produce(
+        &direct_config,
+        &bootstrap,
+        DIRECT_TOPIC,
+        a.devices,
+        messages,
+        &sample,
+    )
+    .await?;
 
     // Tear down: replicas drain on SIGTERM, then Kafka stops (before the
     // Mosquitto reference, which should not share the machine with it).

@@ -1,0 +1,215 @@
+//! The Kafka an in-process benchmark (`ingest-bench`, `command-bench`) runs
+//! against, chosen by `--kafka`: the embedded mock broker in this process
+//! (as the embedded figures in the README were measured), or a real Apache
+//! Kafka cluster of `--brokers` KRaft JVM nodes on loopback
+//! (`kafka_cluster::Cluster`, RF min(3, N), `min.insync.replicas` min(2, N),
+//! topic auto-creation off). The proxy and the direct rdkafka client of a run
+//! both bootstrap from [`BenchKafka::bootstrap`].
+//!
+//! The rig has its own backend (`rig/backend.rs`): it runs the embedded
+//! broker as a separate `dev-kafka` process and keeps the cluster's logs
+//! under its report directory; here everything is one process and the
+//! cluster lives in a temporary directory removed on stop.
+//!
+//! On the cluster the proxy creates its topics at start-up (`[kafka.topics]`,
+//! as in production); [`BenchKafka::await_topics`] waits until they are served
+//! before anything writes to them. On the embedded broker they are created
+//! here (the mock has no CreateTopics).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use kafka_cluster::{Cluster, ClusterConfig};
+use mqtt_kafka_proxy::kafka::embedded::EmbeddedKafka;
+use mqtt_kafka_proxy::Config;
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+
+pub use crate::rig::KafkaBackend;
+
+/// How long the proxy's topics may take to have a leader on every
+/// partition (a loaded 2-core machine, RF 3).
+const TOPICS_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The running Kafka of one benchmark run.
+pub struct BenchKafka {
+    /// Bootstrap list for the proxy and the direct client.
+    pub bootstrap: String,
+    /// What ran ("Apache Kafka 4.1.1, 3 brokers, RF 3, min.insync.replicas 2").
+    pub description: String,
+    inner: Inner,
+}
+
+/// `None` once stopped.
+enum Inner {
+    Embedded(Option<EmbeddedKafka>),
+    Cluster(Option<Cluster>),
+}
+
+impl BenchKafka {
+    /// Starts the chosen backend. On the embedded broker, every topic the
+    /// proxy names (`Config::kafka_topics` of the default config) is created
+    /// with `partitions` partitions.
+    pub async fn start(backend: KafkaBackend, brokers: u32, partitions: u32) -> Result<BenchKafka> {
+        match backend {
+            KafkaBackend::Embedded => {
+                let topics = Config::default().kafka_topics();
+                let kafka = EmbeddedKafka::start(1, partitions, &topics, "127.0.0.1:0".parse()?)
+                    .await
+                    .context("embedded broker")?;
+                Ok(BenchKafka {
+                    bootstrap: kafka.bootstrap_servers().to_owned(),
+                    description:
+                        "embedded mock broker (librdkafka mock cluster, 1 broker, in this process)"
+                            .into(),
+                    inner: Inner::Embedded(Some(kafka)),
+                })
+            }
+            KafkaBackend::Cluster => {
+                anyhow::ensure!(brokers >= 1, "--brokers must be at least 1");
+                println!(
+                    "starting Apache Kafka {} with {brokers} broker(s)…",
+                    kafka_cluster::KAFKA_VERSION
+                );
+                let started = Instant::now();
+                let config = ClusterConfig {
+                    brokers,
+                    ..Default::default()
+                };
+                let cluster = tokio::task::spawn_blocking(move || Cluster::start(config))
+                    .await?
+                    .context("start the Kafka cluster")?;
+                println!(
+                    "kafka cluster up in {:.0} s: {}",
+                    started.elapsed().as_secs_f64(),
+                    cluster.bootstrap()
+                );
+                Ok(BenchKafka {
+                    bootstrap: cluster.bootstrap(),
+                    description: format!(
+                        "Apache Kafka {}, {brokers} brokers",
+                        kafka_cluster::KAFKA_VERSION
+                    ),
+                    inner: Inner::Cluster(Some(cluster)),
+                })
+            }
+        }
+    }
+
+    /// Whether this is a real cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner, Inner::Cluster(_))
+    }
+
+    /// Sets what the proxy needs to use this Kafka: the bootstrap list and,
+    /// on the cluster, topic creation with `partitions` partitions and the
+    /// brokers' default replication factor.
+    pub fn configure(&self, config: &mut Config, partitions: u32) {
+        config.kafka.bootstrap_servers = self.bootstrap.clone();
+        if self.is_cluster() {
+            config.kafka.topics.create = true;
+            config.kafka.topics.partitions = partitions as i32;
+            config.kafka.topics.replication_factor = -1;
+        }
+    }
+
+    /// On the cluster: waits until every topic of `topics` has
+    /// `partitions` partitions, each with a leader (a created topic shows in
+    /// the metadata a moment after CreateTopics returns), then adds the
+    /// replication factor and `min.insync.replicas` of the first to the
+    /// description. Nothing to do on the embedded broker.
+    pub async fn await_topics(&mut self, topics: &[&str], partitions: u32) -> Result<()> {
+        if !self.is_cluster() {
+            return Ok(());
+        }
+        let first = topics.first().context("no topics")?.to_string();
+        let bootstrap = self.bootstrap.clone();
+        let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        let rf = tokio::task::spawn_blocking(move || {
+            wait_served(&bootstrap, &names, partitions as usize)
+        })
+        .await??;
+        let min_isr = topic_config(&self.bootstrap, &first, "min.insync.replicas")
+            .await
+            .unwrap_or_else(|e| format!("unknown ({e})"));
+        self.description
+            .push_str(&format!(", RF {rf}, min.insync.replicas {min_isr}"));
+        Ok(())
+    }
+
+    /// Stops the backend; the cluster's nodes get a controlled shutdown.
+    /// Idempotent.
+    pub async fn stop(&mut self) {
+        match &mut self.inner {
+            Inner::Embedded(k) => drop(k.take()),
+            Inner::Cluster(c) => {
+                if let Some(c) = c.take() {
+                    if tokio::task::spawn_blocking(move || c.stop()).await.is_err() {
+                        eprintln!("stopping the Kafka cluster panicked");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Polls metadata until every topic has `partitions` partitions, each
+/// with a leader; returns the replication factor of the first topic.
+fn wait_served(bootstrap: &str, topics: &[String], partitions: usize) -> Result<usize> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "3")
+        .create()?;
+    let deadline = Instant::now() + TOPICS_TIMEOUT;
+    loop {
+        let mut waiting = Vec::new();
+        let mut rf = 0;
+        for (i, t) in topics.iter().enumerate() {
+            let served = client
+                .fetch_metadata(Some(t), Duration::from_secs(5))
+                .ok()
+                .and_then(|md| {
+                    let topic = md.topics().first()?;
+                    let ps = topic.partitions();
+                    let ok = topic.error().is_none()
+                        && ps.len() == partitions
+                        && ps.iter().all(|p| p.error().is_none() && p.leader() >= 0);
+                    ok.then(|| ps.first().map_or(0, |p| p.replicas().len()))
+                });
+            match served {
+                Some(r) if i == 0 => rf = r,
+                Some(_) => {}
+                None => waiting.push(t.as_str()),
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(rf);
+        }
+        if Instant::now() > deadline {
+            bail!("topics {waiting:?} not served with {partitions} partitions after {TOPICS_TIMEOUT:?}: did the proxy create them?");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The effective value of one config of `topic` (its own or the broker default).
+async fn topic_config(bootstrap: &str, topic: &str, key: &str) -> Result<String> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
+        .await?;
+    let resource = results
+        .into_iter()
+        .next()
+        .context("no answer")?
+        .map_err(|code| anyhow::anyhow!("{code}"))?;
+    resource
+        .get(key)
+        .and_then(|e| e.value.clone())
+        .with_context(|| format!("{key} not in the answer"))
+}

@@ -1,0 +1,418 @@
+//! `ingest-bench`: QoS 1 messages of ~200 bytes from many devices through
+//! the proxy into Kafka and, in the same run, the same records (same keys,
+//! value and headers, same producer settings) produced straight into the
+//! same Kafka by a lean rdkafka producer (`direct.rs`). Kafka is the
+//! embedded mock broker or a real cluster (`--kafka`, `bench_kafka.rs`).
+//!
+//! Two measurements, each alternating the paths round by round:
+//! - **peak**: both paths as fast as they go (devices keep `--window`
+//!   messages unacknowledged); the rates and their ratio;
+//! - **latency at a fixed rate** (`--latency-rounds`): both paths at the
+//!   same rate (`--rate`, by default half the median peak through the
+//!   proxy), the direct producer's delivery-report latency beside the
+//!   devices' PUBACK latency, and the difference: what the proxy adds.
+//!
+//! The run ends by checking that Kafka appended every record of both paths.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use mqtt_kafka_proxy::Config;
+use rdkafka::ClientConfig;
+
+use crate::bench_kafka::{BenchKafka, KafkaBackend};
+use crate::measure::{loadavg, Latency, Pace, Spread};
+use crate::{direct, lean, worker};
+
+/// The topic both paths write (the proxy's default route for
+/// `devices/{id}/events/#`).
+const TOPIC: &str = "iot.events";
+
+/// Latency samples of the first second of each fixed-rate phase are left
+/// out: connections and the idempotent producer's id are set up then.
+const WARMUP: Duration = Duration::from_secs(1);
+
+/// Options of `load-tests ingest-bench`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct IngestArgs {
+    /// Concurrent devices (MQTT connections).
+    #[arg(long, default_value_t = 500)]
+    pub devices: u64,
+    /// Messages in total, per peak phase.
+    #[arg(long, default_value_t = 300_000)]
+    pub messages: u64,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 200)]
+    pub payload_bytes: usize,
+    /// Unacknowledged QoS 1 messages per device.
+    #[arg(long, default_value_t = 32)]
+    pub window: u16,
+    /// Partitions of the target topic.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: u32,
+    /// Rounds of (direct, proxy) at the peak rate; medians are reported.
+    /// 0 skips the peak (then `--rate` is needed for the latency rounds).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
+    /// Rounds of (direct, proxy) at a fixed rate, comparing the direct
+    /// producer's delivery-report latency with the PUBACK latency. 0 skips them.
+    #[arg(long, default_value_t = 5)]
+    pub latency_rounds: u32,
+    /// The fixed rate, messages per second over all devices (default: half
+    /// the median peak rate through the proxy).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Seconds per fixed-rate phase (the first second is warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    pub latency_s: f64,
+    /// Which Kafka: the embedded mock broker (in this process) or a real
+    /// Apache Kafka cluster (KRaft JVM nodes on loopback).
+    #[arg(long, value_enum, default_value = "embedded")]
+    pub kafka: KafkaBackend,
+    /// Brokers of the real cluster (with `--kafka cluster`): RF min(3, N),
+    /// min.insync.replicas min(2, N).
+    #[arg(long, default_value_t = 3)]
+    pub brokers: u32,
+}
+
+/// Runs the benchmark and prints its tables; the Kafka it started is
+/// stopped on every path.
+pub async fn run(a: IngestArgs) -> Result<()> {
+    let mut kafka = BenchKafka::start(a.kafka, a.brokers, a.partitions).await?;
+    let result = bench(&a, &mut kafka).await;
+    kafka.stop().await;
+    result
+}
+
+fn payload(n: usize) -> Vec<u8> {
+    let mut p = "{\"device\":\"dev-0000\",\"state\":\"on\",\"temp\":21.5,\"pad\":\"".to_string();
+    while p.len() + 2 < n {
+        p.push('x');
+    }
+    p.push_str("\"}");
+    p.into_bytes()
+}
+
+/// The proxy's configuration for the run: plain TCP on a free port, no
+/// per-source connect limit (every device shares 127.0.0.1), Receive
+/// Maximum = the window. The direct producer is built from the same config.
+fn proxy_config(a: &IngestArgs, kafka: &BenchKafka) -> Result<Config> {
+    let mut config = Config::default();
+    kafka.configure(&mut config, a.partitions);
+    config.listeners.tcp.bind = "127.0.0.1:0".parse()?;
+    config.listeners.tls.enabled = false;
+    config.listeners.max_connections = (a.devices as usize + 10).max(100);
+    config.limits.connects_per_second_per_source = 0;
+    config.ops.bind = "127.0.0.1:0".parse()?;
+    config.listeners.ws.enabled = false;
+    config.listeners.wss.enabled = false;
+    config.log.level = "warn".into();
+    config.mqtt.receive_maximum = a.window.max(1);
+    Ok(config)
+}
+
+async fn bench(a: &IngestArgs, kafka: &mut BenchKafka) -> Result<()> {
+    let load_before = loadavg();
+    let started = Instant::now();
+    let body = payload(a.payload_bytes);
+    let config = proxy_config(a, kafka)?;
+    let proxy = mqtt_kafka_proxy::Proxy::start(config.clone()).await?;
+    kafka.await_topics(&[TOPIC], a.partitions).await?;
+    let addr = proxy.tcp_addr().context("tcp listener")?;
+    println!(
+        "ingest-bench on {}: {} devices, QoS 1 messages of {} bytes, window {}, {} partitions, producer linger {} ms, acks=all, idempotent (both paths); load average before: {load_before}",
+        kafka.description, a.devices, body.len(), a.window, a.partitions, config.kafka.linger_ms
+    );
+    // Records Kafka should hold at the end, both paths, all phases.
+    let mut appended = 0u64;
+
+    let mut peak_proxy = None;
+    if a.rounds > 0 {
+        let mut direct_rates = Vec::new();
+        let mut proxy_rates = Vec::new();
+        let mut proxy_lat: Vec<u32> = Vec::new();
+        println!(
+            "\npeak: {} messages per phase, {} rounds",
+            a.messages, a.rounds
+        );
+        for round in 1..=a.rounds {
+            let d = direct::produce(
+                &config,
+                &kafka.bootstrap,
+                TOPIC,
+                a.devices,
+                a.messages,
+                &body,
+            )
+            .await?;
+            println!("round {round}: direct producer {d:>10.0} msg/s");
+            direct_rates.push(d);
+            // The direct producer's warm-up writes one record per partition.
+            appended += a.messages + a.partitions as u64;
+            let (p, acked, lat) = peak_through_proxy(addr, a, &body).await?;
+            println!("round {round}: through proxy   {p:>10.0} msg/s");
+            proxy_rates.push(p);
+            proxy_lat.extend(lat);
+            appended += acked;
+        }
+        let d = Spread::of(&direct_rates).context("no rounds")?;
+        let p = Spread::of(&proxy_rates).context("no rounds")?;
+        println!();
+        println!(
+            "| path | QoS 1 msg/s, median of {} rounds | min | max |",
+            a.rounds
+        );
+        println!("|---|---|---|---|");
+        println!(
+            "| direct rdkafka producer | {:.0} | {:.0} | {:.0} |",
+            d.median, d.min, d.max
+        );
+        println!(
+            "| through mqtt-kafka-proxy | {:.0} | {:.0} | {:.0} |",
+            p.median, p.min, p.max
+        );
+        println!(
+            "| ratio proxy / direct (medians) | {:.2} | | |",
+            p.median / d.median
+        );
+        let ratios: Vec<f64> = proxy_rates
+            .iter()
+            .zip(&direct_rates)
+            .map(|(p, d)| p / d)
+            .collect();
+        if let Some(r) = Spread::of(&ratios) {
+            println!("| ratio per round, median [min–max] | {} | | |", r.show(2));
+        }
+        if let Some(l) = Latency::of_us(&mut proxy_lat) {
+            println!(
+                "PUBACK latency through the proxy at the peak (all rounds, window {} per device): p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
+                a.window, l.p50_ms, l.p99_ms, l.p999_ms
+            );
+        }
+        peak_proxy = Some(p.median);
+    }
+
+    if a.latency_rounds > 0 {
+        let rate = match (a.rate, peak_proxy) {
+            (Some(r), _) => r,
+            (None, Some(p)) => p / 2.0,
+            (None, None) => anyhow::bail!("--rounds 0 needs --rate for the latency rounds"),
+        };
+        anyhow::ensure!(rate > 0.0, "the fixed rate must be positive");
+        appended += latency_rounds(a, &config, kafka, addr, &body, rate).await?;
+    }
+
+    proxy.shutdown().await;
+    let stored = stored_records(&kafka.bootstrap, TOPIC, a.partitions).await?;
+    println!("records appended to {TOPIC}: {stored} (expected {appended})");
+    println!(
+        "load average after: {} ({:.0} s run)",
+        loadavg(),
+        started.elapsed().as_secs_f64()
+    );
+    anyhow::ensure!(
+        stored == appended,
+        "record count mismatch: {stored} != {appended}"
+    );
+    Ok(())
+}
+
+/// The fixed-rate rounds; returns how many records they appended.
+async fn latency_rounds(
+    a: &IngestArgs,
+    config: &Config,
+    kafka: &BenchKafka,
+    addr: std::net::SocketAddr,
+    body: &[u8],
+    rate: f64,
+) -> Result<u64> {
+    let phase = Duration::from_secs_f64(a.latency_s);
+    anyhow::ensure!(
+        phase > WARMUP,
+        "--latency-s must be longer than the 1 s warm-up"
+    );
+    println!(
+        "\nlatency at a fixed rate: {rate:.0} msg/s{} for {:.0} s per phase ({} devices at {:.1} msg/s each through the proxy; first {} s of each phase not counted), {} rounds alternating direct and proxy",
+        if a.rate.is_some() { "" } else { " (half the median peak through the proxy)" },
+        a.latency_s,
+        a.devices,
+        rate / a.devices as f64,
+        WARMUP.as_secs(),
+        a.latency_rounds
+    );
+    let mut appended = 0;
+    let mut rows: Vec<(Latency, Latency)> = Vec::new();
+    let mut rates: Vec<(f64, f64)> = Vec::new();
+    for round in 1..=a.latency_rounds {
+        let pace = Pace::for_duration(rate, phase);
+        let mut d = direct::produce_paced(
+            config,
+            &kafka.bootstrap,
+            TOPIC,
+            a.devices,
+            pace,
+            WARMUP,
+            body,
+        )
+        .await?;
+        appended += d.appended;
+        let dl = Latency::of_us(&mut d.latency_us).context("no direct samples")?;
+        let (p_rate, acked, mut p_lat) = paced_through_proxy(addr, a, body, rate, phase).await?;
+        appended += acked;
+        let pl = Latency::of_us(&mut p_lat).context("no proxy samples")?;
+        println!(
+            "round {round}: direct {:.0} msg/s, delivery report p50 {:.2} ms p99 {:.2} ms | proxy {:.0} msg/s, PUBACK p50 {:.2} ms p99 {:.2} ms | added p50 {:+.2} ms p99 {:+.2} ms",
+            d.rate, dl.p50_ms, dl.p99_ms, p_rate, pl.p50_ms, pl.p99_ms,
+            pl.p50_ms - dl.p50_ms, pl.p99_ms - dl.p99_ms
+        );
+        rows.push((dl, pl));
+        rates.push((d.rate, p_rate));
+    }
+    let col = |f: &dyn Fn(&(Latency, Latency)) -> f64| {
+        Spread::of(&rows.iter().map(f).collect::<Vec<_>>()).map_or("-".into(), |s| s.show(2))
+    };
+    println!();
+    println!(
+        "| at {rate:.0} msg/s, ms, median of {} rounds [min–max] | p50 | p99 |",
+        rows.len()
+    );
+    println!("|---|---|---|");
+    println!(
+        "| direct producer: send → delivery report | {} | {} |",
+        col(&|r| r.0.p50_ms),
+        col(&|r| r.0.p99_ms)
+    );
+    println!(
+        "| through the proxy: PUBLISH written → PUBACK read | {} | {} |",
+        col(&|r| r.1.p50_ms),
+        col(&|r| r.1.p99_ms)
+    );
+    println!(
+        "| **added by the proxy** (proxy − direct, per round) | {} | {} |",
+        col(&|r| r.1.p50_ms - r.0.p50_ms),
+        col(&|r| r.1.p99_ms - r.0.p99_ms)
+    );
+    let rate_of = |f: &dyn Fn(&(f64, f64)) -> f64| {
+        Spread::of(&rates.iter().map(f).collect::<Vec<_>>()).map_or("-".into(), |s| s.show(0))
+    };
+    println!(
+        "achieved msg/s: direct {}, proxy {}",
+        rate_of(&|r| r.0),
+        rate_of(&|r| r.1)
+    );
+    Ok(appended)
+}
+
+/// Every device publishes `messages / devices` as fast as its window
+/// allows. Returns (acknowledged per second, acknowledged, PUBACK latencies).
+async fn peak_through_proxy(
+    addr: std::net::SocketAddr,
+    a: &IngestArgs,
+    body: &[u8],
+) -> Result<(f64, u64, Vec<u32>)> {
+    let per = a.messages / a.devices;
+    let body: Arc<[u8]> = body.into();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for d in 0..a.devices {
+        let body = body.clone();
+        let window = a.window;
+        tasks.spawn(async move {
+            let id = worker::device_id(d);
+            let topic = format!("devices/{id}/events/state");
+            lean::publish_qos1(addr, &id, &topic, &body, per, window).await
+        });
+    }
+    let mut acked = 0;
+    let mut lat = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let r = r??;
+        acked += r.acked;
+        lat.extend(r.ack_latency_us);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok((acked as f64 / secs, acked, lat))
+}
+
+/// Every device connects, then publishes at `rate / devices` for `phase`,
+/// the devices' schedules spread evenly over one period so their messages
+/// do not arrive in step. Returns (acknowledged per second, acknowledged,
+/// PUBACK latencies after the warm-up).
+async fn paced_through_proxy(
+    addr: std::net::SocketAddr,
+    a: &IngestArgs,
+    body: &[u8],
+    rate: f64,
+    phase: Duration,
+) -> Result<(f64, u64, Vec<u32>)> {
+    let mut connecting = tokio::task::JoinSet::new();
+    for d in 0..a.devices {
+        connecting.spawn(async move {
+            let id = worker::device_id(d);
+            lean::connect(addr, &id).await.map(|s| (d, s))
+        });
+    }
+    let mut streams = Vec::with_capacity(a.devices as usize);
+    while let Some(r) = connecting.join_next().await {
+        streams.push(r??);
+    }
+    let per_device = rate / a.devices as f64;
+    let pace = Pace::for_duration(per_device, phase);
+    let period = Duration::from_secs_f64(1.0 / per_device);
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let measure_from = start.into_std() + WARMUP;
+    let body: Arc<[u8]> = body.into();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (d, stream) in streams {
+        let body = body.clone();
+        let window = a.window;
+        let offset = period.mul_f64(d as f64 / a.devices as f64);
+        tasks.spawn(async move {
+            let id = worker::device_id(d);
+            let topic = format!("devices/{id}/events/state");
+            lean::publish_qos1_paced(
+                stream,
+                &id,
+                &topic,
+                &body,
+                pace,
+                start + offset,
+                measure_from,
+                window,
+            )
+            .await
+        });
+    }
+    let mut acked = 0;
+    let mut lat = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let r = r??;
+        acked += r.acked;
+        lat.extend(r.ack_latency_us);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok((acked as f64 / secs, acked, lat))
+}
+
+/// Sum of the high watermarks of `topic`: how many records the broker has
+/// appended. (Not high - low: librdkafka's mock broker keeps only the last
+/// 5 MiB / 100,000 records of each partition and advances the low watermark.)
+async fn stored_records(bootstrap: &str, topic: &str, partitions: u32) -> Result<u64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || -> Result<u64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "ingest-bench-check")
+            .create()?;
+        let mut total = 0;
+        for p in 0..partitions as i32 {
+            let (_low, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(10))?;
+            total += high as u64;
+        }
+        Ok(total)
+    })
+    .await?
+}
