@@ -32,3 +32,11 @@ MKP_TEST_KAFKA=cluster cargo test --features real-kafka \
 cargo build --release --workspace
 target/release/load-tests rig --scenario fleet --devices 3000 --replicas 2 --tls \
   --speed 600 --idle-s 3 --duration-s 20 --connect-rate 3000 --out target/load-smoke
+
+# Fault-matrix smoke: 2,000 devices (half of them MQTT 5.0) on a real 3-broker
+# cluster (RF 3, min.insync.replicas 2) while the leader of the most ingest
+# partitions is SIGKILLed and restarted, then every broker is SIGSTOPped.
+# Exits non-zero if any acknowledged message is missing from Kafka. The full
+# matrix (100k devices, eight faults) is `load-tests faults` with its defaults.
+target/release/load-tests faults --devices 2000 --speed 120 --faults leader-kill,hang \
+  --baseline-s 10 --recovery-s 10 --down-s 10 --hang-s 10 --out target/faults-smoke

@@ -610,7 +610,15 @@ pub fn java() -> PathBuf {
 /// the thread must outlive every test task; this one lives as long as the
 /// process.
 fn spawn_tied(cmd: Command) -> std::io::Result<Child> {
-    type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
+    spawn_tied_with(cmd, libc::SIGKILL)
+}
+
+/// Spawns `cmd` so that it gets `signal` when this process dies, from any
+/// thread: `PR_SET_PDEATHSIG` fires when the *spawning thread* exits (a
+/// tokio blocking-pool thread exits after 10 s idle), so every spawn goes
+/// through one thread that lives as long as the process.
+pub fn spawn_tied_with(cmd: Command, signal: libc::c_int) -> std::io::Result<Child> {
+    type Job = (Command, libc::c_int, mpsc::Sender<std::io::Result<Child>>);
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
     let tx = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Job>();
@@ -618,11 +626,11 @@ fn spawn_tied(cmd: Command) -> std::io::Result<Child> {
             .name("kafka-cluster-spawner".into())
             .spawn(move || {
                 use std::os::unix::process::CommandExt;
-                while let Ok((mut cmd, reply)) = rx.recv() {
+                while let Ok((mut cmd, signal, reply)) = rx.recv() {
                     // SAFETY: only async-signal-safe calls between fork and exec.
                     unsafe {
-                        cmd.pre_exec(|| {
-                            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                        cmd.pre_exec(move || {
+                            libc::prctl(libc::PR_SET_PDEATHSIG, signal);
                             Ok(())
                         });
                     }
@@ -634,7 +642,7 @@ fn spawn_tied(cmd: Command) -> std::io::Result<Child> {
     });
     let (reply_tx, reply_rx) = mpsc::channel();
     lock(tx)
-        .send((cmd, reply_tx))
+        .send((cmd, signal, reply_tx))
         .map_err(|_| std::io::Error::other("spawner thread gone"))?;
     reply_rx
         .recv()

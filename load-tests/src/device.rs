@@ -1,8 +1,10 @@
-//! One simulated device: a lean MQTT 3.1.1 client over TCP or TLS, bound to
-//! a chosen loopback source address, that connects, publishes its scenario's
-//! messages at QoS 1 (or 0), answers keep-alive, and reconnects with
-//! jittered exponential backoff when the connection drops — resending what
-//! was not acknowledged, as a real device does.
+//! One simulated device: a lean MQTT 3.1.1 or 5.0 client over TCP or TLS,
+//! bound to a chosen loopback source address, that connects, publishes its
+//! scenario's messages at QoS 1 (or 0), answers keep-alive, and reconnects
+//! with jittered exponential backoff when the connection drops — resending
+//! what was not acknowledged, as a real device does. A 5.0 device also
+//! hears negative PUBACKs (reason ≥ 0x80) and the server's DISCONNECT with
+//! its reason code.
 //!
 //! Why not rumqttc: each rumqttc client is an event loop with request
 //! channels, a state machine and 10+ KB of buffers; 100,000 of them spread
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::BytesMut;
+use mqtt_kafka_proxy::mqtt::codec::parse_fixed_header;
 use mqtt_kafka_proxy::mqtt::encode::encode;
 use mqtt_kafka_proxy::mqtt::packet::{Connect, Packet, Properties, Publish, QoS, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -40,7 +43,34 @@ pub struct Stats {
     pub sent_qos0: AtomicU64,
     /// Reconnects after a drop.
     pub reconnects: AtomicU64,
+    /// Negative PUBACKs (5.0, reason code ≥ 0x80).
+    pub nacked: AtomicU64,
+    /// DISCONNECT packets from the proxy (5.0), any reason.
+    pub told_to_go: AtomicU64,
 }
+
+/// What the proxy said about one QoS 1 message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckOf {
+    /// The message's seq.
+    pub seq: u64,
+    /// The PUBACK's reason code (0: success; ≥ 0x80: not delivered).
+    pub reason: u8,
+    /// Time since the PUBLISH was written.
+    pub latency: Duration,
+}
+
+/// The proxy sent DISCONNECT (5.0) with this reason code.
+#[derive(Debug)]
+pub struct ToldToGo(pub u8);
+
+impl std::fmt::Display for ToldToGo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the proxy sent DISCONNECT {:#04x}", self.0)
+    }
+}
+
+impl std::error::Error for ToldToGo {}
 
 /// How a device reaches the proxy.
 #[derive(Clone)]
@@ -73,6 +103,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// A connected device session.
 pub struct Session {
+    version: Version,
     stream: Box<dyn Stream>,
     buf: BytesMut,
     /// (packet id, seq, sent at) of unacknowledged QoS 1 messages, in order.
@@ -82,8 +113,8 @@ pub struct Session {
 }
 
 /// Opens the socket from the device's source address and does TLS and
-/// CONNECT/CONNACK.
-pub async fn connect(target: &Target, client_id: &str) -> Result<Session> {
+/// CONNECT/CONNACK in `version`.
+pub async fn connect(target: &Target, client_id: &str, version: Version) -> Result<Session> {
     let socket = if target.addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -103,8 +134,15 @@ pub async fn connect(target: &Target, client_id: &str) -> Result<Session> {
         ),
         None => Box::new(tcp),
     };
-    handshake(&mut stream, client_id, target.keep_alive.as_secs() as u16).await?;
+    handshake_in(
+        &mut stream,
+        client_id,
+        target.keep_alive.as_secs() as u16,
+        version,
+    )
+    .await?;
     Ok(Session {
+        version,
         stream,
         buf: BytesMut::new(),
         inflight: VecDeque::new(),
@@ -119,9 +157,19 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     client_id: &str,
     keep_alive_s: u16,
 ) -> Result<()> {
+    handshake_in(stream, client_id, keep_alive_s, Version::V311).await
+}
+
+/// Sends a clean-start CONNECT in `version` and waits for an accepting CONNACK.
+pub async fn handshake_in<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+    stream: &mut S,
+    client_id: &str,
+    keep_alive_s: u16,
+    version: Version,
+) -> Result<()> {
     let mut out = BytesMut::new();
     let c = Connect {
-        version: Version::V311,
+        version,
         client_id: client_id.into(),
         clean_start: true,
         keep_alive: keep_alive_s,
@@ -130,13 +178,27 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
         will: None,
         properties: Properties::default(),
     };
-    encode(&Packet::Connect(Box::new(c)), Version::V311, &mut out);
+    encode(&Packet::Connect(Box::new(c)), version, &mut out);
     stream.write_all(&out).await?;
     stream.flush().await?;
-    let mut ack = [0u8; 4];
+    // CONNACK: 3.1.1 is 4 bytes; 5.0 adds properties after the reason code.
+    let mut ack = vec![0u8; 2];
     stream.read_exact(&mut ack).await.context("CONNACK")?;
-    if ack != [0x20, 0x02, 0x00, 0x00] {
-        bail!("{client_id}: connect refused: {ack:02x?}");
+    let header = loop {
+        match parse_fixed_header(&ack) {
+            Ok(Some(h)) => break h,
+            Ok(None) if ack.len() < 5 => {
+                let mut b = [0u8; 1];
+                stream.read_exact(&mut b).await.context("CONNACK")?;
+                ack.push(b[0]);
+            }
+            _ => bail!("{client_id}: malformed CONNACK {ack:02x?}"),
+        }
+    };
+    let mut rest = vec![0u8; header.remaining_len];
+    stream.read_exact(&mut rest).await.context("CONNACK")?;
+    if header.byte1 != 0x20 || rest.len() < 2 || rest[1] != 0 {
+        bail!("{client_id}: connect refused: {ack:02x?} {rest:02x?}");
     }
     Ok(())
 }
@@ -162,7 +224,7 @@ impl Session {
             payload: m.payload.clone(),
         };
         let mut out = BytesMut::new();
-        encode(&Packet::Publish(p), Version::V311, &mut out);
+        encode(&Packet::Publish(p), self.version, &mut out);
         self.stream.write_all(&out).await?;
         self.stream.flush().await?;
         self.last_write = Instant::now();
@@ -184,39 +246,49 @@ impl Session {
     }
 
     /// Waits for bytes from the proxy and handles every complete packet;
-    /// returns the seqs acknowledged with their PUBACK latency.
-    /// Cancellation-safe: only the read is awaited.
-    pub async fn read_acks(&mut self, acked: &mut Vec<(u64, Duration)>) -> Result<()> {
+    /// returns what the PUBACKs said, in order. A DISCONNECT from the proxy
+    /// ends the session with a [`ToldToGo`] error (after the PUBACKs before
+    /// it are returned). Cancellation-safe: only the read is awaited.
+    pub async fn read_acks(&mut self, acked: &mut Vec<AckOf>) -> Result<()> {
         let mut chunk = [0u8; 512];
         let n = self.stream.read(&mut chunk).await?;
         if n == 0 {
             bail!("proxy closed the connection");
         }
         self.buf.extend_from_slice(&chunk[..n]);
-        while self.buf.len() >= 2 {
-            let len = self.buf[1] as usize;
-            if self.buf[1] & 0x80 != 0 {
-                bail!(
-                    "unexpected long packet from the proxy: {:02x?}",
-                    &self.buf[..2]
-                );
-            }
-            if self.buf.len() < 2 + len {
+        loop {
+            let Some(h) = parse_fixed_header(&self.buf)
+                .map_err(|e| anyhow::anyhow!("from the proxy: {e}"))?
+            else {
+                break;
+            };
+            if self.buf.len() < h.header_len + h.remaining_len {
                 break;
             }
-            let packet = self.buf.split_to(2 + len);
-            match packet[0] {
-                0x40 if len == 2 => {
-                    let id = u16::from_be_bytes([packet[2], packet[3]]);
+            let packet = self.buf.split_to(h.header_len + h.remaining_len);
+            let body = &packet[h.header_len..];
+            match h.byte1 {
+                0x40 if body.len() >= 2 => {
+                    let id = u16::from_be_bytes([body[0], body[1]]);
+                    let reason = body.get(2).copied().unwrap_or(0);
                     match self.inflight.front() {
                         Some(&(front, seq, at)) if front == id => {
                             self.inflight.pop_front();
-                            acked.push((seq, at.elapsed()));
+                            acked.push(AckOf {
+                                seq,
+                                reason,
+                                latency: at.elapsed(),
+                            });
                         }
                         _ => bail!("PUBACK {id} out of order"),
                     }
                 }
                 0xD0 => {}
+                0xE0 => {
+                    let reason = body.first().copied().unwrap_or(0);
+                    self.buf.clear();
+                    return Err(ToldToGo(reason).into());
+                }
                 other => bail!("unexpected packet type {other:#04x} from the proxy"),
             }
         }
@@ -263,5 +335,74 @@ impl Rng {
     pub fn exp(&mut self, mean: Duration) -> Duration {
         let u = self.next_f64().max(1e-12);
         mean.mul_f64(-u.ln())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outgoing(seq: u64) -> Outgoing {
+        Outgoing {
+            seq,
+            topic: "devices/d/events/x".into(),
+            payload: bytes::Bytes::from_static(b"{}"),
+            qos: QoS::AtLeastOnce,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_v5_session_hears_success_refusal_ping_and_disconnect_in_order() {
+        let (ours, mut proxy) = tokio::io::duplex(4096);
+        let mut s = Session {
+            version: Version::V5,
+            stream: Box::new(ours),
+            buf: BytesMut::new(),
+            inflight: VecDeque::new(),
+            next_id: 1,
+            last_write: Instant::now(),
+        };
+        let stats = Stats::default();
+        for seq in [7, 8] {
+            s.publish(&outgoing(seq), &stats).await.unwrap();
+        }
+        // Drain what the device wrote, so the pipe never fills.
+        let mut sink = vec![0u8; 4096];
+        let _ = proxy.read(&mut sink).await.unwrap();
+        // PUBACK 1 success (short form); PUBACK 2 with 0x80 and a reason
+        // string property; PINGRESP; DISCONNECT 0x8B.
+        let mut bytes = vec![0x40, 0x02, 0x00, 0x01];
+        bytes.extend([0x40, 0x08, 0x00, 0x02, 0x80, 0x04, 0x1F, 0x00, 0x01, b'x']);
+        bytes.extend([0xD0, 0x00]);
+        bytes.extend([0xE0, 0x01, 0x8B]);
+        proxy.write_all(&bytes).await.unwrap();
+        let mut acks = Vec::new();
+        let mut told = None;
+        while told.is_none() {
+            if let Err(e) = s.read_acks(&mut acks).await {
+                told = Some(e.downcast::<ToldToGo>().expect("a DISCONNECT").0);
+            }
+        }
+        assert_eq!(told, Some(0x8B));
+        let seen: Vec<(u64, u8)> = acks.iter().map(|a| (a.seq, a.reason)).collect();
+        assert_eq!(seen, vec![(7, 0x00), (8, 0x80)]);
+        assert_eq!(stats.sent.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_puback_for_a_message_not_at_the_front_is_an_error() {
+        let (ours, mut proxy) = tokio::io::duplex(4096);
+        let mut s = Session {
+            version: Version::V311,
+            stream: Box::new(ours),
+            buf: BytesMut::new(),
+            inflight: VecDeque::new(),
+            next_id: 1,
+            last_write: Instant::now(),
+        };
+        s.publish(&outgoing(0), &Stats::default()).await.unwrap();
+        proxy.write_all(&[0x40, 0x02, 0x00, 0x09]).await.unwrap();
+        let err = s.read_acks(&mut Vec::new()).await.unwrap_err();
+        assert!(err.to_string().contains("out of order"), "{err}");
     }
 }

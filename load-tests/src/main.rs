@@ -31,6 +31,9 @@ enum Cmd {
     IngestBench(ingest_bench::IngestArgs),
     /// Start a broker, K replicas and the simulated fleet; verify; write the report.
     Rig(rig::RigArgs),
+    /// The fault matrix: the fleet on a real 3-broker cluster while brokers,
+    /// the network path and replicas fail; writes the matrix and plots.
+    Faults(rig::faults::FaultsArgs),
     /// Commands from Kafka to devices on two replicas, beside a direct consumer.
     CommandBench(command_bench::CommandBenchArgs),
     /// A real Apache Kafka cluster (KRaft, 1 or 3 nodes) on loopback.
@@ -57,6 +60,19 @@ fn main() -> Result<()> {
         Cmd::CommandBench(a) => rt.block_on(command_bench::run(a)),
         Cmd::Kafka(k) => rt.block_on(kafka::run(k)),
         Cmd::Worker { spec } => rt.block_on(worker::run(serde_json::from_str(&spec)?)),
+        Cmd::Faults(f) => {
+            let (rig_args, plan) = f.split();
+            let report = rt.block_on(rig::run_with(rig_args, Some(plan)))?;
+            println!("{}", report.fault_table());
+            println!("report: {}/report.{{json,md,html}}", f.out.display());
+            let lost: u64 = report.faults.iter().map(|r| r.lost).sum();
+            anyhow::ensure!(
+                lost == 0 && report.verdict.lost == 0,
+                "{} acknowledged messages missing from Kafka",
+                report.verdict.lost.max(lost)
+            );
+            Ok(())
+        }
         Cmd::Rig(a) => {
             let report = rt.block_on(rig::run(a.clone()))?;
             println!("{}", report.table());

@@ -31,6 +31,57 @@ pub struct Sample {
     pub broker_cores: f64,
     /// CPU cores used by the simulator workers in this second.
     pub workers_cores: f64,
+    /// Reconnects so far (devices whose connection dropped), cumulative.
+    pub reconnects: u64,
+    /// Negative PUBACKs (5.0) so far, cumulative.
+    pub nacked: u64,
+    /// DISCONNECTs from the proxy (5.0) so far, cumulative.
+    pub told_to_go: u64,
+}
+
+/// One row of the fault matrix (`load-tests faults`): a fault, its window,
+/// and what the fleet and the verifier saw from its start until the next
+/// fault's (or the end of the traffic).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FaultRow {
+    /// The fault's name (`leader-kill`, `hang`, …).
+    pub fault: String,
+    /// What was done, concretely (which broker, how long).
+    pub detail: String,
+    /// Seconds since the workers started: the fault began…
+    pub start_s: f64,
+    /// …and was lifted (brokers resumed or restarted, link restored,
+    /// replica replaced).
+    pub end_s: f64,
+    /// The next fault began (or the traffic ended): this row's part ends.
+    pub part_end_s: f64,
+    /// QoS 1 messages acknowledged in this part.
+    pub acked: u64,
+    /// Of those, not found in Kafka (goal 0).
+    pub lost: u64,
+    /// Records found more than once.
+    pub duplicated: u64,
+    /// Records found out of per-device order.
+    pub order_violations: u64,
+    /// Acknowledged per second in the 20 s before the fault (median).
+    pub rate_before: f64,
+    /// Highest proxy RSS (all replicas) from the fault's start to the part's end, MiB.
+    pub peak_proxy_rss_mib: f64,
+    /// Proxy RSS just before the fault, MiB.
+    pub proxy_rss_before_mib: f64,
+    /// Highest PUBACK p99 (worst worker) in the part, ms.
+    pub peak_puback_p99_ms: f64,
+    /// Device connections dropped in the part (each reconnects).
+    pub disconnects: u64,
+    /// Negative PUBACKs (5.0, reason ≥ 0x80) in the part.
+    pub nacked: u64,
+    /// DISCONNECT packets from the proxy (5.0) in the part.
+    pub told_to_go: u64,
+    /// Fewest devices connected in the part.
+    pub min_connected: u64,
+    /// Seconds from the fault's end until the acknowledged rate (3 s mean)
+    /// was back to 90% of the rate before; `None` if not within the part.
+    pub recovery_s: Option<f64>,
 }
 
 /// Idle memory of a reference MQTT broker measured by the same code.
@@ -116,6 +167,9 @@ pub struct Report {
     pub reference: Option<Reference>,
     /// Per-second samples.
     pub timeline: Vec<Sample>,
+    /// The fault matrix, when `load-tests faults` ran one (row 0 is the
+    /// baseline before the first fault).
+    pub faults: Vec<FaultRow>,
 }
 
 impl Report {
@@ -232,6 +286,46 @@ impl Report {
                 r.name, r.connections, r.plain_bytes_per_conn, r.tls_bytes_per_conn
             );
         }
+        if !self.faults.is_empty() {
+            s.push('\n');
+            s.push_str(&self.fault_table());
+        }
+        s
+    }
+
+    /// The fault matrix as a Markdown table (empty without one).
+    pub fn fault_table(&self) -> String {
+        let mut s = String::from(
+            "| fault | what was done | window (s) | acknowledged | **acknowledged, missing** | duplicates | order violations | connections dropped | 5.0: PUBACK ≥0x80 / DISCONNECT | fewest connected | proxy RSS before → peak (MiB) | PUBACK p99 peak | recovery |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for f in &self.faults {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0}–{:.0} (to {:.0}) | {} | **{}** | {} | {} | {} | {} / {} | {} | {:.0} → {:.0} | {:.1} s | {} |",
+                f.fault,
+                f.detail,
+                f.start_s,
+                f.end_s,
+                f.part_end_s,
+                f.acked,
+                f.lost,
+                f.duplicated,
+                f.order_violations,
+                f.disconnects,
+                f.nacked,
+                f.told_to_go,
+                f.min_connected,
+                f.proxy_rss_before_mib,
+                f.peak_proxy_rss_mib,
+                f.peak_puback_p99_ms / 1000.0,
+                match f.recovery_s {
+                    Some(r) => format!("{r:.0} s"),
+                    None if f.rate_before <= 0.0 => "–".into(),
+                    None => "not within the part".into(),
+                }
+            );
+        }
         s
     }
 
@@ -286,15 +380,36 @@ impl Report {
             }
         }
         h.push_str("</table>");
+        if !self.faults.is_empty() {
+            h.push_str("<h2>Fault matrix</h2><p>Shaded: each fault from its start until it was lifted.</p><table>");
+            for (i, line) in self.fault_table().lines().enumerate() {
+                if i == 1 {
+                    continue;
+                }
+                let cell = if i == 0 { "th" } else { "td" };
+                h.push_str("<tr>");
+                for c in line.trim_matches('|').split('|') {
+                    let _ = write!(h, "<{cell}>{}</{cell}>", c.trim().replace("**", ""));
+                }
+                h.push_str("</tr>");
+            }
+            h.push_str("</table>");
+        }
+        let windows: Vec<(f64, f64, &str)> = self
+            .faults
+            .iter()
+            .filter(|f| f.end_s > f.start_s)
+            .map(|f| (f.start_s, f.end_s, f.fault.as_str()))
+            .collect();
         for (title, ys) in charts {
-            h.push_str(&svg_chart(title, &t, &ys));
+            h.push_str(&svg_chart(title, &t, &ys, &windows));
         }
         h.push_str("</body></html>");
         h
     }
 }
 
-fn svg_chart(title: &str, xs: &[f64], ys: &[f64]) -> String {
+fn svg_chart(title: &str, xs: &[f64], ys: &[f64], windows: &[(f64, f64, &str)]) -> String {
     let (w, hgt, pad) = (900.0, 220.0, 40.0);
     let xmax = xs.iter().cloned().fold(1.0, f64::max);
     let ymax = ys.iter().cloned().fold(0.0, f64::max).max(1e-9) * 1.1;
@@ -309,8 +424,22 @@ fn svg_chart(title: &str, xs: &[f64], ys: &[f64]) -> String {
             )
         })
         .collect();
+    let x = |v: f64| pad + v / xmax * (w - 2.0 * pad);
+    let mut shaded = String::new();
+    for (from, to, name) in windows {
+        let _ = write!(
+            shaded,
+            "<rect x=\"{:.1}\" y=\"{pad}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#d62728\" fill-opacity=\"0.15\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"#a00\">{name}</text>",
+            x(*from),
+            (x(*to) - x(*from)).max(1.0),
+            hgt - 2.0 * pad,
+            x(*from) + 2.0,
+            pad + 10.0,
+        );
+    }
     format!(
-        "<h3>{title}</h3><svg width=\"{w}\" height=\"{hgt}\" xmlns=\"http://www.w3.org/2000/svg\">\
+        "<h3>{title}</h3><svg width=\"{w}\" height=\"{hgt}\" xmlns=\"http://www.w3.org/2000/svg\">{shaded}\
          <line x1=\"{pad}\" y1=\"{yb}\" x2=\"{xr}\" y2=\"{yb}\" stroke=\"#888\"/>\
          <line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{yb}\" stroke=\"#888\"/>\
          <text x=\"{pad}\" y=\"{ty}\" font-size=\"11\">0</text><text x=\"{xr}\" y=\"{ty}\" font-size=\"11\" text-anchor=\"end\">{xmax:.0} s</text>\

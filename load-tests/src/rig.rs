@@ -25,6 +25,7 @@ use crate::verify::Verifier;
 use crate::worker::{Progress, Scenario, WorkerSpec};
 
 mod backend;
+pub mod faults;
 
 pub use backend::KafkaBackend;
 use backend::RigKafka;
@@ -77,6 +78,9 @@ pub struct RigArgs {
     /// Unacknowledged messages per device in the burst scenario.
     #[arg(long, default_value_t = 16)]
     pub window: usize,
+    /// Share of devices speaking MQTT 5.0 (the others 3.1.1).
+    #[arg(long, default_value_t = 0.0)]
+    pub v5_share: f64,
     /// The replicas' `kafka.linger_ms`: larger batches cost latency but spare
     /// the single-threaded embedded broker (see the README).
     #[arg(long, default_value_t = 5)]
@@ -108,7 +112,7 @@ pub struct RigArgs {
 }
 
 /// A child process that is terminated when dropped.
-struct Proc {
+pub struct Proc {
     name: String,
     child: Child,
 }
@@ -142,6 +146,62 @@ impl Drop for Proc {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// The workers' stdin: the rig says "go", "mark" and "stop" there.
+pub type Stdins = Arc<Mutex<Vec<std::process::ChildStdin>>>;
+
+/// Writes one line to every worker.
+fn tell(stdins: &Stdins, line: &str) {
+    use std::io::Write;
+    for stdin in lock(stdins).iter_mut() {
+        let _ = writeln!(stdin, "{line}");
+        let _ = stdin.flush();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts proxy replicas with the run's config (at start-up, and again
+/// when the fault matrix replaces one); keeps the CPU time of replicas that
+/// are gone so the run's CPU totals stay whole.
+#[derive(Clone)]
+pub struct Launcher {
+    proxy_bin: PathBuf,
+    config: PathBuf,
+    out: PathBuf,
+    /// Replicas started so far (names the logs: replica-0, replica-1, …).
+    started: Arc<std::sync::atomic::AtomicUsize>,
+    retired_cpu: Arc<Mutex<f64>>,
+}
+
+impl Launcher {
+    /// Starts one replica and waits until it listens (blocking).
+    fn start(&self) -> Result<Proc> {
+        let n = self
+            .started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut cmd = Command::new(&self.proxy_bin);
+        cmd.arg("--config").arg(&self.config).env("NO_COLOR", "1");
+        let (p, _) = spawn_until(
+            &format!("replica-{n}"),
+            cmd,
+            "listening",
+            &self.out.join(format!("replica-{n}.log")),
+        )?;
+        Ok(p)
+    }
+
+    /// Notes the CPU time of a replica about to go.
+    fn retire(&self, p: &Proc) {
+        *lock(&self.retired_cpu) += proc_usage(p.pid()).1;
+    }
+
+    fn retired_cpu(&self) -> f64 {
+        *lock(&self.retired_cpu)
     }
 }
 
@@ -204,11 +264,10 @@ fn free_port() -> Result<u16> {
 /// the process and that line. Later stdout lines go to `log`.
 fn spawn_until(name: &str, mut cmd: Command, ready: &str, log: &Path) -> Result<(Proc, String)> {
     let stderr = std::fs::File::create(log.with_extension("err"))?;
-    tie_to_rig(&mut cmd);
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()
+    cmd.stdout(Stdio::piped()).stderr(stderr);
+    // Replacement replicas are started from blocking-pool threads, which
+    // exit when idle: the spawn goes through a thread that does not.
+    let mut child = kafka_cluster::spawn_tied_with(cmd, libc::SIGTERM)
         .with_context(|| format!("start {name}"))?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut lines = BufReader::new(stdout).lines();
@@ -241,6 +300,12 @@ fn spawn_until(name: &str, mut cmd: Command, ready: &str, log: &Path) -> Result<
 
 /// Runs the rig; returns the report (the caller fails the process if anything was lost).
 pub async fn run(a: RigArgs) -> Result<Report> {
+    run_with(a, None).await
+}
+
+/// Runs the rig, with the fault matrix `plan` played during the traffic
+/// when given (then the traffic lasts as long as the plan).
+pub async fn run_with(a: RigArgs, plan: Option<faults::Plan>) -> Result<Report> {
     let exe = std::env::current_exe()?;
     let bin_dir = exe.parent().context("exe dir")?;
     let proxy_bin = bin_dir.join("mqtt-kafka-proxy");
@@ -266,7 +331,7 @@ pub async fn run(a: RigArgs) -> Result<Report> {
 
     // Every topic the replicas use (routes, commands, sessions, lifecycle),
     // read from their own config.
-    let replica_topics = mqtt_kafka_proxy::Config::parse(&replica_config(&a, 0, "", &certs))
+    let replica_topics = mqtt_kafka_proxy::Config::parse(&replica_config(&a, 0, "", &certs, None))
         .map_err(|e| anyhow::anyhow!("the replicas' config: {e}"))?
         .kafka_topics();
 
@@ -279,11 +344,15 @@ pub async fn run(a: RigArgs) -> Result<Report> {
         DIRECT_TOPIC,
         &proxy_bin,
         &out,
+        plan.is_some(),
     )
     .await?;
     // Every exit from here on, error or not, stops Kafka before returning:
     // the cluster's JVMs must not outlive the run.
-    let result = drive(&a, &mut kafka, &exe, &proxy_bin, &out, &ca, &certs, epoch).await;
+    let result = drive(
+        &a, &mut kafka, &exe, &proxy_bin, &out, &ca, &certs, epoch, plan,
+    )
+    .await;
     kafka.stop().await;
     result
 }
@@ -300,26 +369,27 @@ async fn drive(
     ca: &Path,
     certs: &Path,
     epoch: u64,
+    plan: Option<faults::Plan>,
 ) -> Result<Report> {
     let bootstrap = kafka.bootstrap.clone();
 
     // K replicas on one port.
     let port = free_port()?;
-    let config = replica_config(a, port, &bootstrap, certs);
+    let config = replica_config(a, port, &kafka.replica_bootstrap, certs, plan.as_ref());
     let config_path = out.join("proxy.toml");
     std::fs::write(&config_path, config)?;
+    let launcher = Launcher {
+        proxy_bin: proxy_bin.to_owned(),
+        config: config_path,
+        out: out.to_owned(),
+        started: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        retired_cpu: Arc::new(Mutex::new(0.0)),
+    };
     let mut replicas = Vec::new();
-    for r in 0..a.replicas {
-        let mut cmd = Command::new(proxy_bin);
-        cmd.arg("--config").arg(&config_path).env("NO_COLOR", "1");
-        let (p, _) = spawn_until(
-            &format!("replica-{r}"),
-            cmd,
-            "listening",
-            &out.join(format!("replica-{r}.log")),
-        )?;
-        replicas.push(p);
+    for _ in 0..a.replicas {
+        replicas.push(launcher.start()?);
     }
+    let replicas = Arc::new(Mutex::new(replicas));
     let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
     let usage = |procs: &[Proc]| {
         procs
@@ -327,7 +397,13 @@ async fn drive(
             .map(|p| proc_usage(p.pid()))
             .fold((0u64, 0f64), |a, b| (a.0 + b.0, a.1 + b.1))
     };
-    let (baseline_rss, proxy_cpu0) = usage(&replicas);
+    // Replicas come and go under the fault matrix: the CPU of those gone
+    // is kept by the launcher.
+    let replica_usage = |replicas: &Arc<Mutex<Vec<Proc>>>| {
+        let (rss, cpu) = usage(&lock(replicas));
+        (rss, cpu + launcher.retired_cpu())
+    };
+    let (baseline_rss, proxy_cpu0) = replica_usage(&replicas);
     let (_, broker_cpu0) = pids_usage(&kafka.pids());
 
     kafka.await_topics(&INGEST_TOPICS, a.partitions).await?;
@@ -355,6 +431,7 @@ async fn drive(
         Arc::new(Mutex::new(vec![Progress::default(); workers_n]));
     let histograms: Histograms = Arc::new(Mutex::new(Vec::new()));
     let mut workers = Vec::new();
+    let stdins: Stdins = Arc::new(Mutex::new(Vec::new()));
     let mut ledgers = Vec::new();
     let mut readers = Vec::new();
     for w in 0..workers_n {
@@ -381,6 +458,7 @@ async fn drive(
             snapshot_period_s: a.snapshot_period_s,
             qos0_share: a.qos0_share,
             window: a.window,
+            v5_share: a.v5_share,
             epoch,
             ledger,
         };
@@ -393,6 +471,7 @@ async fn drive(
         tie_to_rig(&mut cmd);
         let mut child = cmd.spawn()?;
         let stdout = child.stdout.take().context("worker stdout")?;
+        lock(&stdins).push(child.stdin.take().context("worker stdin")?);
         let (progress, histograms) = (progress.clone(), histograms.clone());
         readers.push(std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -430,6 +509,13 @@ async fn drive(
     let mut peak_rss = baseline_rss;
     let mut broker_peak_rss = 0u64;
     let mut last_cpu = (proxy_cpu0, broker_cpu0, 0.0);
+    // The fault matrix, once traffic has started; then the workers' traffic
+    // lasts until the plan is done.
+    let mut plan = plan;
+    let mut played: Option<tokio::task::JoinHandle<Result<Vec<faults::Window>>>> = None;
+    let mut windows: Option<Result<Vec<faults::Window>>> = None;
+    // When the traffic really ran (under a plan it ends when the plan does).
+    let (mut traffic_from, mut traffic_to): (Option<Instant>, Option<Instant>) = (None, None);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let snapshot = progress.lock().map(|p| p.clone()).unwrap_or_default();
@@ -440,15 +526,35 @@ async fn drive(
         if everyone && all_connected_at.is_none() {
             all_connected_at = Some(Instant::now());
             // The whole fleet starts its traffic together, after the idle period.
-            for w in &mut workers {
-                if let Some(stdin) = w.child.stdin.as_mut() {
-                    use std::io::Write;
-                    let _ = writeln!(stdin, "go");
-                    let _ = stdin.flush();
-                }
+            tell(&stdins, "go");
+            traffic_from = Some(Instant::now() + Duration::from_secs_f64(a.idle_s));
+            if let Some(p) = plan.take() {
+                let stage = faults::Stage {
+                    started,
+                    traffic_in: Duration::from_secs_f64(a.idle_s),
+                    replicas: replicas.clone(),
+                    launcher: launcher.clone(),
+                    stdins: stdins.clone(),
+                    cluster: kafka.cluster(),
+                    link: kafka.link(),
+                    bootstrap: bootstrap.clone(),
+                    topics: INGEST_TOPICS.iter().map(|t| t.to_string()).collect(),
+                };
+                played = Some(tokio::spawn(faults::play(p, stage)));
             }
         }
-        let (rss, proxy_cpu) = usage(&replicas);
+        if played.as_ref().is_some_and(|h| h.is_finished()) {
+            if let Some(h) = played.take() {
+                windows = Some(
+                    h.await
+                        .unwrap_or_else(|e| Err(anyhow::anyhow!("fault plan: {e}"))),
+                );
+                // Plan done (or failed): the traffic ends, the devices drain.
+                tell(&stdins, "stop");
+                traffic_to = Some(Instant::now());
+            }
+        }
+        let (rss, proxy_cpu) = replica_usage(&replicas);
         let (broker_rss, broker_cpu) = pids_usage(&kafka.pids());
         let (_, workers_cpu) = usage(&workers);
         let cores = |now: f64, before: f64| (now - before).max(0.0);
@@ -472,6 +578,9 @@ async fn drive(
             proxy_cores: cores(proxy_cpu, last_cpu.0),
             broker_cores: cores(broker_cpu, last_cpu.1),
             workers_cores: cores(workers_cpu, last_cpu.2),
+            reconnects: snapshot.iter().map(|p| p.reconnects).sum(),
+            nacked: snapshot.iter().map(|p| p.nacked).sum(),
+            told_to_go: snapshot.iter().map(|p| p.told_to_go).sum(),
         });
         last_cpu = (proxy_cpu, broker_cpu, workers_cpu);
         // Without a terminal the bar is hidden: print a line every 10 s for logs.
@@ -512,11 +621,12 @@ async fn drive(
     for r in readers {
         let _ = r.join();
     }
-    let (_, proxy_cpu1) = usage(&replicas);
+    let (_, proxy_cpu1) = replica_usage(&replicas);
     let (_, broker_cpu1) = pids_usage(&kafka.pids());
 
     // Ledger → verdict.
     let mut acked_per_device = vec![0u64; a.devices as usize];
+    let mut marks: Vec<Vec<u64>> = Vec::new();
     for l in &ledgers {
         for line in std::fs::read_to_string(l)
             .with_context(|| format!("read {}", l.display()))?
@@ -524,11 +634,18 @@ async fn drive(
         {
             let mut it = line.split_whitespace();
             if let (Some(d), Some(n)) = (it.next(), it.next()) {
-                acked_per_device[d.parse::<usize>()?] = n.parse()?;
+                let d = d.parse::<usize>()?;
+                acked_per_device[d] = n.parse()?;
+                for (k, m) in it.enumerate() {
+                    if marks.len() <= k {
+                        marks.push(vec![0; a.devices as usize]);
+                    }
+                    marks[k][d] = m.parse()?;
+                }
             }
         }
     }
-    let verdict = verifier.finish(&acked_per_device)?;
+    let (verdict, parts) = verifier.finish_by_part(&acked_per_device, &marks)?;
     let snapshot = progress.lock().map(|p| p.clone()).unwrap_or_default();
     let sent: u64 = snapshot.iter().map(|p| p.sent).sum();
     let sent_qos0: u64 = snapshot.iter().map(|p| p.sent_qos0).sum();
@@ -577,12 +694,16 @@ async fn drive(
 
     // Tear down: replicas drain on SIGTERM, then Kafka stops (before the
     // Mosquitto reference, which should not share the machine with it).
-    for r in &mut replicas {
+    for r in lock(&replicas).iter_mut() {
         r.terminate(Duration::from_secs(40));
     }
     kafka.stop().await;
 
-    let traffic_s = a.duration_s.max(1e-9);
+    let traffic_s = match (traffic_from, traffic_to) {
+        (Some(from), Some(to)) => to.saturating_duration_since(from).as_secs_f64(),
+        _ => a.duration_s,
+    }
+    .max(1e-9);
     let throughput = acked as f64 / traffic_s;
     let reference = if a.mosquitto {
         Some(
@@ -617,7 +738,7 @@ async fn drive(
         workers: ledgers.len(),
         tls: a.tls,
         speed: a.speed,
-        duration_s: a.duration_s,
+        duration_s: traffic_s,
         partitions: a.partitions,
         linger_ms: a.linger_ms,
         connect_time_s,
@@ -640,10 +761,17 @@ async fn drive(
         proxy_cpu_s_per_1k_msgs: (proxy_cpu1 - proxy_cpu0) / (sent.max(1) as f64 / 1000.0),
         broker_cpu_s_per_1k_msgs: (broker_cpu1 - broker_cpu0) / (sent.max(1) as f64 / 1000.0),
         reference,
+        faults: match &windows {
+            Some(Ok(w)) => faults::rows(w, &timeline, &parts),
+            _ => Vec::new(),
+        },
         timeline,
         verdict,
     };
     report.write(out)?;
+    if let Some(Err(e)) = windows {
+        return Err(e.context("the fault plan did not complete; the report shows what ran"));
+    }
     Ok(report)
 }
 
@@ -651,7 +779,26 @@ async fn drive(
 /// limits sized for the simulator, Kafka at `bootstrap`; on a real cluster
 /// the replicas create their topics with `--partitions` partitions and the
 /// brokers' default replication factor.
-fn replica_config(a: &RigArgs, port: u16, bootstrap: &str, certs: &Path) -> String {
+fn replica_config(
+    a: &RigArgs,
+    port: u16,
+    bootstrap: &str,
+    certs: &Path,
+    plan: Option<&faults::Plan>,
+) -> String {
+    // Under the fault matrix: its delivery timeout and ordering, and a
+    // drain that tells devices to go over a few seconds, as in production.
+    let (delivery_timeout, ordering, shutdown) = match plan {
+        Some(p) => (
+            format!(
+                "delivery_timeout_ms = {}\nqueue_max_messages = {}\n",
+                p.delivery_timeout_ms, p.queue_max_messages
+            ),
+            format!("ordering = \"{}\"\n", p.ordering),
+            "[shutdown]\ndisconnect_spread_ms = 5000\n".to_string(),
+        ),
+        None => Default::default(),
+    };
     let topics_section = match a.kafka {
         // The embedded broker has no admin API: it is started with every
         // topic the replicas use.
@@ -676,7 +823,7 @@ key_path = "{key}"
 generate_dev_certs = false
 [mqtt]
 connect_timeout_ms = 60000
-# The simulator puts 12,500 devices behind one source address.
+{ordering}# The simulator puts 12,500 devices behind one source address.
 [limits]
 connects_per_second_per_source = 0
 [ops]
@@ -694,7 +841,7 @@ proxy_protocol = false
 [kafka]
 bootstrap_servers = "{bootstrap}"
 linger_ms = {linger}
-{topics_section}[log]
+{delivery_timeout}{topics_section}{shutdown}[log]
 level = "warn,mqtt_kafka_proxy::proxy=info"
 "#,
         tcp = !a.tls,
@@ -773,6 +920,7 @@ async fn mosquitto_reference(
             snapshot_period_s: 300.0,
             qos0_share: 0.0,
             window: 1,
+            v5_share: 0.0,
             epoch: 0,
             ledger: out.join("mosquitto-ledger.txt"),
         };
@@ -831,7 +979,7 @@ mod tests {
     }
 
     fn parsed(a: &RigArgs, bootstrap: &str) -> Config {
-        let text = replica_config(a, 18830, bootstrap, Path::new("/certs"));
+        let text = replica_config(a, 18830, bootstrap, Path::new("/certs"), None);
         Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
     }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 use hdrhistogram::Histogram;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
@@ -27,6 +28,10 @@ struct DeviceSeen {
     last_new: [Option<u64>; 2],
     duplicates: u64,
     order_violations: u64,
+    /// The seqs found again, and those found out of order (for attributing
+    /// them to a part of the run); rare outside faults.
+    duplicate_seqs: Vec<u64>,
+    violation_seqs: Vec<u64>,
 }
 
 impl DeviceSeen {
@@ -37,6 +42,7 @@ impl DeviceSeen {
         }
         if self.seen[word] & (1 << bit) != 0 {
             self.duplicates += 1;
+            self.duplicate_seqs.push(seq);
             return;
         }
         self.seen[word] |= 1 << bit;
@@ -44,6 +50,7 @@ impl DeviceSeen {
         // come in publish order; gaps are counted as losses against the ledger.
         if matches!(self.last_new[topic], Some(last) if seq < last) {
             self.order_violations += 1;
+            self.violation_seqs.push(seq);
         }
         self.last_new[topic] = Some(seq);
     }
@@ -93,7 +100,7 @@ struct Findings {
 /// A running verifier.
 pub struct Verifier {
     shared: Arc<Shared>,
-    /// `None` once [`Verifier::finish`] took it.
+    /// `None` once [`Verifier::finish_by_part`] took it.
     handle: Option<JoinHandle<Result<Findings>>>,
 }
 
@@ -132,6 +139,10 @@ impl Verifier {
             // rdkafka_mock_handlers.c), so against it the verifier keeps up
             // only by fetching often: the rig passes 10 ms there.
             .set("fetch.wait.max.ms", fetch_wait_max_ms.to_string())
+            // Brokers going away is what the fault matrix does: the
+            // verifier reconnects and reads on; its own errors would only
+            // bury the run's output.
+            .set("log_level", "2")
             .create()?;
         let mut tpl = TopicPartitionList::new();
         for t in topics {
@@ -183,6 +194,10 @@ impl Verifier {
                                 _ => foreign += 1,
                             }
                         }
+                        Some(Err(KafkaError::MessageConsumption(
+                            RDKafkaErrorCode::BrokerTransportFailure
+                            | RDKafkaErrorCode::AllBrokersDown,
+                        ))) => {}
                         Some(Err(e)) => eprintln!("verifier: {e}"),
                         None => {
                             // Stop once asked and nothing has arrived for 3 s.
@@ -214,8 +229,19 @@ impl Verifier {
     }
 
     /// Stops once the topics are drained and checks against the ledger
-    /// (`acked[i]` = QoS 1 messages device i had acknowledged: seqs 0..n).
-    pub fn finish(mut self, acked: &[u64]) -> Result<Verdict> {
+    /// (`acked[i]` = QoS 1 messages device i had acknowledged: seqs 0..n);
+    /// returns the verdict, and the same counts for each part of the run
+    /// between the ledger's marks (`marks[k][i]`: device i's acknowledged
+    /// count at mark k): part 0 is everything acknowledged before the first
+    /// mark, part k what was acknowledged between marks k-1 and k, the last
+    /// part what came after the last mark. A duplicate or an order violation
+    /// counts in the part its seq was acknowledged in (or the last part, if
+    /// it never was).
+    pub fn finish_by_part(
+        mut self,
+        acked: &[u64],
+        marks: &[Vec<u64>],
+    ) -> Result<(Verdict, Vec<PartVerdict>)> {
         self.shared.stop.store(true, Ordering::Relaxed);
         let f = self
             .handle
@@ -223,12 +249,15 @@ impl Verifier {
             .ok_or_else(|| anyhow::anyhow!("verifier already finished"))?
             .join()
             .map_err(|_| anyhow::anyhow!("verifier panicked"))??;
-        Ok(verdict(&f.seen, acked, f.qos0, f.foreign, &f.e2e))
+        Ok((
+            verdict(&f.seen, acked, f.qos0, f.foreign, &f.e2e),
+            by_part(&f.seen, acked, marks),
+        ))
     }
 }
 
 impl Drop for Verifier {
-    /// A run that fails before [`Verifier::finish`] still stops the
+    /// A run that fails before [`Verifier::finish_by_part`] still stops the
     /// consuming thread (within ~3 s), rather than leaving it polling a
     /// Kafka that is being stopped.
     fn drop(&mut self) {
@@ -263,6 +292,46 @@ fn verdict(
         v.e2e_p99_ms = e2e.value_at_quantile(0.99) as f64 / 1000.0;
     }
     v
+}
+
+/// The verdict's counts for one part of the run (see
+/// [`Verifier::finish_by_part`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PartVerdict {
+    /// QoS 1 messages acknowledged in this part.
+    pub acked: u64,
+    /// Of those, not found in Kafka: must be 0.
+    pub lost: u64,
+    /// Records found again whose seq was acknowledged in this part.
+    pub duplicated: u64,
+    /// Records found out of order whose seq was acknowledged in this part.
+    pub order_violations: u64,
+}
+
+fn by_part(seen: &[DeviceSeen], acked: &[u64], marks: &[Vec<u64>]) -> Vec<PartVerdict> {
+    let mut parts = vec![PartVerdict::default(); marks.len() + 1];
+    for (d, &n) in acked.iter().enumerate() {
+        let s = &seen[d];
+        // Part k holds seqs [bounds[k], bounds[k + 1]).
+        let mut bounds = vec![0u64];
+        bounds.extend(marks.iter().map(|m| m.get(d).copied().unwrap_or(0)));
+        let part_of = |seq: u64| bounds.iter().rposition(|&b| seq >= b).unwrap_or(0);
+        for (k, p) in parts.iter_mut().enumerate() {
+            let lo = bounds[k];
+            let hi = bounds.get(k + 1).copied().unwrap_or(u64::MAX).min(n);
+            if hi > lo {
+                p.acked += hi - lo;
+                p.lost += (lo..hi).filter(|seq| !s.has(*seq)).count() as u64;
+            }
+        }
+        for &seq in &s.duplicate_seqs {
+            parts[part_of(seq)].duplicated += 1;
+        }
+        for &seq in &s.violation_seqs {
+            parts[part_of(seq)].order_violations += 1;
+        }
+    }
+    parts
 }
 
 #[cfg(test)]
@@ -302,6 +371,37 @@ mod tests {
         d.record(0, 5);
         d.record(0, 4);
         assert_eq!(d.order_violations, 1);
+    }
+
+    #[test]
+    fn parts_split_acks_losses_duplicates_and_violations_at_the_marks() {
+        // Device 0: acked 0..10, marks at 3 and 7; seq 5 missing, seq 8
+        // found twice, seq 1 found after 2 (a violation in part 0).
+        let mut a = DeviceSeen::default();
+        for seq in [0, 2, 1, 3, 4, 6, 7, 8, 8, 9, 10] {
+            a.record(0, seq);
+        }
+        // Device 1: acked 0..2, both before the first mark; seq 4 (never
+        // acknowledged) found twice: the duplicate counts in the last part.
+        let mut b = DeviceSeen::default();
+        for seq in [0, 1, 4, 4] {
+            b.record(0, seq);
+        }
+        let marks = vec![vec![3, 2], vec![7, 2]];
+        let parts = by_part(&[a, b], &[10, 2], &marks);
+        let p = |acked, lost, duplicated, order_violations| PartVerdict {
+            acked,
+            lost,
+            duplicated,
+            order_violations,
+        };
+        assert_eq!(parts, vec![p(5, 0, 0, 1), p(4, 1, 0, 0), p(3, 0, 2, 0)]);
+        // Without marks there is one part, equal to the whole verdict.
+        let mut c = DeviceSeen::default();
+        for seq in [0, 2] {
+            c.record(0, seq);
+        }
+        assert_eq!(by_part(&[c], &[3], &[]), vec![p(3, 1, 0, 0)]);
     }
 
     #[test]

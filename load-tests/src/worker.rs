@@ -2,7 +2,8 @@
 //! open-file limit) from its own loopback source address, and reports to the
 //! rig on stdout — one JSON line per second, then a final line with its
 //! PUBACK latency histogram. It writes its ledger (per device: how many QoS 1
-//! messages the proxy acknowledged) to a file for the verifier.
+//! messages the proxy acknowledged, at the end and at every "mark" the rig
+//! sent on stdin) to a file for the verifier.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use mqtt_kafka_proxy::mqtt::packet::QoS;
+use mqtt_kafka_proxy::mqtt::packet::{QoS, Version};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -64,6 +65,10 @@ pub struct WorkerSpec {
     pub qos0_share: f64,
     /// Unacknowledged messages per device (burst).
     pub window: usize,
+    /// Share of devices speaking MQTT 5.0 (the rest 3.1.1), chosen per
+    /// device, reproducibly.
+    #[serde(default)]
+    pub v5_share: f64,
     /// Run id carried in payloads.
     pub epoch: u64,
     /// Where to write the ledger.
@@ -91,6 +96,12 @@ pub struct Progress {
     pub acked: u64,
     /// Reconnects so far.
     pub reconnects: u64,
+    /// Negative PUBACKs so far (5.0 devices).
+    #[serde(default)]
+    pub nacked: u64,
+    /// DISCONNECTs from the proxy so far (5.0 devices).
+    #[serde(default)]
+    pub told_to_go: u64,
     /// PUBACK latency p99 in this interval, µs.
     pub p99_us: u64,
     /// Seconds from start until every device of the slice had connected once.
@@ -185,6 +196,10 @@ pub async fn run(spec: WorkerSpec) -> Result<()> {
     // after the idle period; EOF on stdin counts as "go" for standalone use.
     let (traffic_tx, traffic_rx) = watch::channel::<Option<tokio::time::Instant>>(None);
     let (go_tx, mut go_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    // "mark" on stdin: remember every device's acknowledged count now, so
+    // the rig can tell which acknowledged messages belong to which part of
+    // the run (the fault matrix's rows).
+    let (mark_tx, mut mark_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
     std::thread::spawn(move || {
         let mut line = String::new();
         loop {
@@ -197,10 +212,18 @@ pub async fn run(spec: WorkerSpec) -> Result<()> {
                 Ok(_) if line.trim() == "go" => {
                     let _ = go_tx.send(());
                 }
+                Ok(_) if line.trim() == "mark" => {
+                    let _ = mark_tx.send(false);
+                }
+                // The rig's fault matrix ends traffic when its plan is done.
+                Ok(_) if line.trim() == "stop" => {
+                    let _ = mark_tx.send(true);
+                }
                 Ok(_) => {}
             }
         }
     });
+    let mut marks: Vec<Vec<u64>> = Vec::new();
 
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..spec.count {
@@ -254,6 +277,14 @@ pub async fn run(spec: WorkerSpec) -> Result<()> {
                 }
                 continue;
             }
+            Some(stop) = mark_rx.recv() => {
+                if stop {
+                    traffic_end = Some(Instant::now());
+                } else {
+                    marks.push(ledger.iter().map(|n| n.load(Ordering::Relaxed)).collect());
+                }
+                continue;
+            }
             Some(()) = go_rx.recv(), if traffic_end.is_none() => {
                 let start = tokio::time::Instant::now() + Duration::from_secs_f64(spec.idle_s);
                 let _ = traffic_tx.send(Some(start));
@@ -288,10 +319,15 @@ pub async fn run(spec: WorkerSpec) -> Result<()> {
         writeln!(out, "{}", serde_json::to_string(&line)?)?;
         out.flush()?;
     }
-    // Write the ledger, then the final line.
+    // Write the ledger, then the final line. A line per device: its index,
+    // its acknowledged count at the end, then at every mark.
     let mut f = std::io::BufWriter::new(std::fs::File::create(&spec.ledger)?);
     for (i, n) in ledger.iter().enumerate() {
-        writeln!(f, "{} {}", spec.first + i as u64, n.load(Ordering::Relaxed))?;
+        write!(f, "{} {}", spec.first + i as u64, n.load(Ordering::Relaxed))?;
+        for m in &marks {
+            write!(f, " {}", m[i])?;
+        }
+        writeln!(f)?;
     }
     f.flush()?;
     let mut last = progress(&spec, &stats, started, all_connected_s, 0);
@@ -326,6 +362,8 @@ fn progress(
         sent_qos0: s.sent_qos0.load(Ordering::Relaxed),
         acked: s.acked.load(Ordering::Relaxed),
         reconnects: s.reconnects.load(Ordering::Relaxed),
+        nacked: s.nacked.load(Ordering::Relaxed),
+        told_to_go: s.told_to_go.load(Ordering::Relaxed),
         p99_us: p99,
         all_connected_s: all,
         done: false,
@@ -333,9 +371,12 @@ fn progress(
     }
 }
 
-/// One device's life; returns how many QoS 1 messages were acknowledged
-/// (always a prefix 0..n of its QoS 1 sequence: acks come in order and
-/// unacknowledged messages are resent after a reconnect).
+/// One device's life; returns how many QoS 1 messages were acknowledged,
+/// counted as the longest acknowledged prefix 0..n of its QoS 1 sequence
+/// (what the ledger holds: unacknowledged messages are resent after a
+/// reconnect, and a 5.0 device resends one the proxy refused (PUBACK ≥ 0x80)
+/// at once, behind what it already sent — so later messages can be
+/// acknowledged before it).
 #[allow(clippy::too_many_arguments)]
 async fn run_device(
     spec: &WorkerSpec,
@@ -352,7 +393,14 @@ async fn run_device(
     let speed = spec.speed.max(0.001);
     let event_mean = Duration::from_secs_f64(3600.0 / spec.events_per_hour.max(1e-9) / speed);
     let snapshot_period = Duration::from_secs_f64(spec.snapshot_period_s / speed);
-    let mut owned: std::collections::VecDeque<Outgoing> = Default::default();
+    let version = if rng.next_f64() < spec.v5_share {
+        Version::V5
+    } else {
+        Version::V311
+    };
+    // Messages not yet part of the acknowledged prefix, each with whether
+    // the proxy acknowledged it already.
+    let mut owned: std::collections::VecDeque<(Outgoing, bool)> = Default::default();
     let mut next_seq = 0u64;
     let mut next_seq0 = 0u64;
     let mut acked = 0u64;
@@ -362,7 +410,7 @@ async fn run_device(
     let mut next_event: Option<tokio::time::Instant> = None;
     let mut next_snapshot: Option<tokio::time::Instant> = None;
     'connection: loop {
-        let mut session = match device::connect(target, &id).await {
+        let mut session = match device::connect(target, &id, version).await {
             Ok(s) => s,
             Err(_) => {
                 stats.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -383,7 +431,7 @@ async fn run_device(
         }
         // What the device still owns goes again, in order.
         let mut failed = false;
-        for m in &owned {
+        for (m, _) in owned.iter().filter(|(_, done)| !done) {
             if session.publish(m, stats).await.is_err() {
                 failed = true;
                 break;
@@ -418,15 +466,33 @@ async fn run_device(
             let mut new_message: Option<&'static str> = None;
             tokio::select! {
                 r = session.read_acks(&mut acks) => {
-                    if r.is_err() { failed = true; }
-                    for (seq, lat) in acks.drain(..) {
-                        match owned.pop_front() {
-                            Some(m) if m.seq == seq => {}
-                            _ => { failed = true; break; }
+                    if let Err(e) = r {
+                        if e.is::<device::ToldToGo>() {
+                            stats.told_to_go.fetch_add(1, Ordering::Relaxed);
                         }
-                        acked = seq + 1;
+                        failed = true;
+                    }
+                    for a in std::mem::take(&mut acks) {
+                        let Some(pos) = owned.iter().position(|(m, done)| m.seq == a.seq && !done) else {
+                            failed = true;
+                            break;
+                        };
+                        if a.reason >= 0x80 {
+                            // Refused: send it again now, behind what is in flight.
+                            stats.nacked.fetch_add(1, Ordering::Relaxed);
+                            if !failed && session.publish(&owned[pos].0, stats).await.is_err() {
+                                failed = true;
+                            }
+                            continue;
+                        }
+                        owned[pos].1 = true;
                         stats.acked.fetch_add(1, Ordering::Relaxed);
-                        on_ack(acked, lat);
+                        while owned.front().is_some_and(|(_, done)| *done) {
+                            if let Some((m, _)) = owned.pop_front() {
+                                acked = m.seq + 1;
+                            }
+                        }
+                        on_ack(acked, a.latency);
                     }
                 }
                 _ = async {}, if burst_ready => new_message = Some("state"),
@@ -475,7 +541,7 @@ async fn run_device(
                     next_seq0 += 1;
                 } else {
                     next_seq += 1;
-                    owned.push_back(m);
+                    owned.push_back((m, false));
                 }
             }
         }

@@ -14,10 +14,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use kafka_cluster::{Cluster, ClusterConfig};
+use kafka_cluster::{Cluster, ClusterConfig, Link};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -43,6 +44,9 @@ const TOPICS_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct RigKafka {
     /// Bootstrap list for every Kafka client of the run.
     pub bootstrap: String,
+    /// Bootstrap list for the replicas: `bootstrap`, or with a link (the
+    /// fault matrix) the forwarder in front of every broker.
+    pub replica_bootstrap: String,
     /// What ran, for the report ("Apache Kafka 4.1.1, 3 brokers, …").
     pub description: String,
     inner: Inner,
@@ -50,9 +54,11 @@ pub struct RigKafka {
 
 enum Inner {
     Embedded(Proc),
-    /// `None` once stopped. `dir` holds the nodes' data and logs.
+    /// `None` once stopped. `dir` holds the nodes' data and logs. Shared
+    /// with the fault matrix while it plays.
     Cluster {
-        cluster: Option<Cluster>,
+        cluster: Option<Arc<Cluster>>,
+        link: Option<Arc<Link>>,
         dir: PathBuf,
     },
 }
@@ -61,7 +67,10 @@ impl RigKafka {
     /// Starts the chosen backend. `replica_topics` (every topic the
     /// replicas use) and `direct_topic` are created on the embedded broker,
     /// which has no admin API for the replicas to create theirs; on the
-    /// cluster only `direct_topic` is, the replicas create the rest.
+    /// cluster only `direct_topic` is, the replicas create the rest. With
+    /// `link` (cluster only) the replicas reach the brokers through a
+    /// [`Link`] that the fault matrix can silence.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         backend: KafkaBackend,
         brokers: u32,
@@ -70,6 +79,7 @@ impl RigKafka {
         direct_topic: &str,
         proxy_bin: &Path,
         out: &Path,
+        link: bool,
     ) -> Result<RigKafka> {
         match backend {
             KafkaBackend::Embedded => {
@@ -87,8 +97,10 @@ impl RigKafka {
                     "dev-kafka bootstrap=",
                     &out.join("dev-kafka.log"),
                 )?;
+                anyhow::ensure!(!link, "the fault matrix needs --kafka cluster");
                 Ok(RigKafka {
                     bootstrap: format!("127.0.0.1:{port}"),
+                    replica_bootstrap: format!("127.0.0.1:{port}"),
                     description: "embedded mock broker (librdkafka mock cluster, 1 broker, in memory, `mqtt-kafka-proxy dev-kafka`)".into(),
                     inner: Inner::Embedded(proc),
                 })
@@ -122,14 +134,26 @@ impl RigKafka {
                     started.elapsed().as_secs_f64(),
                     cluster.bootstrap()
                 );
+                let link = if link {
+                    Some(Arc::new(
+                        Link::start(&cluster.link_ports()).context("start the link to Kafka")?,
+                    ))
+                } else {
+                    None
+                };
                 let mut kafka = RigKafka {
                     bootstrap: cluster.bootstrap(),
+                    replica_bootstrap: match link {
+                        Some(_) => cluster.link_bootstrap(),
+                        None => cluster.bootstrap(),
+                    },
                     description: format!(
                         "Apache Kafka {}, {brokers} brokers",
                         kafka_cluster::KAFKA_VERSION
                     ),
                     inner: Inner::Cluster {
-                        cluster: Some(cluster),
+                        cluster: Some(Arc::new(cluster)),
+                        link,
                         dir,
                     },
                 };
@@ -141,6 +165,22 @@ impl RigKafka {
                 }
                 Ok(kafka)
             }
+        }
+    }
+
+    /// The cluster, for the fault matrix (none on the embedded broker).
+    pub fn cluster(&self) -> Option<Arc<Cluster>> {
+        match &self.inner {
+            Inner::Cluster { cluster, .. } => cluster.clone(),
+            Inner::Embedded(_) => None,
+        }
+    }
+
+    /// The replicas' link to the cluster, when the run has one.
+    pub fn link(&self) -> Option<Arc<Link>> {
+        match &self.inner {
+            Inner::Cluster { link, .. } => link.clone(),
+            Inner::Embedded(_) => None,
         }
     }
 
@@ -193,15 +233,23 @@ impl RigKafka {
                     p.terminate(Duration::from_secs(10));
                 }
             }
-            Inner::Cluster { cluster, dir } => {
+            Inner::Cluster { cluster, link, dir } => {
                 let Some(c) = cluster.take() else {
                     return;
                 };
+                drop(link.take());
                 let pids: Vec<u32> = (1..=c.brokers())
                     .filter_map(|id| c.pid(id).ok().flatten())
                     .collect();
                 let started = Instant::now();
-                if tokio::task::spawn_blocking(move || c.stop()).await.is_err() {
+                // The fault matrix has let go of it by now; if not, the last
+                // reference to drop stops the nodes.
+                let stopped = tokio::task::spawn_blocking(move || {
+                    if let Ok(c) = Arc::try_unwrap(c) {
+                        c.stop();
+                    }
+                });
+                if stopped.await.is_err() {
                     eprintln!("stopping the Kafka cluster panicked");
                 }
                 let left: Vec<u32> = pids
