@@ -256,7 +256,10 @@ async fn steady_device(
 async fn a_partition_leader_killed_mid_stream_loses_no_acknowledged_message() {
     const DEVICES: usize = 6;
     let _x = exclusive().await;
-    let t = proxy_on(cluster().bootstrap(), |_| {}).await;
+    let t = proxy_on(cluster().bootstrap(), |c| {
+        c.ops.kafka_check_interval_ms = 200;
+    })
+    .await;
     let events = t.topic("iot.events");
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Vec<Arc<AtomicUsize>> = (0..DEVICES).map(|_| Arc::default()).collect();
@@ -283,6 +286,22 @@ async fn a_partition_leader_killed_mid_stream_loses_no_acknowledged_message() {
     })
     .await;
     let at_kill: Vec<usize> = acked.iter().map(|a| a.load(Ordering::Acquire)).collect();
+    // Two brokers of three answer: the replica stays ready the whole time
+    // (a load balancer must not drain every replica because one broker died).
+    let watching = Arc::new(AtomicBool::new(true));
+    let readiness = {
+        let (watching, addr) = (watching.clone(), t.proxy.ops_addr().unwrap());
+        tokio::spawn(async move {
+            let mut answers = BTreeMap::<String, usize>::new();
+            while watching.load(Ordering::Acquire) {
+                let r = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+                let line = format!("{} {}", r.status().as_u16(), r.text().await.unwrap().trim());
+                *answers.entry(line).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            answers
+        })
+    };
     // Leadership moves to an in-sync follower; publishing goes on.
     eventually_within(
         "20 more acknowledgements per device after the kill",
@@ -295,6 +314,13 @@ async fn a_partition_leader_killed_mid_stream_loses_no_acknowledged_message() {
         },
     )
     .await;
+    watching.store(false, Ordering::Release);
+    let answers = readiness.await.unwrap();
+    assert_eq!(
+        answers.keys().collect::<Vec<_>>(),
+        vec!["200 ready"],
+        "/readyz while one broker of three was down: {answers:?}"
+    );
     on_cluster(move |c| c.restart(victim).unwrap()).await;
     stop.store(true, Ordering::Release);
     let mut ledgers = BTreeMap::new();

@@ -6,7 +6,7 @@
 //! record back and connections wait on [`Producer::wait_for_space`] instead
 //! of reading more from their sockets — backpressure, never a buffer.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,9 +52,12 @@ pub struct ProxyContext {
     /// Records handed to librdkafka and not yet reported on. Unlike
     /// librdkafka's `outq_len`, this counts records only, not protocol requests.
     records: AtomicI64,
+    /// Records Kafka acknowledged so far: the reachability check counts
+    /// deliveries during its window as an answer.
+    delivered: AtomicU64,
     /// A broker refused authentication or the TLS handshake since the last
     /// successful metadata request.
-    refused: AtomicBool,
+    refused: Arc<AtomicBool>,
     /// librdkafka reports a refusal on every reconnect: one line a minute.
     refused_log: LogThrottle,
     /// The Kafka watch has logged that no broker answers: librdkafka's
@@ -102,6 +105,42 @@ impl ClientContext for ProxyContext {
     }
 }
 
+/// The context of the reachability probe: a client of its own, so its
+/// metadata requests never queue behind the producer's produce requests.
+/// (Kafka answers one request per connection at a time, and while a dead
+/// follower is still in the ISR an `acks=all` produce request waits for it:
+/// on the producer's own connections a metadata request went unanswered for
+/// the ~4 s the cluster took to fence a SIGKILLed broker, although two of
+/// three brokers were fine.) Its log lines go the producer's way; a
+/// refusal marks the producer's `refused`; other errors are the watch's to
+/// report.
+struct ProbeContext {
+    refused: Arc<AtomicBool>,
+    outage_reported: Arc<AtomicBool>,
+}
+
+impl ClientContext for ProbeContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        let reported = self.outage_reported.load(Ordering::Relaxed);
+        super::client_log::forward(level, fac, log_message, reported);
+    }
+
+    fn error(&self, error: RdError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL) => {
+                self.refused.store(true, Ordering::Release)
+            }
+            _ => tracing::debug!(%error, reason, "kafka reachability probe error"),
+        }
+    }
+}
+
+impl ProducerContext for ProbeContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+}
+
 impl ProducerContext for ProxyContext {
     type DeliveryOpaque = Box<Delivery>;
 
@@ -109,6 +148,7 @@ impl ProducerContext for ProxyContext {
         self.records.fetch_sub(1, Ordering::AcqRel);
         let outcome = match result {
             Ok(msg) => {
+                self.delivered.fetch_add(1, Ordering::AcqRel);
                 // The record's timestamp is when the proxy received the PUBLISH.
                 if let Some(at) = rdkafka::Message::timestamp(msg).to_millis() {
                     let now = std::time::SystemTime::now()
@@ -171,6 +211,8 @@ pub enum SendError {
 #[derive(Clone)]
 pub struct Producer {
     inner: Arc<ThreadedProducer<ProxyContext>>,
+    /// Sends nothing: answers [`Producer::check`] on connections of its own.
+    probe: Arc<ThreadedProducer<ProbeContext>>,
 }
 
 impl Producer {
@@ -202,22 +244,40 @@ impl Producer {
         if statistics_interval_ms > 0 {
             cc.set("statistics.interval.ms", statistics_interval_ms.to_string());
         }
+        // The probe: the same brokers and security settings, nothing else.
+        let mut probe_cc = ClientConfig::new();
+        probe_cc
+            .set("bootstrap.servers", bootstrap)
+            .set("client.id", "mqtt-kafka-proxy-probe");
+        for (k, v) in &cfg.client {
+            probe_cc.set(k, v);
+        }
         for (k, v) in cfg.client.iter().chain(&cfg.producer) {
             cc.set(k, v);
         }
+        let refused = Arc::new(AtomicBool::new(false));
+        let outage_reported: Arc<AtomicBool> = Arc::default();
+        let probe: ThreadedProducer<ProbeContext> = probe_cc
+            .create_with_context(ProbeContext {
+                refused: refused.clone(),
+                outage_reported: outage_reported.clone(),
+            })
+            .map_err(KafkaError::Client)?;
         let context = ProxyContext {
             space: Notify::new(),
             waiting: AtomicUsize::new(0),
             records: AtomicI64::new(0),
-            refused: AtomicBool::new(false),
+            delivered: AtomicU64::new(0),
+            refused,
             refused_log: LogThrottle::new(Duration::from_secs(60)),
-            outage_reported: Arc::default(),
+            outage_reported,
         };
         let inner: ThreadedProducer<ProxyContext> = cc
             .create_with_context(context)
             .map_err(KafkaError::Client)?;
         Ok(Producer {
             inner: Arc::new(inner),
+            probe: Arc::new(probe),
         })
     }
 
@@ -261,7 +321,32 @@ impl Producer {
     /// thread).
     pub fn check(&self, timeout: Duration) -> KafkaState {
         let ctx = self.inner.context();
-        if self.inner.client().fetch_metadata(None, timeout).is_ok() {
+        // The probe's request goes to one broker; if that one just died
+        // (killed, restarting) it fails at once while the others are fine.
+        // Kafka is reachable if any broker answers within the budget — ask
+        // again until it runs out — or if Kafka acknowledged records
+        // meanwhile.
+        let delivered = ctx.delivered.load(Ordering::Acquire);
+        let deadline = std::time::Instant::now() + timeout;
+        let reachable = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if self
+                .probe
+                .client()
+                .fetch_metadata(None, left.max(Duration::from_millis(100)))
+                .is_ok()
+            {
+                break true;
+            }
+            if ctx.delivered.load(Ordering::Acquire) > delivered {
+                break true;
+            }
+            if std::time::Instant::now() + Duration::from_millis(100) >= deadline {
+                break ctx.delivered.load(Ordering::Acquire) > delivered;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if reachable {
             ctx.refused.store(false, Ordering::Release);
             KafkaState::Reachable
         } else if ctx.refused.load(Ordering::Acquire) {
