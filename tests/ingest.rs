@@ -160,32 +160,50 @@ async fn ten_thousand_qos1_messages_from_one_device_arrive_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_devices_keep_per_device_order() {
-    const DEVICES: usize = 20;
-    const EACH: usize = 300;
     let t = TestProxy::start().await;
+    devices_publish_in_order(&t, 20, 300).await;
+    t.proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_waiting_for_a_full_producer_queue_each_get_their_turn() {
+    // Room for 2 records in the producer: 20 devices with 20 messages each
+    // wait for space record after record. Each delivered record wakes one
+    // waiting connection; a lost wake-up costs a 1 s recheck, so losing
+    // them would not finish within the test's patience.
+    let t = TestProxy::start_with(|c| c.kafka.queue_max_messages = 2).await;
+    tokio::time::timeout(PATIENCE, devices_publish_in_order(&t, 20, 20))
+        .await
+        .expect("400 records through a 2-record queue within the patience");
+    t.proxy.shutdown().await;
+}
+
+/// `devices` 3.1.1 devices publish `each` QoS 1 messages at once; every
+/// PUBACK arrives and Kafka holds each device's records in order.
+async fn devices_publish_in_order(t: &TestProxy, devices: usize, each: usize) {
     let port = t.tcp_port();
     let mut tasks = Vec::new();
-    for d in 0..DEVICES {
+    for d in 0..devices {
         tasks.push(tokio::spawn(async move {
             let id = format!("dev-{d}");
             let mut c = v4_connect(v4_options(&id, port)).await;
             let client = c.client.clone();
             let topic = format!("devices/{id}/events/x");
             tokio::spawn(async move {
-                for i in 0..EACH {
+                for i in 0..each {
                     client
                         .publish(&topic, QoS::AtLeastOnce, false, i.to_string())
                         .await
                         .unwrap();
                 }
             });
-            c.pubacks(EACH).await;
+            c.pubacks(each).await;
         }));
     }
     for task in tasks {
         task.await.unwrap();
     }
-    let recs = consume(&t.bootstrap(), &t.topic("iot.events"), DEVICES * EACH).await;
+    let recs = consume(&t.bootstrap(), &t.topic("iot.events"), devices * each).await;
     let mut per_device: HashMap<String, Vec<usize>> = HashMap::new();
     for r in &recs {
         per_device
@@ -193,11 +211,10 @@ async fn many_devices_keep_per_device_order() {
             .or_default()
             .push(std::str::from_utf8(&r.value).unwrap().parse().unwrap());
     }
-    assert_eq!(per_device.len(), DEVICES);
+    assert_eq!(per_device.len(), devices);
     for (dev, seq) in per_device {
-        assert_eq!(seq, (0..EACH).collect::<Vec<_>>(), "order of {dev}");
+        assert_eq!(seq, (0..each).collect::<Vec<_>>(), "order of {dev}");
     }
-    t.proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -178,8 +178,12 @@ impl ProducerContext for ProxyContext {
             }
         }
         // Only touch the Notify when someone waits: this runs once per record.
+        // One record out makes room for one record in: wake one waiting
+        // connection (first come, first served), not all of them — with
+        // thousands of connections waiting, waking every one on every
+        // delivery kept the replicas busy retrying into a full queue.
         if self.waiting.load(Ordering::Acquire) > 0 {
-            self.space.notify_waiters();
+            self.space.notify_one();
         }
     }
 }
@@ -306,8 +310,9 @@ impl Producer {
         }
     }
 
-    /// Waits until some record has been delivered (so the queue has room), or
-    /// at most `max_wait`.
+    /// Waits until a delivery made room for this waiter (waiters are woken
+    /// one per delivered record, in the order they began waiting), or at
+    /// most `max_wait`.
     pub async fn wait_for_space(&self, max_wait: Duration) {
         let ctx = self.inner.context();
         let notified = ctx.space.notified();
