@@ -103,6 +103,17 @@ impl BenchKafka {
         matches!(self.inner, Inner::Cluster(_))
     }
 
+    /// The broker processes: every running cluster node; none for the
+    /// embedded broker (it runs in this process).
+    pub fn broker_pids(&self) -> Vec<u32> {
+        match &self.inner {
+            Inner::Cluster(Some(c)) => (1..=c.brokers())
+                .filter_map(|id| c.pid(id).ok().flatten())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Sets what the proxy needs to use this Kafka: the bootstrap list and,
     /// on the cluster, topic creation with `partitions` partitions and the
     /// brokers' default replication factor.

@@ -22,7 +22,7 @@ use mqtt_kafka_proxy::Config;
 use rdkafka::ClientConfig;
 
 use crate::bench_kafka::{BenchKafka, KafkaBackend};
-use crate::measure::{loadavg, Latency, Pace, Spread};
+use crate::measure::{loadavg, CpuMeter, Latency, Pace, Spread};
 use crate::{direct, lean, worker};
 
 /// The topic both paths write (the proxy's default route for
@@ -115,11 +115,40 @@ fn proxy_config(a: &IngestArgs, kafka: &BenchKafka) -> Result<Config> {
 async fn bench(a: &IngestArgs, kafka: &mut BenchKafka) -> Result<()> {
     let load_before = loadavg();
     let started = Instant::now();
-    let body = payload(a.payload_bytes);
     let config = proxy_config(a, kafka)?;
     let proxy = mqtt_kafka_proxy::Proxy::start(config.clone()).await?;
+    // The proxy drains before the check below and before Kafka stops, on
+    // an error too (else its clients log every broker going away).
+    let measured = match proxy.tcp_addr().context("tcp listener") {
+        Ok(addr) => measure(a, &config, kafka, addr, &load_before).await,
+        Err(e) => Err(e),
+    };
+    proxy.shutdown().await;
+    let appended = measured?;
+    let stored = stored_records(&kafka.bootstrap, TOPIC, a.partitions).await?;
+    println!("records appended to {TOPIC}: {stored} (expected {appended})");
+    println!(
+        "load average after: {} ({:.0} s run)",
+        loadavg(),
+        started.elapsed().as_secs_f64()
+    );
+    anyhow::ensure!(
+        stored == appended,
+        "record count mismatch: {stored} != {appended}"
+    );
+    Ok(())
+}
+
+/// The peak and fixed-rate rounds; returns how many records they appended.
+async fn measure(
+    a: &IngestArgs,
+    config: &Config,
+    kafka: &mut BenchKafka,
+    addr: std::net::SocketAddr,
+    load_before: &str,
+) -> Result<u64> {
+    let body = payload(a.payload_bytes);
     kafka.await_topics(&[TOPIC], a.partitions).await?;
-    let addr = proxy.tcp_addr().context("tcp listener")?;
     println!(
         "ingest-bench on {}: {} devices, QoS 1 messages of {} bytes, window {}, {} partitions, producer linger {} ms, acks=all, idempotent (both paths); load average before: {load_before}",
         kafka.description, a.devices, body.len(), a.window, a.partitions, config.kafka.linger_ms
@@ -136,9 +165,11 @@ async fn bench(a: &IngestArgs, kafka: &mut BenchKafka) -> Result<()> {
             "\npeak: {} messages per phase, {} rounds",
             a.messages, a.rounds
         );
+        let mut cpu = Vec::new();
         for round in 1..=a.rounds {
+            let meter = Meters::start(kafka);
             let d = direct::produce(
-                &config,
+                config,
                 &kafka.bootstrap,
                 TOPIC,
                 a.devices,
@@ -146,12 +177,16 @@ async fn bench(a: &IngestArgs, kafka: &mut BenchKafka) -> Result<()> {
                 &body,
             )
             .await?;
-            println!("round {round}: direct producer {d:>10.0} msg/s");
+            let d_cpu = meter.cores();
+            println!("round {round}: direct producer {d:>10.0} msg/s ({d_cpu})");
             direct_rates.push(d);
             // The direct producer's warm-up writes one record per partition.
             appended += a.messages + a.partitions as u64;
+            let meter = Meters::start(kafka);
             let (p, acked, lat) = peak_through_proxy(addr, a, &body).await?;
-            println!("round {round}: through proxy   {p:>10.0} msg/s");
+            let p_cpu = meter.cores();
+            println!("round {round}: through proxy   {p:>10.0} msg/s ({p_cpu})");
+            cpu.push((d_cpu, p_cpu));
             proxy_rates.push(p);
             proxy_lat.extend(lat);
             appended += acked;
@@ -184,6 +219,10 @@ async fn bench(a: &IngestArgs, kafka: &mut BenchKafka) -> Result<()> {
         if let Some(r) = Spread::of(&ratios) {
             println!("| ratio per round, median [min–max] | {} | | |", r.show(2));
         }
+        println!(
+            "{}",
+            Cores::row("CPU cores (process, brokers) at the peak", &cpu)
+        );
         if let Some(l) = Latency::of_us(&mut proxy_lat) {
             println!(
                 "PUBACK latency through the proxy at the peak (all rounds, window {} per device): p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
@@ -200,22 +239,9 @@ async fn bench(a: &IngestArgs, kafka: &mut BenchKafka) -> Result<()> {
             (None, None) => anyhow::bail!("--rounds 0 needs --rate for the latency rounds"),
         };
         anyhow::ensure!(rate > 0.0, "the fixed rate must be positive");
-        appended += latency_rounds(a, &config, kafka, addr, &body, rate).await?;
+        appended += latency_rounds(a, config, kafka, addr, &body, rate).await?;
     }
-
-    proxy.shutdown().await;
-    let stored = stored_records(&kafka.bootstrap, TOPIC, a.partitions).await?;
-    println!("records appended to {TOPIC}: {stored} (expected {appended})");
-    println!(
-        "load average after: {} ({:.0} s run)",
-        loadavg(),
-        started.elapsed().as_secs_f64()
-    );
-    anyhow::ensure!(
-        stored == appended,
-        "record count mismatch: {stored} != {appended}"
-    );
-    Ok(())
+    Ok(appended)
 }
 
 /// The fixed-rate rounds; returns how many records they appended.
@@ -232,6 +258,12 @@ async fn latency_rounds(
         phase > WARMUP,
         "--latency-s must be longer than the 1 s warm-up"
     );
+    anyhow::ensure!(
+        rate * (a.latency_s - WARMUP.as_secs_f64()) >= 10.0 * a.devices as f64,
+        "at {rate} msg/s for {} s each of the {} devices sends fewer than 10 messages after the warm-up: raise --latency-s or lower --devices",
+        a.latency_s,
+        a.devices
+    );
     println!(
         "\nlatency at a fixed rate: {rate:.0} msg/s{} for {:.0} s per phase ({} devices at {:.1} msg/s each through the proxy; first {} s of each phase not counted), {} rounds alternating direct and proxy",
         if a.rate.is_some() { "" } else { " (half the median peak through the proxy)" },
@@ -244,8 +276,10 @@ async fn latency_rounds(
     let mut appended = 0;
     let mut rows: Vec<(Latency, Latency)> = Vec::new();
     let mut rates: Vec<(f64, f64)> = Vec::new();
+    let mut cpu = Vec::new();
     for round in 1..=a.latency_rounds {
         let pace = Pace::for_duration(rate, phase);
+        let meter = Meters::start(kafka);
         let mut d = direct::produce_paced(
             config,
             &kafka.bootstrap,
@@ -256,13 +290,17 @@ async fn latency_rounds(
             body,
         )
         .await?;
+        let d_cpu = meter.cores();
         appended += d.appended;
         let dl = Latency::of_us(&mut d.latency_us).context("no direct samples")?;
+        let meter = Meters::start(kafka);
         let (p_rate, acked, mut p_lat) = paced_through_proxy(addr, a, body, rate, phase).await?;
+        let p_cpu = meter.cores();
+        cpu.push((d_cpu, p_cpu));
         appended += acked;
         let pl = Latency::of_us(&mut p_lat).context("no proxy samples")?;
         println!(
-            "round {round}: direct {:.0} msg/s, delivery report p50 {:.2} ms p99 {:.2} ms | proxy {:.0} msg/s, PUBACK p50 {:.2} ms p99 {:.2} ms | added p50 {:+.2} ms p99 {:+.2} ms",
+            "round {round}: direct {:.0} msg/s, delivery report p50 {:.2} ms p99 {:.2} ms ({d_cpu}) | proxy {:.0} msg/s, PUBACK p50 {:.2} ms p99 {:.2} ms ({p_cpu}) | added p50 {:+.2} ms p99 {:+.2} ms",
             d.rate, dl.p50_ms, dl.p99_ms, p_rate, pl.p50_ms, pl.p99_ms,
             pl.p50_ms - dl.p50_ms, pl.p99_ms - dl.p99_ms
         );
@@ -296,12 +334,72 @@ async fn latency_rounds(
     let rate_of = |f: &dyn Fn(&(f64, f64)) -> f64| {
         Spread::of(&rates.iter().map(f).collect::<Vec<_>>()).map_or("-".into(), |s| s.show(0))
     };
+    println!("{}", Cores::row("CPU cores (process, brokers)", &cpu));
     println!(
         "achieved msg/s: direct {}, proxy {}",
         rate_of(&|r| r.0),
         rate_of(&|r| r.1)
     );
     Ok(appended)
+}
+
+/// CPU used during one phase: this process (the proxy and the simulated
+/// devices, or the direct producer) and the brokers (the cluster's JVMs; on
+/// the embedded broker they are part of this process).
+struct Meters {
+    process: CpuMeter,
+    brokers: Option<CpuMeter>,
+}
+
+impl Meters {
+    fn start(kafka: &BenchKafka) -> Meters {
+        let brokers = kafka.broker_pids();
+        Meters {
+            process: CpuMeter::start(vec![std::process::id()]),
+            brokers: (!brokers.is_empty()).then(|| CpuMeter::start(brokers)),
+        }
+    }
+
+    fn cores(&self) -> Cores {
+        Cores {
+            process: self.process.cores(),
+            brokers: self.brokers.as_ref().map(CpuMeter::cores),
+        }
+    }
+}
+
+/// Cores used over a phase.
+#[derive(Debug, Clone, Copy)]
+struct Cores {
+    process: f64,
+    brokers: Option<f64>,
+}
+
+impl std::fmt::Display for Cores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cpu: process {:.2}", self.process)?;
+        if let Some(b) = self.brokers {
+            write!(f, ", brokers {b:.2}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Cores {
+    /// A table row: median [min–max] cores of the direct and proxy phases.
+    fn row(what: &str, phases: &[(Cores, Cores)]) -> String {
+        let show = |f: &dyn Fn(&(Cores, Cores)) -> Option<f64>| {
+            let v: Vec<f64> = phases.iter().filter_map(f).collect();
+            Spread::of(&v).map_or("-".into(), |s| s.show(2))
+        };
+        format!(
+            "| {what}, median [min–max] | direct phase: {}, {} | proxy phase: {}, {} |",
+            show(&|c| Some(c.0.process)),
+            show(&|c| c.0.brokers),
+            show(&|c| Some(c.1.process)),
+            show(&|c| c.1.brokers),
+        )
+    }
 }
 
 /// Every device publishes `messages / devices` as fast as its window

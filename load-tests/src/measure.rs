@@ -143,6 +143,53 @@ pub fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// User + system CPU seconds of a process, from the text of its
+/// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks of `ticks_per_s`).
+/// The command name may hold spaces and parentheses, so fields are counted
+/// after its last `)`.
+pub fn cpu_seconds_of_stat(stat: &str, ticks_per_s: f64) -> Option<f64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After the name: state is field 3, utime field 14, stime field 15.
+    let mut f = rest.split_whitespace().skip(11);
+    let utime: f64 = f.next()?.parse().ok()?;
+    let stime: f64 = f.next()?.parse().ok()?;
+    Some((utime + stime) / ticks_per_s)
+}
+
+/// CPU seconds used so far by `pids` together (0 for a pid that is gone).
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| cpu_seconds_of_stat(&s, ticks))
+        .sum()
+}
+
+/// CPU cores used by some processes over a phase: [`CpuMeter::start`]
+/// before, [`CpuMeter::cores`] after.
+pub struct CpuMeter {
+    pids: Vec<u32>,
+    cpu_s: f64,
+    at: std::time::Instant,
+}
+
+impl CpuMeter {
+    /// Starts measuring `pids`.
+    pub fn start(pids: Vec<u32>) -> CpuMeter {
+        CpuMeter {
+            cpu_s: cpu_seconds(&pids),
+            pids,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// Average cores used since the start.
+    pub fn cores(&self) -> f64 {
+        (cpu_seconds(&self.pids) - self.cpu_s) / self.at.elapsed().as_secs_f64().max(1e-9)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +232,19 @@ mod tests {
         assert_eq!(Spread::of(&[]), None);
         assert_eq!(Spread::of(&[-0.25]).unwrap().show(2), "-0.25 [-0.25–-0.25]");
         assert_eq!(s.show(0), "2 [1–3]");
+    }
+
+    #[test]
+    fn cpu_seconds_come_from_fields_14_and_15() {
+        let stat = "4242 (load (tests) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0";
+        assert_eq!(cpu_seconds_of_stat(stat, 100.0), Some(3.0));
+        assert_eq!(cpu_seconds_of_stat("garbage", 100.0), None);
+        assert!(cpu_seconds(&[std::process::id()]) >= 0.0);
+        assert_eq!(
+            cpu_seconds(&[u32::MAX]),
+            0.0,
+            "a missing pid counts nothing"
+        );
     }
 
     #[test]
