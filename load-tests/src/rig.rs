@@ -791,8 +791,11 @@ fn replica_config(
     let (delivery_timeout, ordering, shutdown) = match plan {
         Some(p) => (
             format!(
-                "delivery_timeout_ms = {}\nqueue_max_messages = {}\n",
-                p.delivery_timeout_ms, p.queue_max_messages
+                "delivery_timeout_ms = {}\n{}",
+                p.delivery_timeout_ms,
+                p.queue_max_messages
+                    .map(|n| format!("queue_max_messages = {n}\n"))
+                    .unwrap_or_default()
             ),
             format!("ordering = \"{}\"\n", p.ordering),
             "[shutdown]\ndisconnect_spread_ms = 5000\n".to_string(),

@@ -122,9 +122,10 @@ pub struct FaultsArgs {
     #[arg(long, default_value = "pipelined", value_parser = ["pipelined", "strict"])]
     pub ordering: String,
     /// The replicas' `kafka.queue_max_messages` (records each replica's
-    /// producer holds before its connections stop reading).
-    #[arg(long, default_value_t = 100_000)]
-    pub queue_max_messages: u32,
+    /// producer holds before its connections stop reading); the proxy's
+    /// default when absent.
+    #[arg(long)]
+    pub queue_max_messages: Option<u32>,
     /// The replicas' `kafka.linger_ms`.
     #[arg(long, default_value_t = 5)]
     pub linger_ms: u64,
@@ -196,8 +197,8 @@ pub struct Plan {
     pub delivery_timeout_ms: u64,
     /// The replicas' `mqtt.ordering`.
     pub ordering: String,
-    /// The replicas' `kafka.queue_max_messages`.
-    pub queue_max_messages: u32,
+    /// The replicas' `kafka.queue_max_messages`, if not the default.
+    pub queue_max_messages: Option<u32>,
 }
 
 /// What the plan can reach while the fleet runs.
