@@ -16,22 +16,16 @@
 //! before anything writes to them. On the embedded broker they are created
 //! here (the mock has no CreateTopics).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use kafka_cluster::{Cluster, ClusterConfig};
 use mqtt_kafka_proxy::kafka::embedded::EmbeddedKafka;
 use mqtt_kafka_proxy::Config;
-use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
+
+use crate::rig::backend::{topic_config, wait_served};
 
 pub use crate::rig::KafkaBackend;
-
-/// How long the proxy's topics may take to have a leader on every
-/// partition (a loaded 2-core machine, RF 3).
-const TOPICS_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The running Kafka of one benchmark run.
 pub struct BenchKafka {
@@ -164,63 +158,4 @@ impl BenchKafka {
             }
         }
     }
-}
-
-/// Polls metadata until every topic has `partitions` partitions, each
-/// with a leader; returns the replication factor of the first topic.
-fn wait_served(bootstrap: &str, topics: &[String], partitions: usize) -> Result<usize> {
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("log_level", "3")
-        .create()?;
-    let deadline = Instant::now() + TOPICS_TIMEOUT;
-    loop {
-        let mut waiting = Vec::new();
-        let mut rf = 0;
-        for (i, t) in topics.iter().enumerate() {
-            let served = client
-                .fetch_metadata(Some(t), Duration::from_secs(5))
-                .ok()
-                .and_then(|md| {
-                    let topic = md.topics().first()?;
-                    let ps = topic.partitions();
-                    let ok = topic.error().is_none()
-                        && ps.len() == partitions
-                        && ps.iter().all(|p| p.error().is_none() && p.leader() >= 0);
-                    ok.then(|| ps.first().map_or(0, |p| p.replicas().len()))
-                });
-            match served {
-                Some(r) if i == 0 => rf = r,
-                Some(_) => {}
-                None => waiting.push(t.as_str()),
-            }
-        }
-        if waiting.is_empty() {
-            return Ok(rf);
-        }
-        if Instant::now() > deadline {
-            bail!("topics {waiting:?} not served with {partitions} partitions after {TOPICS_TIMEOUT:?}: did the proxy create them?");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// The effective value of one config of `topic` (its own or the broker default).
-async fn topic_config(bootstrap: &str, topic: &str, key: &str) -> Result<String> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
-    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
-    let results = admin
-        .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
-        .await?;
-    let resource = results
-        .into_iter()
-        .next()
-        .context("no answer")?
-        .map_err(|code| anyhow::anyhow!("{code}"))?;
-    resource
-        .get(key)
-        .and_then(|e| e.value.clone())
-        .with_context(|| format!("{key} not in the answer"))
 }

@@ -24,7 +24,7 @@ use crate::report::{Reference, Report, Sample};
 use crate::verify::Verifier;
 use crate::worker::{Progress, Scenario, WorkerSpec};
 
-mod backend;
+pub(crate) mod backend;
 pub mod faults;
 
 pub use backend::KafkaBackend;

@@ -294,7 +294,7 @@ async fn create_topic(bootstrap: &str, topic: &str, partitions: u32) -> Result<(
 
 /// Polls metadata until every topic has `partitions` partitions, each
 /// with a leader; returns the replication factor of the first topic.
-fn wait_served(bootstrap: &str, topics: &[String], partitions: usize) -> Result<usize> {
+pub(crate) fn wait_served(bootstrap: &str, topics: &[String], partitions: usize) -> Result<usize> {
     let client: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("log_level", "3")
@@ -326,7 +326,7 @@ fn wait_served(bootstrap: &str, topics: &[String], partitions: usize) -> Result<
         }
         if Instant::now() > deadline {
             bail!(
-                "topics {waiting:?} not served with {partitions} partitions after {TOPICS_TIMEOUT:?}: did the replicas create them? see replica-*.log"
+                "topics {waiting:?} not served with {partitions} partitions after {TOPICS_TIMEOUT:?}: did the proxy create them? (the rig: see replica-*.log)"
             );
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -334,7 +334,7 @@ fn wait_served(bootstrap: &str, topics: &[String], partitions: usize) -> Result<
 }
 
 /// The effective value of one config of `topic` (its own or the broker default).
-async fn topic_config(bootstrap: &str, topic: &str, key: &str) -> Result<String> {
+pub(crate) async fn topic_config(bootstrap: &str, topic: &str, key: &str) -> Result<String> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
