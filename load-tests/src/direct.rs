@@ -25,37 +25,18 @@ use rdkafka::ClientConfig;
 
 use crate::measure::Pace;
 
-/// The proxy's producer settings for `bootstrap`, as
-/// `mqtt_kafka_proxy::kafka::producer::Producer::new` sets them from the same
-/// `config` (idempotent, acks=all, `kafka.linger_ms`, batch.num.messages
-/// 10000, `kafka.delivery_timeout_ms`, `kafka.queue_max_messages`, the
-/// record size limit, then the `[kafka.client]` and `[kafka.producer]`
-/// pass-through maps). Keep the two in step: the comparison is only fair
-/// while they match. (Its statistics callback is left out: one JSON
+/// The proxy's producer settings for `bootstrap`, from the same `config`
+/// and the same function the proxy uses
+/// ([`mqtt_kafka_proxy::kafka::producer::client_config`]): the comparison is
+/// fair by construction. (Its statistics callback is left out: one JSON
 /// document every 15 s.)
 pub fn producer_config(config: &Config, bootstrap: &str) -> ClientConfig {
-    let k = &config.kafka;
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", bootstrap)
-        .set("client.id", "ingest-bench-direct")
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", k.linger_ms.to_string())
-        .set("batch.num.messages", "10000")
-        .set("message.timeout.ms", k.delivery_timeout_ms.to_string())
-        .set(
-            "queue.buffering.max.messages",
-            k.queue_max_messages.to_string(),
-        )
-        .set(
-            "message.max.bytes",
-            (config.mqtt.max_packet_size_bytes + 64 * 1024)
-                .max(1_000_000)
-                .to_string(),
-        );
-    for (key, v) in k.client.iter().chain(&k.producer) {
-        cc.set(key, v);
-    }
+    let mut cc = mqtt_kafka_proxy::kafka::producer::client_config(
+        &config.kafka,
+        bootstrap,
+        config.mqtt.max_packet_size_bytes,
+    );
+    cc.set("client.id", "ingest-bench-direct");
     cc
 }
 

@@ -211,6 +211,35 @@ pub enum SendError {
     Refused(String),
 }
 
+/// The producer's librdkafka settings: what the proxy's producer runs with
+/// (plus its statistics interval), and what a benchmark's direct producer
+/// must run with for a fair comparison. The `[kafka.client]` and
+/// `[kafka.producer]` pass-through maps come last.
+pub fn client_config(cfg: &KafkaConfig, bootstrap: &str, max_record_bytes: usize) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", bootstrap)
+        .set("client.id", "mqtt-kafka-proxy")
+        // Idempotence: retries cannot duplicate or reorder a device's records.
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", cfg.linger_ms.to_string())
+        .set("batch.num.messages", "10000")
+        .set("message.timeout.ms", cfg.delivery_timeout_ms.to_string())
+        .set(
+            "queue.buffering.max.messages",
+            cfg.queue_max_messages.to_string(),
+        )
+        // A record must fit whatever a device may send, plus headers.
+        .set(
+            "message.max.bytes",
+            (max_record_bytes + 64 * 1024).max(1_000_000).to_string(),
+        );
+    for (k, v) in cfg.client.iter().chain(&cfg.producer) {
+        cc.set(k, v);
+    }
+    cc
+}
+
 /// The shared producer.
 #[derive(Clone)]
 pub struct Producer {
@@ -227,24 +256,7 @@ impl Producer {
         max_record_bytes: usize,
         statistics_interval_ms: u64,
     ) -> Result<Producer, KafkaError> {
-        let mut cc = ClientConfig::new();
-        cc.set("bootstrap.servers", bootstrap)
-            .set("client.id", "mqtt-kafka-proxy")
-            // Idempotence: retries cannot duplicate or reorder a device's records.
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", cfg.linger_ms.to_string())
-            .set("batch.num.messages", "10000")
-            .set("message.timeout.ms", cfg.delivery_timeout_ms.to_string())
-            .set(
-                "queue.buffering.max.messages",
-                cfg.queue_max_messages.to_string(),
-            )
-            // A record must fit whatever a device may send, plus headers.
-            .set(
-                "message.max.bytes",
-                (max_record_bytes + 64 * 1024).max(1_000_000).to_string(),
-            );
+        let mut cc = client_config(cfg, bootstrap, max_record_bytes);
         if statistics_interval_ms > 0 {
             cc.set("statistics.interval.ms", statistics_interval_ms.to_string());
         }
@@ -255,9 +267,6 @@ impl Producer {
             .set("client.id", "mqtt-kafka-proxy-probe");
         for (k, v) in &cfg.client {
             probe_cc.set(k, v);
-        }
-        for (k, v) in cfg.client.iter().chain(&cfg.producer) {
-            cc.set(k, v);
         }
         let refused = Arc::new(AtomicBool::new(false));
         let outage_reported: Arc<AtomicBool> = Arc::default();
