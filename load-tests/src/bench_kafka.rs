@@ -23,7 +23,7 @@ use kafka_cluster::{Cluster, ClusterConfig};
 use mqtt_kafka_proxy::kafka::embedded::EmbeddedKafka;
 use mqtt_kafka_proxy::Config;
 
-use crate::rig::backend::{topic_config, wait_served};
+use crate::rig::backend::await_served;
 
 pub use crate::rig::KafkaBackend;
 
@@ -129,18 +129,8 @@ impl BenchKafka {
         if !self.is_cluster() {
             return Ok(());
         }
-        let first = topics.first().context("no topics")?.to_string();
-        let bootstrap = self.bootstrap.clone();
-        let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
-        let rf = tokio::task::spawn_blocking(move || {
-            wait_served(&bootstrap, &names, partitions as usize)
-        })
-        .await??;
-        let min_isr = topic_config(&self.bootstrap, &first, "min.insync.replicas")
-            .await
-            .unwrap_or_else(|e| format!("unknown ({e})"));
-        self.description
-            .push_str(&format!(", RF {rf}, min.insync.replicas {min_isr}"));
+        let served = await_served(&self.bootstrap, topics, partitions).await?;
+        self.description.push_str(&served);
         Ok(())
     }
 

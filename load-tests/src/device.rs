@@ -351,17 +351,23 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_v5_session_hears_success_refusal_ping_and_disconnect_in_order() {
-        let (ours, mut proxy) = tokio::io::duplex(4096);
-        let mut s = Session {
-            version: Version::V5,
+    /// A session in `version` over an in-memory pipe; the other end plays the proxy.
+    fn piped(version: Version) -> (Session, tokio::io::DuplexStream) {
+        let (ours, proxy) = tokio::io::duplex(4096);
+        let s = Session {
+            version,
             stream: Box::new(ours),
             buf: BytesMut::new(),
             inflight: VecDeque::new(),
             next_id: 1,
             last_write: Instant::now(),
         };
+        (s, proxy)
+    }
+
+    #[tokio::test]
+    async fn a_v5_session_hears_success_refusal_ping_and_disconnect_in_order() {
+        let (mut s, mut proxy) = piped(Version::V5);
         let stats = Stats::default();
         for seq in [7, 8] {
             s.publish(&outgoing(seq), &stats).await.unwrap();
@@ -391,15 +397,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_puback_for_a_message_not_at_the_front_is_an_error() {
-        let (ours, mut proxy) = tokio::io::duplex(4096);
-        let mut s = Session {
-            version: Version::V311,
-            stream: Box::new(ours),
-            buf: BytesMut::new(),
-            inflight: VecDeque::new(),
-            next_id: 1,
-            last_write: Instant::now(),
-        };
+        let (mut s, mut proxy) = piped(Version::V311);
         s.publish(&outgoing(0), &Stats::default()).await.unwrap();
         proxy.write_all(&[0x40, 0x02, 0x00, 0x09]).await.unwrap();
         let err = s.read_acks(&mut Vec::new()).await.unwrap_err();

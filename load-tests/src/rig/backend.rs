@@ -207,19 +207,8 @@ impl RigKafka {
         if !matches!(self.inner, Inner::Cluster { .. }) {
             return Ok(());
         }
-        let first = topics.first().context("no topics")?.to_string();
-        let bootstrap = self.bootstrap.clone();
-        let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
-        let replication = tokio::task::spawn_blocking(move || {
-            wait_served(&bootstrap, &names, partitions as usize)
-        })
-        .await??;
-        let min_isr = topic_config(&self.bootstrap, &first, "min.insync.replicas")
-            .await
-            .unwrap_or_else(|e| format!("unknown ({e})"));
-        self.description.push_str(&format!(
-            ", RF {replication}, min.insync.replicas {min_isr}"
-        ));
+        let served = await_served(&self.bootstrap, topics, partitions).await?;
+        self.description.push_str(&served);
         Ok(())
     }
 
@@ -270,6 +259,26 @@ impl RigKafka {
     }
 }
 
+/// Waits (off the runtime) until every topic of `topics` is served with
+/// `partitions` partitions, each with a leader; returns ", RF n,
+/// min.insync.replicas m" of the first, for a run's description.
+pub(crate) async fn await_served(
+    bootstrap: &str,
+    topics: &[&str],
+    partitions: u32,
+) -> Result<String> {
+    let first = topics.first().context("no topics")?.to_string();
+    let boot = bootstrap.to_owned();
+    let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    let replication =
+        tokio::task::spawn_blocking(move || wait_served(&boot, &names, partitions as usize))
+            .await??;
+    let min_isr = topic_config(bootstrap, &first, "min.insync.replicas")
+        .await
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    Ok(format!(", RF {replication}, min.insync.replicas {min_isr}"))
+}
+
 /// Creates `topic` with `partitions` partitions and the brokers' default
 /// replication factor, as the replicas create theirs; an existing one is fine.
 async fn create_topic(bootstrap: &str, topic: &str, partitions: u32) -> Result<()> {
@@ -294,7 +303,7 @@ async fn create_topic(bootstrap: &str, topic: &str, partitions: u32) -> Result<(
 
 /// Polls metadata until every topic has `partitions` partitions, each
 /// with a leader; returns the replication factor of the first topic.
-pub(crate) fn wait_served(bootstrap: &str, topics: &[String], partitions: usize) -> Result<usize> {
+fn wait_served(bootstrap: &str, topics: &[String], partitions: usize) -> Result<usize> {
     let client: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("log_level", "3")
@@ -334,7 +343,7 @@ pub(crate) fn wait_served(bootstrap: &str, topics: &[String], partitions: usize)
 }
 
 /// The effective value of one config of `topic` (its own or the broker default).
-pub(crate) async fn topic_config(bootstrap: &str, topic: &str, key: &str) -> Result<String> {
+async fn topic_config(bootstrap: &str, topic: &str, key: &str) -> Result<String> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
