@@ -32,14 +32,15 @@
 //! - [`proxy`]: start-up and graceful shutdown of the whole replica.
 
 pub mod auth;
+pub mod commands;
 pub mod config;
+pub mod ingest;
 pub mod kafka;
 pub mod limits;
 pub mod metrics;
 pub mod mqtt;
 pub mod ops;
 pub mod proxy;
-pub mod router;
 pub mod server;
 pub mod session;
 

@@ -2,6 +2,7 @@
 //! the accept loops consult. Per-connection publish limits use
 //! [`TokenBucket`] inside the connection task (no shared state).
 
+use serde::Deserialize;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -143,6 +144,41 @@ impl LogThrottle {
         }
         self.suppressed.fetch_add(1, Relaxed);
         None
+    }
+}
+
+/// Rate limits.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// New connections accepted per second from one source address (token
+    /// bucket); more are closed at once. 0 disables. Default 100.
+    pub connects_per_second_per_source: u32,
+    /// Burst of new connections from one source address. Default 500.
+    pub connect_burst_per_source: u32,
+    /// PUBLISH packets per second per connection; 0 disables. Over it, 5.0:
+    /// DISCONNECT 0x96; 3.1.1: the socket is read slower. Default 0.
+    pub publish_per_second: u32,
+    /// Burst of PUBLISH packets. Default 100.
+    pub publish_burst: u32,
+    /// PUBLISH payload bytes per second per connection; 0 disables. Over it,
+    /// 5.0: the PUBLISH is refused with 0x97 quota exceeded; 3.1.1: the
+    /// socket is read slower. Default 0.
+    pub publish_bytes_per_second: u64,
+    /// Burst of payload bytes. Default 1048576.
+    pub publish_burst_bytes: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            connects_per_second_per_source: 100,
+            connect_burst_per_source: 500,
+            publish_per_second: 0,
+            publish_burst: 100,
+            publish_bytes_per_second: 0,
+            publish_burst_bytes: 1_048_576,
+        }
     }
 }
 

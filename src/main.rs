@@ -76,6 +76,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Start-up validates the same way (`Proxy::start`), so a file this
+    // accepts starts, and one it refuses does not.
+    let checked = match config.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if cli.check_config {
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
@@ -99,7 +108,7 @@ fn main() -> ExitCode {
         topics: extra,
     }) = cli.command
     {
-        let mut topics = config.kafka_topics();
+        let mut topics = checked.kafka_topics;
         topics.extend(extra);
         topics.sort();
         topics.dedup();

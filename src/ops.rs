@@ -7,6 +7,9 @@
 //! probe nor a gauge ever waits on Kafka, and logs one line when Kafka
 //! becomes unreachable (what devices experience) and one when it is back.
 
+use std::net::SocketAddr;
+
+use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -22,7 +25,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::PublishOrdering;
+use crate::ingest::PublishOrdering;
 use crate::kafka::producer::{KafkaState, Producer};
 
 /// Readiness of one replica.
@@ -295,5 +298,61 @@ fn log_change(
         KafkaState::Refused => tracing::error!(
             "kafka refused the proxy (authentication or TLS): /readyz reports not ready"
         ),
+    }
+}
+
+/// The operations HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// Serve the endpoint. Default true.
+    pub enabled: bool,
+    /// Address to bind. Default `0.0.0.0:9090`.
+    pub bind: SocketAddr,
+    /// How often Kafka reachability (for `/readyz`) is checked. Default 5000.
+    pub kafka_check_interval_ms: u64,
+    /// librdkafka statistics interval (queue depth, broker round-trip
+    /// time, consumer lag as metrics); 0 disables. Default 15000.
+    pub kafka_statistics_interval_ms: u64,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig {
+            enabled: true,
+            bind: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            kafka_check_interval_ms: 5000,
+            kafka_statistics_interval_ms: 15_000,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter directive; `RUST_LOG` overrides it. Default `info`.
+    pub level: String,
+    /// `text` (human-readable) or `json` (one object per line). Default `text`.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
     }
 }

@@ -17,20 +17,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, Authenticator};
+use crate::commands::consumer::CommandConsumer;
+use crate::commands::offline::OfflineIndex;
+use crate::commands::retained::RetainedStore;
+use crate::commands::{Journal, SessionTable};
 use crate::config::{Config, ConfigError};
-use crate::kafka::commands::{CommandConsumer, Journal};
+use crate::ingest::Pipeline;
 use crate::kafka::embedded::EmbeddedKafka;
 use crate::kafka::producer::Producer;
 use crate::kafka::topics::{self, TopicCheck, TopicsError};
 use crate::kafka::KafkaError;
 use crate::limits::SourceLimiter;
 use crate::ops::{self, Health};
-use crate::router::Router;
 use crate::server::listener::{self, Transport};
 use crate::server::tls::{TlsError, TlsReloader};
-use crate::session::offline::OfflineIndex;
-use crate::session::retained::RetainedStore;
-use crate::session::table::SessionTable;
 use crate::session::{connection, Shared};
 
 /// Why the proxy could not start.
@@ -99,12 +99,9 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a replica from a configuration (validated here).
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
-        config.validate()?;
-        let router =
-            Router::new(&config.routes, &config.unmatched).map_err(|e| ConfigError::Invalid {
-                key: "routes".into(),
-                reason: e.to_string(),
-            })?;
+        // The same validation as `--check-config`; it builds the router.
+        let checked = config.validate()?;
+        let kafka_topics = checked.kafka_topics;
         // Credentials first: a broken password file should fail before Kafka starts.
         let auth = Arc::new(Authenticator::new(&config.auth)?);
         if auth.enabled() {
@@ -141,13 +138,12 @@ impl Proxy {
         let embedded = if config.embedded_kafka() {
             let e = &config.kafka.embedded;
             let kafka =
-                EmbeddedKafka::start(e.brokers, e.partitions, &config.kafka_topics(), e.listen)
-                    .await?;
+                EmbeddedKafka::start(e.brokers, e.partitions, &kafka_topics, e.listen).await?;
             tracing::info!(
                 bootstrap = %kafka.public_addr(),
                 brokers = e.brokers,
                 partitions = e.partitions,
-                topics = ?config.kafka_topics(),
+                topics = ?kafka_topics,
                 "embedded Kafka broker started (in-memory, not durable); point Kafka clients at the bootstrap address"
             );
             Some(kafka)
@@ -190,7 +186,13 @@ impl Proxy {
                         outage_reported: producer.outage_flag(),
                     },
                     &config.kafka.topics,
-                    topics::required(&config.kafka_topics(), &config.commands, &config.lifecycle),
+                    topics::required(
+                        &kafka_topics,
+                        &[
+                            &config.lifecycle.sessions_topic,
+                            &config.commands.retained_topic,
+                        ],
+                    ),
                 )
                 .await?,
             ),
@@ -239,15 +241,23 @@ impl Proxy {
         let shared = Arc::new(Shared {
             limits: connection::limits(&config.mqtt),
             mqtt: config.mqtt.clone(),
-            router,
-            producer: producer.clone(),
+            pipeline: Pipeline {
+                router: checked.router,
+                producer: producer.clone(),
+                rate_limits: config.limits.clone(),
+                topic_alias_maximum: config.mqtt.topic_alias_maximum,
+                receive_maximum: config.mqtt.receive_maximum,
+                max_topic_bytes: config.mqtt.max_topic_bytes,
+                max_awaiting_rel: config.mqtt.max_awaiting_rel,
+                ordering: config.mqtt.ordering,
+                key_is_identity: auth.enabled(),
+            },
             commands: config.commands.clone(),
             table,
             offline,
             retained,
             journal,
             auth: auth.clone(),
-            rate_limits: config.limits.clone(),
             disconnect_spread: Duration::from_millis(config.shutdown.disconnect_spread_ms),
             server_reference: Some(config.shutdown.server_reference.clone())
                 .filter(|r| !r.is_empty()),

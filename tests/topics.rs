@@ -343,7 +343,10 @@ async fn an_unreachable_cluster_is_checked_again_in_the_background() {
     let mut c = config(dir.path(), &front, &prefix);
     c.kafka.topics.timeout_ms = 1_000;
     let needed = c.kafka_topics();
-    let required = topics::required(&needed, &c.commands, &c.lifecycle);
+    let required = topics::required(
+        &needed,
+        &[&c.lifecycle.sessions_topic, &c.commands.retained_topic],
+    );
     let settings = ClientSettings {
         statistics_interval_ms: 0,
         options: Default::default(),

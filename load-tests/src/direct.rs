@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use mqtt_kafka_proxy::kafka::record;
+use mqtt_kafka_proxy::ingest::record;
 use mqtt_kafka_proxy::mqtt::packet::{Properties, Publish, QoS, Version};
 use mqtt_kafka_proxy::Config;
 use rdkafka::client::ClientContext;

@@ -14,7 +14,7 @@
 //! `#` and a rule `{username}/#`), so such a rule does not apply to that
 //! connection if it allows, and applies to everything if it denies.
 
-use crate::config::{AclAction, AclRule, Permission};
+use super::config::{AclAction, AclRule, Permission};
 use crate::mqtt::topic;
 
 /// Who the rules are evaluated for.

@@ -72,7 +72,7 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use crate::config::HttpAuthConfig;
+use super::config::HttpAuthConfig;
 use crate::metrics as m;
 
 /// How long an idle pooled connection to the service is kept.

@@ -5,7 +5,7 @@
 
 use x509_parser::prelude::*;
 
-use crate::config::CertIdentity;
+use super::config::CertIdentity;
 
 /// Why a verified certificate yields no device id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -29,8 +29,8 @@ use x509_parser::prelude::FromDer;
 use x509_parser::public_key::RSAPublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
+use super::config::JwtAuthConfig;
 use crate::auth::watch::Reloader;
-use crate::config::JwtAuthConfig;
 
 /// Largest accepted `leeway_s`. The clock-skew allowance is subtracted from
 /// the current time inside `jsonwebtoken`, so an absurd value would underflow;

@@ -7,6 +7,7 @@
 //! ([`watch`]).
 
 pub mod acl;
+pub mod config;
 pub mod hook;
 pub mod identity;
 pub mod jwt;
@@ -16,7 +17,7 @@ pub mod watch;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::{AuthConfig, AuthMethod, CertIdentity, OnError};
+use self::config::{AuthConfig, AuthMethod, CertIdentity, OnError};
 use crate::metrics as m;
 use crate::mqtt::packet::{reason, return_code, Version};
 

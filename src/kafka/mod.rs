@@ -7,12 +7,21 @@
 //! ([`client_log`]).
 
 pub mod client_log;
-pub mod commands;
+pub mod config;
 pub mod embedded;
 pub mod producer;
-pub mod record;
 pub mod stats;
 pub mod topics;
+
+pub use self::config::KafkaConfig;
+
+/// Now, in milliseconds since the epoch (Kafka's timestamp unit).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
 
 /// Settings every Kafka client of the proxy shares.
 #[derive(Debug, Clone, Default)]

@@ -17,8 +17,8 @@ use rdkafka::message::{DeliveryResult, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
 use tokio::sync::{oneshot, Notify};
 
+use super::config::KafkaConfig;
 use super::KafkaError;
-use crate::config::KafkaConfig;
 use crate::limits::LogThrottle;
 use crate::metrics as m;
 

@@ -29,8 +29,8 @@ use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode as Code};
 use rdkafka::metadata::Metadata;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::config::TopicsConfig;
 use super::ClientSettings;
-use crate::config::{CommandsConfig, LifecycleConfig, TopicsConfig};
 
 /// The topic config that keeps the latest record per key.
 const CLEANUP_POLICY: &str = "cleanup.policy";
@@ -51,17 +51,9 @@ pub struct RequiredTopic {
 }
 
 /// The topics of `all` (every topic the proxy uses, see
-/// `Config::kafka_topics`), the sessions and retained-commands topics
-/// marked compacted.
-pub fn required(
-    all: &[String],
-    commands: &CommandsConfig,
-    lifecycle: &LifecycleConfig,
-) -> Vec<RequiredTopic> {
-    let compacted = [
-        lifecycle.sessions_topic.as_str(),
-        commands.retained_topic.as_str(),
-    ];
+/// `config::Checked::kafka_topics`), those in `compacted` (the sessions and
+/// retained-commands topics) marked compacted.
+pub fn required(all: &[String], compacted: &[&str]) -> Vec<RequiredTopic> {
     all.iter()
         .map(|name| RequiredTopic {
             name: name.clone(),
@@ -614,8 +606,6 @@ mod tests {
 
     #[test]
     fn sessions_and_retained_commands_are_compacted() {
-        let commands = CommandsConfig::default();
-        let lifecycle = LifecycleConfig::default();
         let all = topics(&[
             "iot.command-receipts",
             "iot.commands",
@@ -624,7 +614,7 @@ mod tests {
             "iot.retained-commands",
             "iot.sessions",
         ]);
-        let compacted: Vec<String> = required(&all, &commands, &lifecycle)
+        let compacted: Vec<String> = required(&all, &["iot.sessions", "iot.retained-commands"])
             .into_iter()
             .filter(|t| t.compacted)
             .map(|t| t.name)
@@ -636,11 +626,7 @@ mod tests {
     fn a_topic_not_in_use_is_not_required() {
         // Commands off: the retained-commands topic is not in the list.
         let all = topics(&["iot.events", "iot.sessions"]);
-        let r = required(
-            &all,
-            &CommandsConfig::default(),
-            &LifecycleConfig::default(),
-        );
+        let r = required(&all, &["iot.sessions", "iot.retained-commands"]);
         assert_eq!(r.len(), 2);
         assert!(r.iter().all(|t| t.name != "iot.retained-commands"));
     }

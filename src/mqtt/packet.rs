@@ -367,6 +367,8 @@ pub mod reason {
     pub const QOS_NOT_SUPPORTED: u8 = 0x9B;
     /// Subscription identifiers not supported.
     pub const SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED: u8 = 0xA1;
+    /// Shared subscriptions not supported.
+    pub const SHARED_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0x9E;
     /// Use another server (DISCONNECT, with a Server Reference).
     pub const USE_ANOTHER_SERVER: u8 = 0x9C;
     /// Maximum connect time (here: the credentials expired).

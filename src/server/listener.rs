@@ -26,7 +26,7 @@ use crate::metrics as m;
 use crate::server::proxy_protocol;
 use crate::server::tls::TlsReloader;
 use crate::server::websocket::{self, WsStream};
-use crate::session::connection::PeerCert;
+use crate::session::PeerCert;
 use crate::session::{connection, Shared};
 
 /// What a listener speaks.

@@ -17,8 +17,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
+use super::config::{ClientAuth, TlsListenerConfig};
 use crate::auth::watch::Reloader;
-use crate::config::{ClientAuth, TlsListenerConfig};
 
 /// Why the TLS listener cannot be set up.
 #[derive(Debug, thiserror::Error)]

@@ -1,13 +1,22 @@
-//! One task per device connection: TLS handshake and CONNECT under a
-//! deadline, then the `select!` loop that turns PUBLISH packets into Kafka
-//! records and Kafka acknowledgements into PUBACK / PUBREC ([`connection`]),
-//! over a framed socket ([`framed`]).
+//! One task per device connection. It owns the socket and calls into the
+//! two data paths ([`crate::ingest`], [`crate::commands`]).
+//!
+//! Files: `connection.rs` (the shared state, the task and its `select!`
+//! loop, packet dispatch), `connect.rs` (the CONNECT phase: validation,
+//! authentication, takeover, CONNACK), `authorize.rs` (ACL and HTTP hook
+//! decisions per PUBLISH topic and SUBSCRIBE filter), `will.rs` (last
+//! wills and their delay), `close.rs` (why a connection ended),
+//! `framed.rs` (the socket with its buffers and write deadline),
+//! `config.rs` (`[mqtt]`, `[shutdown]`).
 
+mod authorize;
+mod close;
+pub mod config;
+mod connect;
 pub mod connection;
 pub mod framed;
-mod inflight;
-pub mod offline;
-pub mod retained;
-pub mod table;
+mod will;
 
-pub use connection::{CloseReason, Shared};
+pub use close::CloseReason;
+pub use connect::PeerCert;
+pub use connection::Shared;

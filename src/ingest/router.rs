@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::config::{RouteConfig, UnmatchedAction, UnmatchedConfig};
+use serde::Deserialize;
 
 /// A route table that cannot be built from the configuration.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -79,6 +79,19 @@ pub struct Router {
     dead_letter_topic: Option<Arc<str>>,
 }
 
+/// Every Kafka topic a record may be written to (routes, and the
+/// dead-letter topic when unmatched records go there), for creating them
+/// up front.
+pub fn kafka_topics(routes: &[RouteConfig], unmatched: &UnmatchedConfig) -> Vec<String> {
+    let mut topics: Vec<String> = routes.iter().map(|r| r.kafka_topic.clone()).collect();
+    if unmatched.action == UnmatchedAction::DeadLetter {
+        topics.push(unmatched.dead_letter_topic.clone());
+    }
+    topics.sort();
+    topics.dedup();
+    topics
+}
+
 impl Router {
     /// Compiles the routes; every error names the route and what is wrong.
     pub fn new(routes: &[RouteConfig], unmatched: &UnmatchedConfig) -> Result<Router, RouteError> {
@@ -95,19 +108,6 @@ impl Router {
             routes,
             dead_letter_topic,
         })
-    }
-
-    /// Every Kafka topic a record may be written to, for creating them up front.
-    pub fn kafka_topics(&self) -> Vec<String> {
-        let mut topics: Vec<String> = self
-            .routes
-            .iter()
-            .map(|r| r.kafka_topic.to_string())
-            .collect();
-        topics.extend(self.dead_letter_topic.as_deref().map(str::to_owned));
-        topics.sort();
-        topics.dedup();
-        topics
     }
 
     /// Routes one topic name. `None` means refused: no route matched and no
@@ -273,6 +273,55 @@ fn render<'r>(key: &'r [KeyPart], client_id: &'r str, captures: &[&'r str]) -> C
     }
 }
 
+/// One route.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// MQTT topic filter; `{name}` names a single level, `+` and a final `#`
+    /// are wildcards.
+    pub filter: String,
+    /// Kafka topic the records go to.
+    pub kafka_topic: String,
+    /// Record key template over `{client_id}` and the filter's named levels.
+    /// Default `{client_id}`.
+    #[serde(default = "default_key")]
+    pub key: String,
+}
+
+fn default_key() -> String {
+    "{client_id}".into()
+}
+
+/// What happens when no route matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmatchedAction {
+    /// Refuse the PUBLISH (5.0: reason 0x90; 3.1.1: close the connection).
+    #[default]
+    Refuse,
+    /// Write the record to `dead_letter_topic`, keyed by client id.
+    DeadLetter,
+}
+
+/// Unmatched-topic policy.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnmatchedConfig {
+    /// `refuse` or `dead_letter`. Default `refuse`.
+    pub action: UnmatchedAction,
+    /// Topic for `dead_letter`. Default `iot.deadletter`.
+    pub dead_letter_topic: String,
+}
+
+impl Default for UnmatchedConfig {
+    fn default() -> Self {
+        UnmatchedConfig {
+            action: UnmatchedAction::Refuse,
+            dead_letter_topic: "iot.deadletter".into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,9 +334,9 @@ mod tests {
         }
     }
 
-    fn router(action: UnmatchedAction) -> Router {
-        Router::new(
-            &[
+    fn setup(action: UnmatchedAction) -> (Vec<RouteConfig>, UnmatchedConfig) {
+        (
+            vec![
                 route("devices/{device_id}/events/#", "iot.events", "{client_id}"),
                 route(
                     "devices/{device_id}/snapshot",
@@ -296,12 +345,16 @@ mod tests {
                 ),
                 route("t/{tenant}/+/{dev}", "iot.tenant", "{tenant}:{dev}"),
             ],
-            &UnmatchedConfig {
+            UnmatchedConfig {
                 action,
                 dead_letter_topic: "iot.dead".into(),
             },
         )
-        .unwrap()
+    }
+
+    fn router(action: UnmatchedAction) -> Router {
+        let (routes, unmatched) = setup(action);
+        Router::new(&routes, &unmatched).unwrap()
     }
 
     #[test]
@@ -343,8 +396,9 @@ mod tests {
         let d = r.route("nowhere", "c1").unwrap();
         assert!(d.dead_letter);
         assert_eq!((&**d.kafka_topic, d.key.as_ref()), ("iot.dead", "c1"));
+        let (routes, unmatched) = setup(UnmatchedAction::DeadLetter);
         assert_eq!(
-            r.kafka_topics(),
+            kafka_topics(&routes, &unmatched),
             vec!["iot.dead", "iot.events", "iot.snapshots", "iot.tenant"]
         );
     }

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use rdkafka::message::OwnedHeaders;
 use tokio::sync::oneshot;
 
-use crate::config::PublishOrdering;
+use super::PublishOrdering;
 use crate::kafka::producer::DeliveryOutcome;
 use crate::mqtt::packet::{reason, QoS};
 
@@ -60,7 +60,7 @@ pub(super) enum State {
 
 /// How the acknowledgement at the head of the window turned out.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Outcome {
+pub enum Outcome {
     /// Kafka has the record.
     Delivered,
     /// The proxy refused the PUBLISH; nothing went to Kafka.

@@ -11,22 +11,22 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use super::stats::ConsumerStats;
-use rdkafka::message::{Headers, Message, OwnedHeaders};
+use crate::kafka::stats::ConsumerStats;
+use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::producer::{Delivery, Producer, Record, SendError};
-use super::KafkaError;
-use crate::config::{CommandsConfig, LifecycleConfig};
+use super::journal::{Journal, Status};
+use super::offline::OfflineIndex;
+use super::retained::RetainedStore;
+use super::table::{Command, Offer, SessionTable};
+use super::{CommandsConfig, LifecycleConfig};
+use crate::kafka::{now_ms, KafkaError};
 use crate::metrics as m;
 use crate::mqtt::packet::QoS;
-use crate::session::offline::OfflineIndex;
-use crate::session::retained::RetainedStore;
-use crate::session::table::{Command, Offer, SessionTable};
 
 /// Header: explicit MQTT topic of a command.
 pub const H_TOPIC: &str = "mqtt.topic";
@@ -38,126 +38,6 @@ pub const H_ID: &str = "command.id";
 pub const H_QOS: &str = "mqtt.qos";
 /// Header: seconds after the record's timestamp when the command expires.
 pub const H_EXPIRY: &str = "mqtt.message_expiry_interval";
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Writes receipts, lifecycle records and session announcements. QoS 0
-/// style: nobody waits; failures are counted and logged.
-pub struct Journal {
-    producer: Producer,
-    receipts_topic: String,
-    lifecycle_topic: String,
-    sessions_topic: String,
-    /// This replica's name.
-    pub replica: String,
-}
-
-/// What happened to a command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// The device acknowledged it (QoS 1) or it was written to the device (QoS 0).
-    Delivered,
-    /// It expired before it could be delivered.
-    Expired,
-    /// The device is connected but not subscribed to the command's topic.
-    NotSubscribed,
-    /// Dropped: queue full, too large for the device, or the device left before acknowledging.
-    Dropped,
-}
-
-impl Status {
-    fn as_str(self) -> &'static str {
-        match self {
-            Status::Delivered => "delivered",
-            Status::Expired => "expired",
-            Status::NotSubscribed => "not_subscribed",
-            Status::Dropped => "dropped",
-        }
-    }
-}
-
-impl Journal {
-    /// A journal writing with `producer`.
-    pub fn new(
-        producer: Producer,
-        commands: &CommandsConfig,
-        lifecycle: &LifecycleConfig,
-        replica: String,
-    ) -> Journal {
-        Journal {
-            producer,
-            receipts_topic: commands.receipts_topic.clone(),
-            lifecycle_topic: lifecycle.topic.clone(),
-            sessions_topic: lifecycle.sessions_topic.clone(),
-            replica,
-        }
-    }
-
-    fn write(&self, topic: &str, key: &str, value: &serde_json::Value) {
-        if topic.is_empty() {
-            return;
-        }
-        let payload = value.to_string();
-        let rec = Record {
-            topic,
-            key: key.as_bytes(),
-            payload: payload.as_bytes(),
-            headers: OwnedHeaders::new(),
-            timestamp_ms: now_ms(),
-        };
-        match self.producer.send(rec, Box::new(Delivery::Fire)) {
-            Ok(()) => {}
-            Err(SendError::QueueFull(..)) => {
-                metrics::counter!(m::JOURNAL_DROPPED).increment(1);
-                tracing::warn!(topic, key, "producer queue full; journal record dropped");
-            }
-            Err(SendError::Refused(e)) => {
-                metrics::counter!(m::JOURNAL_DROPPED).increment(1);
-                tracing::warn!(topic, key, error = %e, "journal record refused");
-            }
-        }
-    }
-
-    /// Writes the receipt of one command.
-    pub fn receipt(&self, cmd: &Command, status: Status, detail: &str) {
-        metrics::counter!(m::COMMANDS, "status" => status.as_str()).increment(1);
-        let v = serde_json::json!({
-            "status": status.as_str(),
-            "detail": detail,
-            "command_id": cmd.command_id,
-            "device_id": cmd.device_id,
-            "mqtt_topic": cmd.mqtt_topic,
-            "source": {"topic": cmd.source.0, "partition": cmd.source.1, "offset": cmd.source.2},
-            "replica": self.replica,
-            "at_ms": now_ms(),
-        });
-        self.write(&self.receipts_topic, &cmd.device_id, &v);
-    }
-
-    /// Writes a connected / disconnected record.
-    pub fn lifecycle(&self, client_id: &str, event: &str, peer: &str, reason: Option<&str>) {
-        let v = serde_json::json!({
-            "event": event,
-            "client_id": client_id,
-            "peer": peer,
-            "reason": reason,
-            "replica": self.replica,
-            "at_ms": now_ms(),
-        });
-        self.write(&self.lifecycle_topic, client_id, &v);
-    }
-
-    /// Announces that `client_id` connected here at `at_ms`.
-    pub fn announce(&self, client_id: &str, at_ms: i64) {
-        let v = serde_json::json!({"replica": self.replica, "at_ms": at_ms});
-        self.write(&self.sessions_topic, client_id, &v);
-    }
-}
 
 /// Decodes a commands-topic record.
 pub fn parse_command<M: Message>(m: &M, cfg: &CommandsConfig) -> Result<Command, String> {
@@ -243,7 +123,7 @@ impl CommandConsumer {
         offline: Arc<OfflineIndex>,
         retained: Arc<RetainedStore>,
         journal: Arc<Journal>,
-        settings: &super::ClientSettings,
+        settings: &crate::kafka::ClientSettings,
     ) -> Result<CommandConsumer, KafkaError> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", bootstrap)

@@ -1,0 +1,63 @@
+//! Last wills: produced through the routes like a PUBLISH from the device
+//! (header `mqtt.will = 1`) when a connection ends without a normal
+//! DISCONNECT, after the 5.0 will delay unless the client id connects again
+//! first (here, or announced by another replica: the session table holds
+//! the pending will until then).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::connection::Shared;
+use crate::ingest::publish::{produce_will, Publisher};
+use crate::kafka::now_ms;
+use crate::mqtt::packet::{Publish, Version, Will};
+
+/// Produces `will` now, or after `delay` unless the client connects again.
+pub(super) fn publish_will(
+    shared: &Arc<Shared>,
+    device_id: &str,
+    client_id: &str,
+    version: Version,
+    will: Will,
+    delay: Duration,
+) {
+    let disconnected_at = now_ms();
+    let publish = Publish {
+        dup: false,
+        qos: will.qos,
+        retain: will.retain,
+        topic: will.topic,
+        packet_id: 0,
+        properties: will.properties,
+        payload: will.payload,
+    };
+    let produce = {
+        let shared = shared.clone();
+        let client_id = client_id.to_owned();
+        let device_id = device_id.to_owned();
+        move || {
+            let who = Publisher {
+                device_id: &device_id,
+                client_id: &client_id,
+            };
+            produce_will(&shared.pipeline, &who, version, &publish);
+        }
+    };
+    if delay.is_zero() {
+        return produce();
+    }
+    shared.table.hold_will(device_id, disconnected_at);
+    let shared = shared.clone();
+    let device_id = device_id.to_owned();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        if shared.table.release_will(&device_id, disconnected_at) {
+            produce();
+        } else {
+            tracing::info!(
+                device_id,
+                "last will cancelled: the client connected again within its delay"
+            );
+        }
+    });
+}
