@@ -6,30 +6,62 @@
 //! # Layout
 //!
 //! ```text
-//! device ─MQTT/TLS─▶ server::listener ─spawn─▶ session::connection ──PUBLISH──▶ router ──▶ kafka::producer ──▶ Kafka
-//!                    (permit, accept,          (TLS handshake, CONNECT,        (route →     (idempotent,
-//!                     backoff)                  select! loop, flow control)     topic, key)   acks=all)
-//!                                                      ▲                                          │
-//!                                                      └──────────── delivery report ─────────────┘
-//!                                                                   (PUBACK / PUBREC)
+//! device → Kafka (ingest)
 //!
-//! Kafka iot.commands ──▶ kafka::commands (every partition, every replica) ──▶ session::table
-//!     (sharded by device id) ──▶ connection ──PUBLISH──▶ device;  outcomes ──▶ iot.command-receipts
-//!     devices not here ──▶ session::offline (bounded, rebuilt from Kafka); iot.retained-commands ──▶ session::retained
+//!   device ─MQTT/TLS/WS─▶ server::listener ──spawn──▶ session::connection ──PUBLISH──▶ ingest::publish
+//!                         (permit, accept,            (socket, CONNECT phase,        (checks, limits,
+//!                          TLS, PROXY v2)              select! loop; authorize:       ingest::router → topic/key,
+//!                                                      ACL + HTTP hook)               ingest::record → headers)
+//!                                                            ▲                                │
+//!                                                            │ PUBACK / PUBREC in order       ▼
+//!                                                      ingest::inflight ◀── delivery ── kafka::producer ──▶ Kafka
+//!
+//! Kafka → device (commands)
+//!
+//!   Kafka iot.commands ──▶ commands::consumer ──▶ commands::table ──▶ session (commands::outbound) ──PUBLISH──▶ device
+//!         (every partition,     │  not connected here: commands::offline (persistent sessions)
+//!          every replica)       │  iot.retained-commands: commands::retained (sent on SUBSCRIBE)
+//!                               └─ outcomes ──▶ commands::journal ──▶ iot.command-receipts, lifecycle, sessions
 //! ```
 //!
-//! - [`config`]: the configuration tree and its validation.
-//! - [`mqtt`]: packets, the strict decoder and the encoder (no I/O).
-//! - [`server`]: listeners, accept loops, TLS.
-//! - [`session`]: the per-connection task, its in-flight window
-//!   (`mqtt.ordering`) and its framed socket.
-//! - [`router`]: MQTT topic → Kafka topic and key.
-//! - [`kafka`]: the producer, the record format, the command consumer, the
-//!   start-up topic check on a real cluster, the embedded broker (with the
-//!   forwarders that let every Kafka client read it), librdkafka's log
-//!   lines forwarded to `tracing`.
+//! Modules (dependencies point down this list; no import circle, checked
+//! by a test):
+//!
+//! - [`mqtt`]: packets, the strict decoder, the encoder, topic matching (no I/O).
 //! - [`metrics`]: every metric name.
-//! - [`proxy`]: start-up and graceful shutdown of the whole replica.
+//! - [`limits`]: token buckets, per-source connect limits, log throttling; `[limits]`.
+//! - [`kafka`]: Kafka clients: the producer, the start-up topic check, the
+//!   embedded broker, librdkafka statistics and logs; `[kafka]`.
+//! - [`auth`]: who a device is (certificate, password file, JWT, HTTP hook)
+//!   and what it may touch (ACL); `[auth]`.
+//! - [`ingest`]: device → Kafka: the per-connection PUBLISH path, routes,
+//!   the record format, the in-flight window; `[[routes]]`, `[unmatched]`.
+//! - [`commands`]: Kafka → device: consumer, session table, offline index,
+//!   retained store, per-connection outbound state, receipts journal;
+//!   `[commands]`, `[lifecycle]`.
+//! - [`session`]: the connection task (socket, CONNECT, `select!` loop,
+//!   authorization, wills, close reasons); `[mqtt]`, `[shutdown]`.
+//! - [`server`]: listeners and transports (TCP, TLS, WebSocket, PROXY
+//!   protocol); `[listeners]`.
+//! - [`ops`]: `/metrics`, `/healthz`, `/readyz`, the Kafka watch; `[ops]`, `[log]`.
+//! - [`config`]: the file, environment overrides and validation; it
+//!   assembles the sections the modules above define.
+//! - [`proxy`]: start-up and graceful shutdown of one replica.
+//!
+//! Where to change what:
+//!
+//! - an MQTT property → Kafka header mapping: `ingest/record.rs` (`headers`);
+//! - a new authentication method: `auth/config.rs` (`AuthMethod`), a
+//!   `by_…` method in `auth/mod.rs`, validation in `config/validate.rs`;
+//! - a new command receipt status: `commands/journal.rs` (`Status`), where
+//!   it is decided in `commands/outbound.rs` or `commands/consumer.rs`;
+//! - a new listener transport: `server/config.rs` (its section),
+//!   `server/listener.rs` (`Transport` and the accept loop), started in
+//!   `proxy.rs`;
+//! - a new PUBLISH check or limit: `ingest/publish.rs` (`admit` before
+//!   authorization, `produce` after);
+//! - a new configuration key: the section type in its module (above),
+//!   its range check in `config/validate.rs`, its default in `config.toml`.
 
 pub mod auth;
 pub mod commands;
@@ -43,6 +75,9 @@ pub mod ops;
 pub mod proxy;
 pub mod server;
 pub mod session;
+
+#[cfg(test)]
+mod structure_tests;
 
 pub use config::Config;
 pub use proxy::{run, Proxy, StartError};

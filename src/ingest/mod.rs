@@ -4,18 +4,20 @@
 //! limits ask for, the route ([`router`]), the record ([`record`]), the
 //! hand-off to the producer (waiting for queue space when it is full) and
 //! the acknowledgements, written in the order the PUBLISH packets arrived
-//! ([`inflight`]). Last wills take the same route ([`publish::produce_will`]).
+//! ([`inflight`]). Last wills take the same route ([`will`]).
 //!
 //! Files: `publish.rs` (the per-connection path), `inflight.rs` (the
 //! in-flight window and `mqtt.ordering`), `router.rs` (routes and their
 //! `[[routes]]` / `[unmatched]` configuration), `record.rs` (the Kafka
-//! record format), `limiter.rs` (per-connection publish rate limits).
+//! record format), `limiter.rs` (per-connection publish rate limits), `will.rs` (last
+//! wills, produced like a PUBLISH).
 
 pub mod inflight;
 pub mod limiter;
 pub mod publish;
 pub mod record;
 pub mod router;
+pub mod will;
 
 use serde::Deserialize;
 

@@ -31,16 +31,17 @@ use tracing::Instrument;
 
 use super::authorize::{Authorization, Authz};
 use super::close::{log_close_before_connect, CloseReason};
+use super::commands::next_command;
 use super::config::MqttConfig;
 use super::connect::{read_connect, PeerCert};
 use super::framed::{Framed, WriteError};
 use super::will::publish_will;
-use crate::auth::acl::{Access, Subject};
+use crate::auth::acl::Access;
 use crate::auth::Authenticator;
 use crate::commands::offline::OfflineIndex;
-use crate::commands::outbound::{self, Outbound, SubscribeRequest};
+use crate::commands::outbound::Outbound;
 use crate::commands::retained::RetainedStore;
-use crate::commands::{Command, CommandsConfig, Journal, SessionTable, Status};
+use crate::commands::{CommandsConfig, Journal, SessionTable};
 use crate::ingest::publish::{Admit, Event, Flow, Publisher};
 use crate::ingest::{Ingest, Pipeline};
 use crate::metrics as m;
@@ -515,7 +516,7 @@ impl Session {
         Ok(Step::Continue)
     }
 
-    fn reason_string(&self, why: &str) -> Properties {
+    pub(super) fn reason_string(&self, why: &str) -> Properties {
         Properties {
             reason_string: (self.version == Version::V5 && self.problem_info)
                 .then(|| why.to_owned()),
@@ -564,86 +565,12 @@ impl Session {
         };
         Ok(self.ingest.produce(p, &who, &shared.pipeline)?.into())
     }
-
-    /// Whether another command may be written now (the client's Receive Maximum).
-    fn can_send_command(&self) -> bool {
-        self.outbound
-            .as_ref()
-            .is_some_and(|o| o.can_send(self.client_receive_max))
-    }
-
-    /// Decides a SUBSCRIBE with the commands path; returns the SUBACK and
-    /// the filters whose retained commands follow it.
-    fn subscribe(
-        &mut self,
-        sub: &Subscribe,
-        denied: Vec<Option<String>>,
-        shared: &Shared,
-    ) -> (SubAck, Vec<String>) {
-        let req = SubscribeRequest {
-            sub,
-            denied,
-            version: self.version,
-            max_topic_bytes: shared.mqtt.max_topic_bytes,
-        };
-        let who = Subject {
-            device_id: &self.device_id,
-            username: self.username.as_deref(),
-            client_id: self.client_id.as_deref().unwrap_or(&self.device_id),
-        };
-        let granted = outbound::subscribe(
-            req,
-            &mut self.outbound,
-            &shared.commands,
-            &who,
-            (&shared.table, self.generation),
-        );
-        for denial in &granted.denials {
-            self.note_denied(denial);
-        }
-        if let Some(why) = granted.why {
-            tracing::info!(why, "SUBSCRIBE partly refused");
-        }
-        let ack = SubAck {
-            packet_id: sub.packet_id,
-            properties: granted
-                .why
-                .map(|w| self.reason_string(w))
-                .unwrap_or_default(),
-            codes: granted.codes,
-        };
-        (ack, granted.send_retained)
-    }
-
-    /// Writes one command to the device, or records why not.
-    fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        framed: &mut Framed<S>,
-        cmd: Box<Command>,
-        journal: &Journal,
-    ) {
-        let Some(out) = self.outbound.as_mut() else {
-            return journal.receipt(&cmd, Status::NotSubscribed, "device has no subscription");
-        };
-        let version = self.version;
-        if let Some(publish) = out.deliver(cmd, version, journal, |p| framed.fits(p, version)) {
-            framed.queue(&publish, version);
-        }
-    }
 }
 
 /// Resolves when the session is taken over (never, before it is registered).
 async fn notified(kick: &Option<Arc<Notify>>) {
     match kick {
         Some(k) => k.notified().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next queued command, once the session has subscribed.
-async fn next_command(outbound: &mut Option<Box<Outbound>>) -> Option<Box<Command>> {
-    match outbound {
-        Some(o) => o.next().await,
         None => std::future::pending().await,
     }
 }

@@ -11,6 +11,7 @@
 
 mod authorize;
 mod close;
+mod commands;
 pub mod config;
 mod connect;
 pub mod connection;

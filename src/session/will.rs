@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::connection::Shared;
-use crate::ingest::publish::{produce_will, Publisher};
+use crate::ingest::publish::Publisher;
+use crate::ingest::will::produce_will;
 use crate::kafka::now_ms;
 use crate::mqtt::packet::{Publish, Version, Will};
 
