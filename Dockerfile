@@ -8,7 +8,7 @@
 # (a *_FILE suffix reads the value from a file, for mounted secrets). A full
 # stack (Kafka, three replicas, HAProxy, Prometheus, Grafana) is in
 # deploy/docker-compose.yml, Kubernetes manifests in deploy/k8s/.
-# deploy/check.sh replays this file's build steps outside Docker.
+# deploy/check.sh lints this file with hadolint.
 
 # ---------------------------------------------------------------------------
 # Build stage. rdkafka's default features build the bundled librdkafka with its
@@ -16,6 +16,10 @@
 # system); cmake is only needed if rdkafka's `cmake-build` feature is ever
 # turned on, and is installed so that switch does not break the image.
 FROM rust:1-bookworm AS builder
+# Unpinned apt packages (DL3008): the base images are floating tags, and
+# bookworm's security updates replace the exact versions, so a pin would break
+# the build rather than make it reproducible.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential cmake pkg-config zlib1g-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
@@ -47,6 +51,7 @@ RUN touch src/main.rs src/lib.rs \
 # with ca-certificates, which depends on openssl) and CA certificates; MQTT
 # TLS is rustls and librdkafka is linked in statically.
 FROM debian:bookworm-slim
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \

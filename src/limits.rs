@@ -107,7 +107,8 @@ impl SourceLimiter {
 }
 
 /// At most one log line per interval for an event that may repeat at line
-/// rate (a connection flood), with the count of the lines held back.
+/// rate (a connection flood, an auth service that stopped answering), with
+/// the count of the lines held back.
 pub struct LogThrottle {
     interval_ms: u64,
     /// Milliseconds since `origin` when the last line was allowed.
@@ -130,9 +131,18 @@ impl LogThrottle {
     /// `Some(suppressed)` when a line may be written now, with how many were
     /// held back since the last one.
     pub fn allow(&self) -> Option<u64> {
+        self.allow_at(std::time::Instant::now())
+    }
+
+    /// [`allow`](Self::allow) as of `now`, for a caller that already read the
+    /// clock (or a test that moves it).
+    pub fn allow_at(&self, now: std::time::Instant) -> Option<u64> {
         use std::sync::atomic::Ordering::Relaxed;
+        let since_origin = now.saturating_duration_since(self.origin).as_millis();
         // +interval so the very first event is logged.
-        let now = self.origin.elapsed().as_millis() as u64 + self.interval_ms;
+        let now = u64::try_from(since_origin)
+            .unwrap_or(u64::MAX)
+            .saturating_add(self.interval_ms);
         let last = self.last_ms.load(Relaxed);
         if now.saturating_sub(last) >= self.interval_ms
             && self
@@ -222,6 +232,19 @@ mod tests {
         let every = LogThrottle::new(Duration::ZERO);
         assert_eq!(every.allow(), Some(0));
         assert_eq!(every.allow(), Some(0));
+    }
+
+    #[test]
+    fn log_throttle_lets_one_line_through_per_interval_with_a_count() {
+        let limiter = LogThrottle::new(Duration::from_secs(1));
+        let t0 = std::time::Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(limiter.allow_at(at(0)), Some(0));
+        assert_eq!(limiter.allow_at(at(10)), None);
+        assert_eq!(limiter.allow_at(at(999)), None);
+        assert_eq!(limiter.allow_at(at(1_000)), Some(2));
+        assert_eq!(limiter.allow_at(at(1_500)), None);
+        assert_eq!(limiter.allow_at(at(2_000)), Some(1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,17 +13,19 @@ cargo test --workspace --all-targets "$@"
 
 # 2. Real Apache Kafka (4.1.1 from Maven Central, KRaft, JVM processes on
 #    loopback; one cluster per test binary, stopped when it exits): the
-#    backend-generic suites again, plus what only a real cluster shows
-#    (tests/cluster.rs: 3 brokers, replication, faults, SASL/TLS;
-#    tests/topics.rs: topic creation). Skipped here: the two tests that drive
-#    the mock broker's own fault switch (broker_down); tests/cluster.rs covers
-#    an unreachable cluster with real brokers.
+#    backend-generic suites again (modules of tests/it/, picked by name),
+#    plus what only a real cluster shows (tests/it/topics.rs: topic
+#    creation; tests/cluster.rs: 3 brokers, replication, faults, SASL/TLS,
+#    a binary of its own so its broker faults reach no other test).
+#    Skipped here: the two tests that drive the mock broker's own fault
+#    switch (broker_down); tests/cluster.rs covers an unreachable cluster
+#    with real brokers.
 cargo run -q -p load-tests -- kafka fetch
-MKP_TEST_KAFKA=cluster cargo test --features real-kafka \
-  --test ingest --test commands --test ops --test hostile --test clients \
-  --test topics --test cluster -- \
+MKP_TEST_KAFKA=cluster cargo test --features real-kafka --test it -- \
+  ingest:: commands:: ops:: hostile:: clients:: topics:: \
   --skip readyz_tracks_kafka_and_draining \
   --skip v5_receive_maximum_exceeded_is_disconnected
+MKP_TEST_KAFKA=cluster cargo test --features real-kafka --test cluster
 
 # Load-test smoke: 3,000 TLS devices through two SO_REUSEPORT replicas and a
 # standalone broker for ~20 s of the fleet scenario (time compressed 600x).

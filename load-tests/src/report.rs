@@ -1,6 +1,8 @@
 //! The run report: one JSON document, a human-readable table, and a
-//! self-contained HTML page with SVG plots of rate, latency, connections and
-//! memory over time.
+//! self-contained HTML page with SVG plots of rate, latency, connections,
+//! memory and CPU over time ([`plot`]), the fault windows shaded.
+
+mod plot;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -334,33 +336,61 @@ impl Report {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(self)?)?;
         std::fs::write(dir.join("report.md"), self.table())?;
-        std::fs::write(dir.join("report.html"), self.html())?;
+        std::fs::write(dir.join("report.html"), self.html()?)?;
         Ok(())
     }
 
-    fn html(&self) -> String {
+    /// The HTML page: the tables, then one plot per series (see [`plot`]).
+    fn html(&self) -> Result<String> {
         let t: Vec<f64> = self.timeline.iter().map(|s| s.t).collect();
         let series = |f: fn(&Sample) -> f64| -> Vec<f64> { self.timeline.iter().map(f).collect() };
+        // (title, value axis with its unit, series)
         let charts = [
             (
                 "Acknowledged messages per second",
+                "acknowledged (messages/s)",
                 series(|s| s.acked_per_s),
             ),
             (
                 "PUBACK latency p99 (ms, worst worker)",
+                "PUBACK p99 (ms)",
                 series(|s| s.puback_p99_ms),
             ),
-            ("Devices connected", series(|s| s.connected as f64)),
-            ("Proxy RSS, all replicas (MiB)", series(|s| s.proxy_rss_mib)),
-            ("CPU cores: proxy replicas", series(|s| s.proxy_cores)),
-            ("CPU cores: broker", series(|s| s.broker_cores)),
-            ("Broker RSS, all nodes (MiB)", series(|s| s.broker_rss_mib)),
-            ("CPU cores: simulator workers", series(|s| s.workers_cores)),
+            (
+                "Devices connected",
+                "connected (devices)",
+                series(|s| s.connected as f64),
+            ),
+            (
+                "Proxy RSS, all replicas (MiB)",
+                "proxy RSS (MiB)",
+                series(|s| s.proxy_rss_mib),
+            ),
+            (
+                "CPU cores: proxy replicas",
+                "proxy CPU (cores)",
+                series(|s| s.proxy_cores),
+            ),
+            (
+                "CPU cores: broker",
+                "broker CPU (cores)",
+                series(|s| s.broker_cores),
+            ),
+            (
+                "Broker RSS, all nodes (MiB)",
+                "broker RSS (MiB)",
+                series(|s| s.broker_rss_mib),
+            ),
+            (
+                "CPU cores: simulator workers",
+                "simulator CPU (cores)",
+                series(|s| s.workers_cores),
+            ),
         ];
         let mut h = String::from(
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>mqtt-kafka-proxy load test</title>\
              <style>body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}\
-             td,th{border:1px solid #ccc;padding:4px 8px}svg{background:#fafafa;margin:1em 0}</style></head><body>",
+             td,th{border:1px solid #ccc;padding:4px 8px}svg{margin:0.5em 0}</style></head><body>",
         );
         let _ = write!(
             h,
@@ -395,59 +425,126 @@ impl Report {
             }
             h.push_str("</table>");
         }
-        let windows: Vec<(f64, f64, &str)> = self
+        let shades: Vec<plot::Shade<'_>> = self
             .faults
             .iter()
             .filter(|f| f.end_s > f.start_s)
-            .map(|f| (f.start_s, f.end_s, f.fault.as_str()))
+            .map(|f| plot::Shade {
+                from: f.start_s,
+                to: f.end_s,
+                name: &f.fault,
+            })
             .collect();
-        for (title, ys) in charts {
-            h.push_str(&svg_chart(title, &t, &ys, &windows));
+        for (title, value_axis, ys) in charts {
+            let _ = write!(
+                h,
+                "<h3>{title}</h3>{}",
+                plot::svg(value_axis, &t, &ys, &shades)?
+            );
         }
         h.push_str("</body></html>");
-        h
+        Ok(h)
     }
 }
 
-fn svg_chart(title: &str, xs: &[f64], ys: &[f64], windows: &[(f64, f64, &str)]) -> String {
-    let (w, hgt, pad) = (900.0, 220.0, 40.0);
-    let xmax = xs.iter().cloned().fold(1.0, f64::max);
-    let ymax = ys.iter().cloned().fold(0.0, f64::max).max(1e-9) * 1.1;
-    let points: Vec<String> = xs
-        .iter()
-        .zip(ys)
-        .map(|(x, y)| {
-            format!(
-                "{:.1},{:.1}",
-                pad + x / xmax * (w - 2.0 * pad),
-                hgt - pad - y / ymax * (hgt - 2.0 * pad)
-            )
-        })
-        .collect();
-    let x = |v: f64| pad + v / xmax * (w - 2.0 * pad);
-    let mut shaded = String::new();
-    for (from, to, name) in windows {
-        let _ = write!(
-            shaded,
-            "<rect x=\"{:.1}\" y=\"{pad}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#d62728\" fill-opacity=\"0.15\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"#a00\">{name}</text>",
-            x(*from),
-            (x(*to) - x(*from)).max(1.0),
-            hgt - 2.0 * pad,
-            x(*from) + 2.0,
-            pad + 10.0,
-        );
+#[cfg(test)]
+mod tests {
+    use super::plot::tests::texts;
+    use super::*;
+
+    /// 60 s of traffic with a hang from t=20 to t=30.
+    fn report() -> Report {
+        Report {
+            scenario: "fleet".into(),
+            kafka: "Apache Kafka <test>".into(),
+            timeline: (0..60)
+                .map(|t| Sample {
+                    t: t as f64,
+                    connected: 3000,
+                    acked_per_s: if (20..30).contains(&t) { 0.0 } else { 950.0 },
+                    puback_p99_ms: 12.5,
+                    proxy_rss_mib: 40.0,
+                    proxy_cores: 0.4,
+                    ..Sample::default()
+                })
+                .collect(),
+            faults: vec![
+                FaultRow {
+                    fault: "baseline".into(),
+                    start_s: 5.0,
+                    end_s: 5.0,
+                    part_end_s: 20.0,
+                    ..FaultRow::default()
+                },
+                FaultRow {
+                    fault: "hang".into(),
+                    start_s: 20.0,
+                    end_s: 30.0,
+                    part_end_s: 60.0,
+                    ..FaultRow::default()
+                },
+            ],
+            ..Report::default()
+        }
     }
-    format!(
-        "<h3>{title}</h3><svg width=\"{w}\" height=\"{hgt}\" xmlns=\"http://www.w3.org/2000/svg\">{shaded}\
-         <line x1=\"{pad}\" y1=\"{yb}\" x2=\"{xr}\" y2=\"{yb}\" stroke=\"#888\"/>\
-         <line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{yb}\" stroke=\"#888\"/>\
-         <text x=\"{pad}\" y=\"{ty}\" font-size=\"11\">0</text><text x=\"{xr}\" y=\"{ty}\" font-size=\"11\" text-anchor=\"end\">{xmax:.0} s</text>\
-         <text x=\"2\" y=\"{pad}\" font-size=\"11\">{ymax:.0}</text>\
-         <polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"{pts}\"/></svg>",
-        yb = hgt - pad,
-        xr = w - pad,
-        ty = hgt - pad + 15.0,
-        pts = points.join(" ")
-    )
+
+    #[test]
+    fn every_plot_has_labelled_axes_ticks_and_the_fault_window() {
+        let html = report().html().unwrap();
+        let svgs: Vec<&str> = html
+            .split("<svg")
+            .skip(1)
+            .map(|s| &s[..s.find("</svg>").unwrap()])
+            .collect();
+        assert_eq!(svgs.len(), 8, "one plot per series");
+        for (svg, unit) in svgs.iter().zip([
+            "(messages/s)",
+            "(ms)",
+            "(devices)",
+            "(MiB)",
+            "(cores)",
+            "(cores)",
+            "(MiB)",
+            "(cores)",
+        ]) {
+            let texts = texts(svg);
+            assert!(texts.iter().any(|t| t == plot::TIME_AXIS), "{texts:?}");
+            assert!(
+                texts.iter().any(|t| t.ends_with(unit)),
+                "value axis in {unit}: {texts:?}"
+            );
+            // Ticks: several numeric labels on each axis, the time axis
+            // running past the hang's end.
+            let numbers: Vec<f64> = texts.iter().filter_map(|t| t.parse().ok()).collect();
+            assert!(numbers.len() >= 8, "ticks: {texts:?}");
+            assert!(numbers.iter().any(|n| *n >= 50.0), "{texts:?}");
+            // The hang is shaded and named; the baseline (no window) is not.
+            assert!(texts.iter().any(|t| t == "hang"), "{texts:?}");
+            assert!(!texts.iter().any(|t| t == "baseline"), "{texts:?}");
+            assert!(svg.contains("opacity=\"0.15\""), "shaded window: {svg}");
+        }
+        // The acknowledged rate's axis reaches its peak of 950.
+        let rate_ticks: Vec<f64> = texts(svgs[0])
+            .iter()
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        assert!(rate_ticks.iter().any(|n| *n >= 900.0), "{rate_ticks:?}");
+        assert!(html.contains("Apache Kafka &lt;test>"));
+    }
+
+    #[test]
+    fn write_puts_the_three_files_in_place() {
+        let dir = std::env::temp_dir().join(format!("load-tests-report-{}", std::process::id()));
+        report().write(&dir).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap())
+                .unwrap();
+        assert_eq!(json["faults"][1]["fault"], "hang");
+        let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+        assert!(md.starts_with("| metric | value |"), "{md}");
+        assert!(md.contains("| hang |"), "{md}");
+        let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+        assert_eq!(html.matches("<svg").count(), 8);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -16,12 +16,12 @@ use std::fmt;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{self, SaltString};
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
+use tempfile::NamedTempFile;
 use tokio::sync::Semaphore;
 
 use crate::auth::watch::Reloader;
@@ -565,17 +565,20 @@ fn shorten(user: &str) -> String {
 }
 
 /// Writes `contents` to a new file beside `path` and renames it over `path`.
+/// The temporary file is `tempfile`'s: created with mode 0600, never an
+/// existing file (a stale temp or a planted symlink), and removed if
+/// anything fails before the rename.
 fn write_replacing(path: &Path, contents: &[u8]) -> Result<(), PasswdError> {
     let write_err = |source: io::Error| PasswdError::Write {
         path: path.to_owned(),
         source,
     };
-    let name = path.file_name().ok_or_else(|| {
-        write_err(io::Error::new(
+    if path.file_name().is_none() {
+        return Err(write_err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "path does not name a file",
-        ))
-    })?;
+        )));
+    }
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -585,20 +588,13 @@ fn write_replacing(path: &Path, contents: &[u8]) -> Result<(), PasswdError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(write_err(e)),
     };
-    let (tmp, mut file) = create_temp(dir, &name.to_string_lossy()).map_err(write_err)?;
-    let written = (|| {
-        file.write_all(contents)?;
-        if let Some(meta) = &original {
-            keep_owner_and_mode(&file, meta)?;
-        }
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(write_err(e));
+    let mut tmp = NamedTempFile::new_in(dir).map_err(write_err)?;
+    tmp.write_all(contents).map_err(write_err)?;
+    if let Some(meta) = &original {
+        keep_owner_and_mode(tmp.as_file(), meta).map_err(write_err)?;
     }
+    tmp.as_file().sync_all().map_err(write_err)?;
+    tmp.persist(path).map_err(|e| write_err(e.error))?;
     // Makes the rename itself durable. Best effort: some filesystems refuse
     // to sync a directory, and the new file is already in place.
     #[cfg(unix)]
@@ -606,25 +602,6 @@ fn write_replacing(path: &Path, contents: &[u8]) -> Result<(), PasswdError> {
         let _ = d.sync_all();
     }
     Ok(())
-}
-
-/// Creates `.NAME.tmp-PID-N` in `dir` with mode 0600, never opening an
-/// existing file (a stale temp or a planted symlink).
-fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, fs::File)> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        match options.open(&tmp) {
-            Ok(file) => return Ok((tmp, file)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 1000 => continue,
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 /// Gives the new file the old one's permissions and owner, so that (say)

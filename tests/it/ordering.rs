@@ -10,11 +10,9 @@
 //! SIGSTOP. The throughput cost of `strict` is measured by the ignored
 //! `ordering_throughput` (run it with `--release --ignored --nocapture`).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use mqtt_kafka_proxy::config::PublishOrdering;
 use mqtt_kafka_proxy::mqtt::packet::{QoS as Q, Version};
 

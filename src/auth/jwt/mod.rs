@@ -11,41 +11,28 @@
 //! be in the configured list, and it picks a key *kind* — HS256 only ever uses
 //! the secret file, RS256 only RSA keys, ES256 only P-256 keys — so a public
 //! key can never be used as an HMAC secret, and `none` is never accepted.
+//! Key files are read in [`keys`].
+
+mod keys;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use base64::alphabet::URL_SAFE;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
-use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
-use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_PKCS1_RSAENCRYPTION};
-use x509_parser::pem::Pem;
-use x509_parser::prelude::FromDer;
-use x509_parser::public_key::RSAPublicKey;
-use x509_parser::x509::SubjectPublicKeyInfo;
 
-use super::config::JwtAuthConfig;
+use self::keys::KeySet;
+use crate::auth::config::JwtAuthConfig;
 use crate::auth::watch::Reloader;
 
 /// Largest accepted `leeway_s`. The clock-skew allowance is subtracted from
 /// the current time inside `jsonwebtoken`, so an absurd value would underflow;
 /// a day is already far beyond any real skew.
 const MAX_LEEWAY_S: u64 = 86_400;
-
-/// Secrets shorter than this still work but are logged as weak (RFC 7518
-/// §3.2: an HS256 key should be at least as long as the hash, 256 bits).
-const MIN_SECRET_BYTES: usize = 32;
-
-/// JWK fields are base64url; some issuers pad them, so padding is optional.
-const JWK_B64: GeneralPurpose = GeneralPurpose::new(
-    &URL_SAFE,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
 
 /// Why keys could not be loaded, or why a token was refused. The `verify`
 /// refusals say what was wrong with the token; they never carry key material.
@@ -130,13 +117,6 @@ impl JwtError {
     }
 }
 
-fn bad_key(path: &Path, reason: impl Into<String>) -> JwtError {
-    JwtError::BadKey {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
-}
-
 /// Verified token facts the proxy needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
@@ -183,62 +163,6 @@ impl Alg {
     }
 }
 
-/// One RS256 or ES256 verification key.
-struct PublicKey {
-    /// JWKS `kid`; PEM keys have none.
-    kid: Option<String>,
-    /// The only algorithm this key verifies.
-    alg: Alg,
-    key: DecodingKey,
-}
-
-/// Everything loaded from `key_file` and `secret_file`; replaced whole on reload.
-struct KeySet {
-    /// The HS256 secret: the only key HS256 ever uses.
-    secret: Option<DecodingKey>,
-    /// RS256 / ES256 keys.
-    public: Vec<PublicKey>,
-    /// The public keys came from a JWKS document, so `kid` selects among them;
-    /// a PEM file holds one key and the token's `kid` is irrelevant.
-    jwks: bool,
-}
-
-impl KeySet {
-    fn serves(&self, alg: Alg) -> bool {
-        match alg {
-            Alg::Hs256 => self.secret.is_some(),
-            _ => self.public.iter().any(|k| k.alg == alg),
-        }
-    }
-
-    /// The key for a token with this `alg` and `kid`, never one of another kind.
-    fn select(&self, alg: Alg, kid: Option<&str>) -> Result<&DecodingKey, JwtError> {
-        let no_key = || JwtError::NoKey(alg.name().to_string());
-        if alg == Alg::Hs256 {
-            return self.secret.as_ref().ok_or_else(no_key);
-        }
-        let mut usable = self.public.iter().filter(|k| k.alg == alg);
-        if !self.jwks {
-            return usable.next().map(|k| &k.key).ok_or_else(no_key);
-        }
-        match kid {
-            Some(kid) => usable
-                .find(|k| k.kid.as_deref() == Some(kid))
-                .map(|k| &k.key)
-                .ok_or_else(|| JwtError::UnknownKey(kid.to_string())),
-            None => {
-                let usable: Vec<&PublicKey> = usable.collect();
-                match usable.as_slice() {
-                    [] => Err(no_key()),
-                    [only] => Ok(&only.key),
-                    several => Err(JwtError::KeyIdRequired(several.len())),
-                }
-            }
-        }
-    }
-}
-
-/// Checks JWTs from CONNECT passwords. `Send + Sync`, shared as `Arc`; the
 /// keys swap atomically on reload while verifications continue.
 pub struct JwtVerifier {
     key_file: PathBuf,
@@ -313,11 +237,7 @@ impl JwtVerifier {
             secret_file: cfg.secret_file.clone(),
             validations,
             device_id_claim: cfg.device_id_claim.clone(),
-            keys: RwLock::new(Arc::new(KeySet {
-                secret: None,
-                public: Vec::new(),
-                jwks: false,
-            })),
+            keys: RwLock::new(Arc::new(KeySet::default())),
             reloader,
         };
         let keys = verifier.load_keys()?;
@@ -388,21 +308,7 @@ impl JwtVerifier {
     }
 
     fn load_keys(&self) -> Result<KeySet, JwtError> {
-        let secret = if self.secret_file.as_os_str().is_empty() {
-            None
-        } else {
-            Some(load_secret(&self.secret_file)?)
-        };
-        let (public, jwks) = if self.key_file.as_os_str().is_empty() {
-            (Vec::new(), false)
-        } else {
-            load_public(&self.key_file)?
-        };
-        let keys = KeySet {
-            secret,
-            public,
-            jwks,
-        };
+        let keys = KeySet::load(&self.key_file, &self.secret_file)?;
         if !self.validations.iter().any(|(a, _)| keys.serves(*a)) {
             let names: Vec<&str> = self.validations.iter().map(|(a, _)| a.name()).collect();
             return Err(JwtError::NoUsableKey(names.join(", ")));
@@ -431,239 +337,6 @@ fn validation(alg: Alg, cfg: &JwtAuthConfig) -> Validation {
     }
     v.set_required_spec_claims(&required);
     v
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, JwtError> {
-    std::fs::read(path).map_err(|source| JwtError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn load_secret(path: &Path) -> Result<DecodingKey, JwtError> {
-    let mut secret = read(path)?;
-    if secret.ends_with(b"\r\n") {
-        secret.truncate(secret.len() - 2);
-    } else if secret.ends_with(b"\n") {
-        secret.truncate(secret.len() - 1);
-    }
-    if secret.is_empty() {
-        return Err(bad_key(path, "the HS256 secret is empty"));
-    }
-    if secret.len() < MIN_SECRET_BYTES {
-        tracing::warn!(
-            file = %path.display(),
-            bytes = secret.len(),
-            "HS256 secret is shorter than {MIN_SECRET_BYTES} bytes; it is easy to guess"
-        );
-    }
-    Ok(DecodingKey::from_secret(&secret))
-}
-
-/// Reads `key_file`: the public keys, and whether they came from a JWKS.
-fn load_public(path: &Path) -> Result<(Vec<PublicKey>, bool), JwtError> {
-    let bytes = read(path)?;
-    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-    if first == Some(&b'{') {
-        Ok((parse_jwks(path, &bytes)?, true))
-    } else {
-        Ok((vec![parse_pem(path, &bytes)?], false))
-    }
-}
-
-fn parse_pem(path: &Path, bytes: &[u8]) -> Result<PublicKey, JwtError> {
-    let mut found = Vec::new();
-    for block in Pem::iter_from_buffer(bytes) {
-        let block = block.map_err(|e| bad_key(path, format!("unreadable PEM block: {e}")))?;
-        let key = match block.label.as_str() {
-            "PUBLIC KEY" => spki_key(&block.contents),
-            "RSA PUBLIC KEY" => rsa_from_pkcs1(&block.contents).map(|k| (Alg::Rs256, k)),
-            "CERTIFICATE" => match block.parse_x509() {
-                Ok(cert) => spki_key(cert.public_key().raw),
-                Err(e) => Err(format!("unreadable certificate: {e}")),
-            },
-            label if label.contains("PRIVATE KEY") => Err(format!(
-                "holds a private key ({label}); give the public key (openssl pkey -pubout)"
-            )),
-            // Anything else (e.g. "EC PARAMETERS" from `openssl ecparam`) carries no key.
-            _ => continue,
-        };
-        found.push(key.map_err(|reason| bad_key(path, reason))?);
-    }
-    match found.len() {
-        0 => Err(bad_key(
-            path,
-            "no PEM PUBLIC KEY, RSA PUBLIC KEY or CERTIFICATE block, and not a JWKS document",
-        )),
-        1 => {
-            let (alg, key) = found.remove(0);
-            Ok(PublicKey {
-                kid: None,
-                alg,
-                key,
-            })
-        }
-        n => Err(bad_key(
-            path,
-            format!("holds {n} keys; use a JWKS document with a kid per key to serve several"),
-        )),
-    }
-}
-
-/// An RSA or EC P-256 key from a DER SubjectPublicKeyInfo.
-fn spki_key(der: &[u8]) -> Result<(Alg, DecodingKey), String> {
-    let (_, spki) =
-        SubjectPublicKeyInfo::from_der(der).map_err(|e| format!("not a valid public key: {e}"))?;
-    let oid = &spki.algorithm.algorithm;
-    if *oid == OID_PKCS1_RSAENCRYPTION {
-        rsa_from_pkcs1(&spki.subject_public_key.data).map(|k| (Alg::Rs256, k))
-    } else if *oid == OID_KEY_TYPE_EC_PUBLIC_KEY {
-        let curve = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.as_oid().ok());
-        if curve.as_ref() != Some(&OID_EC_P256) {
-            let curve = curve.map_or_else(|| "unnamed".to_string(), |c| c.to_id_string());
-            return Err(format!(
-                "EC key on curve {curve}; ES256 needs P-256 (1.2.840.10045.3.1.7)"
-            ));
-        }
-        ec_from_point(&spki.subject_public_key.data).map(|k| (Alg::Es256, k))
-    } else {
-        Err(format!(
-            "unsupported key type {}; expected RSA or EC P-256",
-            oid.to_id_string()
-        ))
-    }
-}
-
-/// An RS256 key from a PKCS#1 RSAPublicKey.
-fn rsa_from_pkcs1(der: &[u8]) -> Result<DecodingKey, String> {
-    let (_, key) =
-        RSAPublicKey::from_der(der).map_err(|e| format!("not a valid RSA public key: {e}"))?;
-    rsa_from_components(key.modulus, key.exponent)
-}
-
-/// An RS256 key from big-endian modulus and exponent, checked against what
-/// ring will verify with, so a useless key fails at load, not on every token.
-fn rsa_from_components(n: &[u8], e: &[u8]) -> Result<DecodingKey, String> {
-    let strip = |b: &[u8]| -> Vec<u8> { b.iter().copied().skip_while(|&x| x == 0).collect() };
-    let (n, e) = (strip(n), strip(e));
-    let bits = match n.first() {
-        Some(top) => n.len() * 8 - top.leading_zeros() as usize,
-        None => 0,
-    };
-    if !(2048..=8192).contains(&bits) {
-        return Err(format!("RSA key has {bits} bits; RS256 needs 2048 to 8192"));
-    }
-    let exponent = (e.len() <= 8).then(|| e.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)));
-    if !exponent.is_some_and(|x| x >= 3 && x % 2 == 1 && x < (1 << 33)) {
-        return Err("RSA public exponent is not an odd number from 3 to 2^33".to_string());
-    }
-    Ok(DecodingKey::from_rsa_raw_components(&n, &e))
-}
-
-/// An ES256 key from an uncompressed P-256 point (0x04 || x || y).
-fn ec_from_point(point: &[u8]) -> Result<DecodingKey, String> {
-    if point.len() != 65 || point[0] != 0x04 {
-        return Err("EC public key is not an uncompressed P-256 point".to_string());
-    }
-    Ok(DecodingKey::from_ec_der(point))
-}
-
-fn parse_jwks(path: &Path, bytes: &[u8]) -> Result<Vec<PublicKey>, JwtError> {
-    let doc: Value = serde_json::from_slice(bytes)
-        .map_err(|e| bad_key(path, format!("not a JSON document: {e}")))?;
-    let entries = doc
-        .get("keys")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad_key(path, "JWKS document has no \"keys\" array"))?;
-    let mut keys: Vec<PublicKey> = Vec::new();
-    for (i, entry) in entries.iter().enumerate() {
-        let obj = entry
-            .as_object()
-            .ok_or_else(|| bad_key(path, format!("JWKS key {i} is not an object")))?;
-        let kid = match obj.get("kid") {
-            None => None,
-            Some(Value::String(k)) => Some(k.clone()),
-            Some(_) => return Err(bad_key(path, format!("JWKS key {i}: kid is not a string"))),
-        };
-        let name = kid
-            .as_deref()
-            .map_or_else(|| format!("key {i}"), |k| format!("key {k:?}"));
-        let Some((alg, key)) =
-            jwk_key(path, obj).map_err(|r| bad_key(path, format!("JWKS {name}: {r}")))?
-        else {
-            continue;
-        };
-        if let Some(kid) = &kid {
-            if keys
-                .iter()
-                .any(|k| k.alg == alg && k.kid.as_ref() == Some(kid))
-            {
-                return Err(bad_key(
-                    path,
-                    format!("JWKS has two {} keys with kid {kid:?}", alg.name()),
-                ));
-            }
-        }
-        keys.push(PublicKey { kid, alg, key });
-    }
-    if keys.is_empty() {
-        return Err(bad_key(
-            path,
-            "JWKS document holds no RS256 or ES256 signing key",
-        ));
-    }
-    Ok(keys)
-}
-
-/// One JWK as a verification key; `Ok(None)` for keys this proxy does not use
-/// (logged), `Err` for a key of a usable kind that is broken.
-fn jwk_key(path: &Path, obj: &Map<String, Value>) -> Result<Option<(Alg, DecodingKey)>, String> {
-    let skip = |why: String| {
-        tracing::warn!(file = %path.display(), kid = ?obj.get("kid"), "skipping JWKS key: {why}");
-        Ok(None)
-    };
-    if let Some(usage) = obj.get("use") {
-        if usage != "sig" {
-            return skip(format!("use is {usage}, not \"sig\""));
-        }
-    }
-    let field = |name: &str| -> Result<Vec<u8>, String> {
-        let text = obj
-            .get(name)
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("no {name:?} string"))?;
-        JWK_B64
-            .decode(text)
-            .map_err(|e| format!("{name:?} is not base64url: {e}"))
-    };
-    let (alg, key) = match obj.get("kty").and_then(Value::as_str) {
-        Some("RSA") => (Alg::Rs256, rsa_from_components(&field("n")?, &field("e")?)?),
-        Some("EC") => {
-            let crv = obj.get("crv").and_then(Value::as_str);
-            if crv != Some("P-256") {
-                return skip(format!("EC curve {crv:?}; ES256 needs P-256"));
-            }
-            let (x, y) = (field("x")?, field("y")?);
-            if x.len() != 32 || y.len() != 32 {
-                return Err("P-256 x and y must be 32 bytes each".to_string());
-            }
-            let point: Vec<u8> = [&[0x04][..], &x, &y].concat();
-            (Alg::Es256, ec_from_point(&point)?)
-        }
-        // HS256 only ever uses secret_file, so a symmetric key here is never trusted.
-        Some("oct") => return skip("symmetric keys come only from secret_file".to_string()),
-        other => return skip(format!("key type {other:?} is not RSA or EC")),
-    };
-    if let Some(declared) = obj.get("alg") {
-        if declared != alg.name() {
-            return skip(format!("alg is {declared}, not {}", alg.name()));
-        }
-    }
-    Ok(Some((alg, key)))
 }
 
 fn decode_header(segment: &[u8]) -> Option<Map<String, Value>> {
@@ -758,11 +431,14 @@ mod tests {
     use jsonwebtoken::{EncodingKey, Header};
     use serde_json::json;
     use std::time::{SystemTime, UNIX_EPOCH};
+    use x509_parser::pem::Pem;
+    use x509_parser::prelude::FromDer;
+    use x509_parser::public_key::RSAPublicKey;
 
-    const RSA_PRIVATE: &str = include_str!("../../tests/fixtures/jwt/test-only-rsa-private.pem");
-    const RSA_PUBLIC: &str = include_str!("../../tests/fixtures/jwt/test-only-rsa-public.pem");
+    const RSA_PRIVATE: &str = include_str!("../../../tests/fixtures/jwt/test-only-rsa-private.pem");
+    const RSA_PUBLIC: &str = include_str!("../../../tests/fixtures/jwt/test-only-rsa-public.pem");
     const RSA_PUBLIC_PKCS1: &str =
-        include_str!("../../tests/fixtures/jwt/test-only-rsa-public-pkcs1.pem");
+        include_str!("../../../tests/fixtures/jwt/test-only-rsa-public-pkcs1.pem");
     const SECRET: &[u8] = b"a-test-only-hs256-secret-of-32-bytes!";
 
     fn now() -> u64 {

@@ -2,11 +2,9 @@
 //! TCP and TLS, and a real Kafka consumer finds the records with the right
 //! topic, key, value and headers, in publish order.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
+use crate::common::*;
 use rumqttc::QoS;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,15 +8,13 @@
 //! reason codes matter: rumqttc 0.24 turns an error ack into an event-loop
 //! error) and reads Kafka with rdkafka to check what landed.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use mqtt_kafka_proxy::config::{AclAction, AclRule, Permission};
 use mqtt_kafka_proxy::mqtt::packet::{
     self as mp, reason, return_code, Packet, Properties, Version,

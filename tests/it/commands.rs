@@ -4,9 +4,7 @@
 //! topic. Also session takeover (same replica and across replicas) and the
 //! lifecycle records.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rumqttc::{Event, Packet, QoS};
 
 /// Produces one command record to `t`'s commands topic.

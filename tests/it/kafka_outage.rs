@@ -3,11 +3,9 @@
 //! are in flight; when it returns every acknowledged message is in Kafka, in
 //! order. If delivery finally fails the device never gets a success ack.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rumqttc::{Event, Packet, QoS};
 
 /// Waits until the proxy's own records about `client_id` (lifecycle and

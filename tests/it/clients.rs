@@ -10,14 +10,12 @@
 //! runs (it is idempotent and quick once everything is there); the scripts
 //! the Python and Node clients run live in `tests/clients/`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::Event;

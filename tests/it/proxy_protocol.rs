@@ -3,9 +3,7 @@
 //! a balancer-verified certificate CN becomes the identity, and a missing or
 //! malformed header closes the connection before any MQTT is read.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mqtt_kafka_proxy::config::{AclAction, AclRule, AuthMethod, Permission};
 use mqtt_kafka_proxy::mqtt::packet::*;
 use mqtt_kafka_proxy::server::proxy_protocol::encode_v2;

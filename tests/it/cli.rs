@@ -2,12 +2,10 @@
 //! `--print-default-config`, SIGTERM, and `mosquitto_pub` (Debian's
 //! mosquitto-clients, installed by `.ci/run`) publishing through the proxy.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-kafka-proxy");
 

@@ -6,11 +6,9 @@
 //! get a DISCONNECT with the reason code, nothing bad reaches Kafka, and
 //! well-behaved clients on the same proxy do not notice.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use mqtt_kafka_proxy::config::UnmatchedAction;
 use mqtt_kafka_proxy::mqtt::packet::{self as mp, reason, Packet, Properties, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -5,8 +5,6 @@
 //! every missing topic when they cannot be created. Every test uses topic
 //! names of its own, so all share one cluster.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -44,8 +42,8 @@ fn unique(test: &str) -> String {
 /// A loopback config against `bootstrap` where every topic is named
 /// `{prefix}.…`.
 fn config(dir: &std::path::Path, bootstrap: &str, prefix: &str) -> Config {
-    common::init_logging();
-    let mut c = common::test_config(dir);
+    crate::common::init_logging();
+    let mut c = crate::common::test_config(dir);
     c.kafka.bootstrap_servers = bootstrap.to_owned();
     c.routes = vec![
         RouteConfig {
@@ -80,9 +78,9 @@ fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
 
 /// Partition counts of the topics of `names` that exist.
 /// Polls the metadata until all of `names` show (a broker learns of a new
-/// topic a moment after CreateTopics returns), or [`common::PATIENCE`] ends.
+/// topic a moment after CreateTopics returns), or [`crate::common::PATIENCE`] ends.
 async fn visible_partitions(bootstrap: &str, names: &[String]) -> HashMap<String, usize> {
-    let deadline = Instant::now() + common::PATIENCE;
+    let deadline = Instant::now() + crate::common::PATIENCE;
     loop {
         let counts = partitions(bootstrap, names);
         if counts.len() == names.len() || Instant::now() > deadline {
@@ -364,7 +362,7 @@ async fn an_unreachable_cluster_is_checked_again_in_the_background() {
     assert!(!check.verified());
 
     relay.store(true, Ordering::Release);
-    let deadline = Instant::now() + common::PATIENCE;
+    let deadline = Instant::now() + crate::common::PATIENCE;
     while !check.verified() {
         assert!(Instant::now() < deadline, "background check never finished");
         tokio::time::sleep(Duration::from_millis(100)).await;

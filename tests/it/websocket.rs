@@ -2,9 +2,7 @@
 //! transport, subprotocol `mqtt`) publishes and the record is in Kafka; the
 //! wrong path is refused at the upgrade; a text frame closes the connection.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rumqttc::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

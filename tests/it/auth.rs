@@ -8,8 +8,6 @@
 //! CONNACK / PUBACK / DISCONNECT code matters. Records are read back with a
 //! real Kafka consumer to check the key is the authenticated identity.
 
-mod common;
-
 use std::cell::RefCell;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -17,10 +15,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::common::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use bytes::Bytes;
-use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use mqtt_kafka_proxy::config::{
     AclAction, AclRule, AuthMethod, CertIdentity, ClientAuth, OnError, Permission, RouteConfig,

@@ -1,13 +1,11 @@
 //! Kafka hung, not down, on the embedded broker: `mqtt-kafka-proxy
 //! dev-kafka` runs in a process of its own so that it can be stopped with
 //! SIGSTOP, and the real proxy binary runs against it. What is checked is
-//! in [`common::hang`]; tests/cluster.rs runs the same against a real
+//! in [`crate::common::hang`]; tests/cluster.rs runs the same against a real
 //! 3-broker cluster.
 
-mod common;
-
-use common::hang::a_hang_is_reported_and_the_gauges_stay_live;
-use common::*;
+use crate::common::hang::a_hang_is_reported_and_the_gauges_stay_live;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_broker_is_reported_in_one_clear_line_and_the_gauges_stay_live() {
