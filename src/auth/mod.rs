@@ -4,7 +4,12 @@
 //! ([`hook`]) — and yields the [`Identity`] whose device id becomes the
 //! Kafka key and the session-table key. [`acl`] then decides each PUBLISH
 //! topic and SUBSCRIBE filter. Credential files reload when they change
-//! ([`watch`]).
+//! ([`watch`]). The `[auth]` section's types are in [`config`].
+//!
+//! Files: `mod.rs` (the authenticator), `config.rs`, `identity.rs`,
+//! `passwd.rs`, `jwt/` (`mod.rs` the verifier, `keys.rs` key files and
+//! JWKS), `hook/` (`mod.rs` the client, `cache.rs` its answer cache),
+//! `acl.rs`, `watch.rs`.
 
 pub mod acl;
 pub mod config;

@@ -65,6 +65,18 @@ pub struct Pipeline {
     pub key_is_identity: bool,
 }
 
+impl Pipeline {
+    /// The record key: the route's, or with authentication on the
+    /// authenticated device id (`key_is_identity`).
+    pub fn key<'a>(&self, route_key: Cow<'a, str>, device_id: &'a str) -> Cow<'a, str> {
+        if self.key_is_identity {
+            Cow::Borrowed(device_id)
+        } else {
+            route_key
+        }
+    }
+}
+
 /// Who is publishing, for the record's key and headers.
 pub struct Publisher<'a> {
     /// The device id (Kafka key).
@@ -354,11 +366,7 @@ impl Ingest {
             self.refuse(&p, reason::TOPIC_NAME_INVALID, "no_route", why)?;
             return Ok(Flow::Continue);
         };
-        let key = if pipe.key_is_identity {
-            Cow::Borrowed(who.device_id)
-        } else {
-            dest.key
-        };
+        let key = pipe.key(dest.key, who.device_id);
         if dest.dead_letter {
             metrics::counter!(m::PUBLISH_DEAD_LETTERED).increment(1);
             self.dead_lettered += 1;

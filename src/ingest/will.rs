@@ -24,14 +24,11 @@ pub fn produce_will(pipe: &Pipeline, who: &Publisher<'_>, version: Version, will
             value: Some("1"),
         },
     );
+    // As for a PUBLISH: with authentication on, the identity is the key.
+    let key = pipe.key(dest.key, who.device_id);
     let rec = Record {
         topic: dest.kafka_topic,
-        // As for a PUBLISH: with authentication on, the identity is the key.
-        key: if pipe.key_is_identity {
-            who.device_id.as_bytes()
-        } else {
-            dest.key.as_bytes()
-        },
+        key: key.as_bytes(),
         payload: &will.payload,
         headers,
         timestamp_ms: now_ms(),

@@ -1,10 +1,11 @@
-//! Everything that talks to Kafka: the producer that turns PUBLISH packets
-//! into records ([`producer`]), the record format ([`record`]), the
-//! embedded Kafka-protocol broker used when `bootstrap_servers = "embedded"`
-//! ([`embedded`]), librdkafka statistics as metrics ([`stats`]), and the
-//! start-up check that creates the proxy's topics on a real cluster
-//! ([`topics`]), and librdkafka's log lines forwarded to `tracing`
-//! ([`client_log`]).
+//! The Kafka side, shared by both data paths: the producer every record
+//! goes through ([`producer`]), the embedded Kafka-protocol broker used
+//! when `bootstrap_servers = "embedded"` ([`embedded`]), librdkafka
+//! statistics as metrics ([`stats`]), the start-up check that creates the
+//! proxy's topics on a real cluster ([`topics`]), librdkafka's log lines
+//! forwarded to `tracing` ([`client_log`]) and the `[kafka]` section
+//! ([`config`]). What goes into a record is [`crate::ingest::record`]'s;
+//! the command consumer is [`crate::commands::consumer`].
 
 pub mod client_log;
 pub mod config;

@@ -1,6 +1,7 @@
 //! The MQTT domain with no I/O: packet types ([`packet`]), the strict decoder
-//! ([`codec`]), the encoder ([`encode`]) and protocol errors that cite the
-//! spec ([`error`]).
+//! ([`codec`], tests in `codec_tests.rs`), the encoder ([`encode`]),
+//! protocol errors that cite the spec ([`error`]) and topic names and
+//! filters ([`topic`]).
 
 pub mod codec;
 pub mod encode;

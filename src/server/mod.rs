@@ -1,5 +1,8 @@
-//! The network edge: listeners with their accept loops ([`listener`]) and the
-//! TLS configuration ([`tls`]).
+//! The network edge: listeners with their accept loops and transports
+//! ([`listener`]), TLS with certificate reloading ([`tls`]), MQTT over
+//! WebSocket ([`websocket`]), PROXY protocol v2 from load balancers
+//! ([`proxy_protocol`]) and the `[listeners]` section ([`config`]). Each
+//! accepted connection becomes a [`crate::session`] task.
 
 pub mod config;
 pub mod listener;
