@@ -708,6 +708,42 @@ mod tests {
     }
 
     #[test]
+    fn jwks_tolerates_padding_and_foreign_keys_but_not_broken_ones() {
+        let kp = rcgen::KeyPair::generate().unwrap();
+        let mut ec = ec_jwk(&kp, "padded");
+        // 32 bytes are 43 base64url characters: one "=" pads them.
+        ec["x"] = json!(format!("{}=", ec["x"].as_str().unwrap()));
+        let mut rsa = rsa_jwk("zero");
+        // A leading zero byte on the modulus, as some issuers write it.
+        let n = URL_SAFE_NO_PAD.decode(rsa["n"].as_str().unwrap()).unwrap();
+        rsa["n"] = json!(b64(&[&[0u8][..], &n].concat()));
+        let jwks = json!({ "keys": [
+            ec,
+            rsa,
+            { "kty": "XYZ", "kid": "future" },
+            { "kty": "EC", "crv": "secp256k1", "kid": "k1", "x": "AA", "y": "AA" },
+        ]});
+        let v = Setup::new(Some(jwks.to_string().as_bytes()), None).verifier();
+        let c = claims("dev");
+        assert_eq!(
+            v.verify(&es(&kp, Some("padded"), &c)).unwrap().device_id,
+            "dev"
+        );
+        assert!(v.verify(&rs(&c)).is_ok());
+        // A key of a kind the proxy verifies with, but broken: refused at
+        // load, naming the key.
+        let broken = json!({ "keys": [
+            ec_jwk(&kp, "fine"),
+            { "kty": "RSA", "kid": "half", "e": "AQAB" },
+        ]});
+        let s = Setup::new(Some(broken.to_string().as_bytes()), None);
+        match JwtVerifier::load(&s.cfg) {
+            Err(e @ JwtError::BadKey { .. }) => assert!(e.to_string().contains("\"half\""), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn time_claims_are_checked_with_leeway() {
         let mut s = Setup::new(None, Some(SECRET));
         let v = s.verifier();
