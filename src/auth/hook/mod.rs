@@ -56,7 +56,7 @@
 //! hashers, SipHash today, with per-process random keys), never in clear. At most
 //! `cache_max_entries` answers are kept: when full, expired ones are swept
 //! out first, and if it is still full the new answer is simply not cached
-//! ([`cache`] keeps them, in a `moka` cache). Concurrent misses for the same
+//! (kept by `cache.rs` in a `moka` cache). Concurrent misses for the same
 //! question each go to the service; they are not coalesced (a connection
 //! handles its own packets in order, so that only happens across
 //! connections sharing a key).

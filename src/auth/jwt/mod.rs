@@ -11,7 +11,7 @@
 //! be in the configured list, and it picks a key *kind* — HS256 only ever uses
 //! the secret file, RS256 only RSA keys, ES256 only P-256 keys — so a public
 //! key can never be used as an HMAC secret, and `none` is never accepted.
-//! Key files are read in [`keys`].
+//! Key files are read in `keys.rs`.
 
 mod keys;
 
