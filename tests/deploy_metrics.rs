@@ -2,7 +2,9 @@
 //! every metric name in the Prometheus alert rules
 //! (`deploy/prometheus/*alerts*.yml`) and the Grafana dashboards
 //! (`deploy/grafana/dashboards/*.json`) appears in a real `/metrics` scrape,
-//! with the label values the queries select on and the labels they group by.
+//! with the label values the queries select on and the labels they group by,
+//! counters (and histogram series) read through `rate()` / `increase()` and
+//! gauges not.
 //!
 //! Two proxies on the embedded broker (the metrics recorder is process-wide,
 //! so one scrape shows both): one with authentication (a password file and an
@@ -189,6 +191,8 @@ fn deploy_queries() -> Vec<Query> {
 struct Selector {
     name: String,
     equal: Vec<(String, String)>,
+    /// Directly inside `rate(`, `irate(` or `increase(`.
+    in_rate: bool,
 }
 
 /// What a query uses: its selectors and the labels it groups by
@@ -287,9 +291,17 @@ fn promql_uses(expr: &str) -> Uses {
             } else if next == Some('(') || PROMQL_KEYWORDS.contains(&word.as_str()) {
                 // A function call or a keyword.
             } else {
+                let before: String = s[..start].iter().collect();
+                let before = before.trim_end();
+                let in_rate = ["rate(", "irate(", "increase("].iter().any(|f| {
+                    before.strip_suffix(f).is_some_and(|rest| {
+                        !rest.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                    })
+                });
                 let mut sel = Selector {
                     name: word,
                     equal: Vec::new(),
+                    in_rate,
                 };
                 if next == Some('{') {
                     let (m, end) = matchers(&s, j);
@@ -366,6 +378,31 @@ fn matchers(s: &[char], i: usize) -> (Vec<(String, String)>, usize) {
 /// A scrape: series name -> the label sets it has.
 type Scrape = BTreeMap<String, Vec<BTreeMap<String, String>>>;
 
+/// The `# TYPE name kind` lines of a scrape: metric name -> kind.
+fn parse_types(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, kind)| (name.to_owned(), kind.trim().to_owned()))
+        .collect()
+}
+
+/// The kind of series `name`: its own `# TYPE`, or `counter` for the
+/// `_bucket` / `_sum` / `_count` series of a histogram or summary.
+fn kind_of<'a>(types: &'a BTreeMap<String, String>, name: &str) -> Option<&'a str> {
+    if let Some(kind) = types.get(name) {
+        return Some(kind);
+    }
+    let base = ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))?;
+    matches!(
+        types.get(base).map(String::as_str),
+        Some("histogram" | "summary")
+    )
+    .then_some("counter")
+}
+
 fn parse_scrape(text: &str) -> Scrape {
     let mut out = Scrape::new();
     for line in text.lines() {
@@ -396,7 +433,7 @@ fn parse_scrape(text: &str) -> Scrape {
     out
 }
 
-async fn scrape(ops: std::net::SocketAddr) -> Scrape {
+async fn scrape(ops: std::net::SocketAddr) -> (Scrape, BTreeMap<String, String>) {
     let body = reqwest::get(format!("http://{ops}/metrics"))
         .await
         .expect("GET /metrics")
@@ -405,11 +442,11 @@ async fn scrape(ops: std::net::SocketAddr) -> Scrape {
         .text()
         .await
         .unwrap();
-    parse_scrape(&body)
+    (parse_scrape(&body), parse_types(&body))
 }
 
 /// What `queries` need from `scrape` and it lacks, one line each.
-fn missing(queries: &[Query], scrape: &Scrape) -> Vec<String> {
+fn missing(queries: &[Query], (scrape, types): &(Scrape, BTreeMap<String, String>)) -> Vec<String> {
     let mut out = BTreeSet::new();
     for q in queries {
         let uses = promql_uses(&q.expr);
@@ -426,6 +463,18 @@ fn missing(queries: &[Query], scrape: &Scrape) -> Vec<String> {
                 continue;
             };
             labels.extend(series.iter().flat_map(|s| s.keys().map(String::as_str)));
+            match (kind_of(types, &sel.name), sel.in_rate) {
+                (Some("counter"), false) => out.insert(format!(
+                    "{}: counter {} read without rate() / increase()",
+                    q.place, sel.name
+                )),
+                (Some("gauge"), true) => out.insert(format!(
+                    "{}: rate() / increase() of gauge {}",
+                    q.place, sel.name
+                )),
+                (Some(_), _) => false,
+                (None, _) => out.insert(format!("{}: {} has no # TYPE", q.place, sel.name)),
+            };
             for (label, value) in &sel.equal {
                 if TARGET_LABELS.contains(&label.as_str()) {
                     continue;
@@ -857,7 +906,7 @@ queue_max_messages = 1
     }
     assert!(
         last.is_empty(),
-        "the alerts / dashboards use what the proxy does not export:\n{}",
+        "the alerts / dashboards disagree with what the proxy exports:\n{}",
         last.join("\n")
     );
 
@@ -876,10 +925,12 @@ fn promql_reader_finds_selectors_matchers_and_grouping() {
             Selector {
                 name: "kafka_produce_seconds_bucket".into(),
                 equal: vec![("x".into(), "a".into())],
+                in_rate: true,
             },
             Selector {
                 name: "proxy_ready".into(),
                 equal: vec![],
+                in_rate: false,
             },
         ]
     );
@@ -888,6 +939,10 @@ fn promql_reader_finds_selectors_matchers_and_grouping() {
     let names: Vec<&str> = u.selectors.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["a_total", "b"]);
     assert_eq!(u.grouping, vec!["limit", "instance"]);
+    let in_rate: Vec<bool> = u.selectors.iter().map(|s| s.in_rate).collect();
+    assert_eq!(in_rate, [true, false]);
+    let u = promql_uses("deriv(g[5m]) + max_over_time(h[5m])");
+    assert!(u.selectors.iter().all(|s| !s.in_rate));
 }
 
 #[test]
@@ -898,4 +953,9 @@ fn scrape_parser_reads_names_and_labels() {
     assert_eq!(s["x"][0]["b"], "q\\\"z");
     assert!(s["y"][0].is_empty());
     assert_eq!(s["h_bucket"][0]["le"], "+Inf");
+    let t = parse_types("# TYPE x counter\n# TYPE h histogram\n# TYPE g gauge\n");
+    assert_eq!(kind_of(&t, "x"), Some("counter"));
+    assert_eq!(kind_of(&t, "h_bucket"), Some("counter"));
+    assert_eq!(kind_of(&t, "g"), Some("gauge"));
+    assert_eq!(kind_of(&t, "g_sum"), None);
 }
