@@ -95,15 +95,6 @@ fn busiest_leader(bootstrap: &str, topic: &str) -> u32 {
     leader as u32
 }
 
-/// Connects a raw 5.0 client and reads its CONNACK.
-async fn raw_v5(port: u16, id: &str) -> Raw {
-    let mut raw = Raw::connect(port).await;
-    raw.send(&connect_bytes(id, Version::V5, 30)).await;
-    let (b1, _) = read_packet(&mut raw).await;
-    assert_eq!(b1, 0x20, "CONNACK");
-    raw
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_brokers_down_no_success_is_acknowledged_and_the_resend_lands_once_they_return() {
     let _x = exclusive().await;
@@ -114,15 +105,13 @@ async fn two_brokers_down_no_success_is_acknowledged_and_the_resend_lands_once_t
     let events = t.topic("iot.events");
     let port = t.tcp_port();
     // Warm: both devices get an acknowledgement while the cluster is whole.
-    let mut v5 = raw_v5(port, "rep-5").await;
+    let mut v5 = raw_v5_connect(port, "rep-5").await;
     v5.send(&publish_bytes(
         publish("devices/rep-5/events/e", Q::AtLeastOnce, 1, b"before"),
         Version::V5,
     ))
     .await;
-    let (b1, body) = read_packet(&mut v5).await;
-    assert_eq!((b1, &body[..2]), (0x40, &[0, 1][..]), "PUBACK for packet 1");
-    assert!(body.len() < 3 || body[2] == 0, "success: {body:02x?}");
+    expect_puback_ok(&mut v5, 1).await;
     let mut v4 = v4_connect(v4_options("rep-311", port)).await;
     v4.client
         .publish(
@@ -294,8 +283,8 @@ async fn a_partition_leader_killed_mid_stream_loses_no_acknowledged_message() {
         tokio::spawn(async move {
             let mut answers = BTreeMap::<String, usize>::new();
             while watching.load(Ordering::Acquire) {
-                let r = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
-                let line = format!("{} {}", r.status().as_u16(), r.text().await.unwrap().trim());
+                let (status, body) = http_get(addr, "/readyz").await;
+                let line = format!("{status} {}", body.trim());
                 *answers.entry(line).or_default() += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -362,29 +351,22 @@ async fn a_partition_leader_killed_mid_stream_loses_no_acknowledged_message() {
     t.proxy.shutdown().await;
 }
 
-/// GETs an ops path: (status, body).
+/// GETs an ops path: (status, body); answered within 5 s even while Kafka
+/// hangs.
 async fn ops_get(t: &TestProxy, path: &str) -> (u16, String) {
     let addr = t.proxy.ops_addr().expect("ops endpoint bound");
-    let r = tokio::time::timeout(
-        Duration::from_secs(5),
-        reqwest::get(format!("http://{addr}{path}")),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("GET {path} unanswered within 5 s"))
-    .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
+    http_get_within(addr, path, Duration::from_secs(5)).await
 }
 
+/// Polls an ops path until it answers `status` with `body` in it.
 async fn ops_until(t: &TestProxy, path: &str, status: u16, body: &str) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (s, b) = ops_get(t, path).await;
-        if s == status && b.contains(body) {
-            return b;
-        }
-        assert!(Instant::now() < deadline, "{path}: last answer {s} {b:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    http_until(
+        t.proxy.ops_addr().expect("ops endpoint bound"),
+        path,
+        status,
+        body,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,22 +482,8 @@ async fn strict_ordering_keeps_a_device_in_order_across_a_hang_longer_than_the_d
         .unwrap();
     // 5.0: PUBACK 0x80 for message 2, DISCONNECT 0x80, the close; nothing
     // for message 3. 3.1.1: closed without a PUBACK.
-    let mut seen = Vec::new();
-    while let Some(p) = try_read_packet(&mut v5).await {
-        seen.push(p);
-    }
-    let kinds: Vec<(u8, u8)> = seen
-        .iter()
-        .map(|(b1, body)| {
-            (
-                *b1,
-                body.get(if *b1 == 0x40 { 2 } else { 0 })
-                    .copied()
-                    .unwrap_or(0),
-            )
-        })
-        .collect();
-    assert_eq!(kinds, [(0x40, 0x80), (0xE0, 0x80)], "{seen:02x?}");
+    let seen = packets_to_close(&mut v5).await;
+    assert_eq!(kinds(&seen), [(0x40, 0x80), (0xE0, 0x80)], "{seen:02x?}");
     assert_eq!(&seen[0].1[..2], &[0, 2], "the nack is for message 2");
     let end = v4.next_puback().await;
     assert!(
@@ -635,18 +603,14 @@ async fn producer_and_command_consumer_connect_over_tls() {
 async fn wrong_kafka_credentials_say_so_keep_the_replica_up_and_not_ready() {
     let _x = exclusive().await;
     let dir = tempfile::tempdir().unwrap();
-    let ops_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = format!(
-        "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n[listeners.tls]\nenabled = false\n[listeners.ws]\nenabled = false\n[listeners.wss]\nenabled = false\n[ops]\nbind = \"127.0.0.1:{ops_port}\"\nkafka_check_interval_ms = 500\n[kafka]\nbootstrap_servers = \"{}\"\n[kafka.client]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\"sasl.mechanisms\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"{}\"\n\"sasl.password\" = \"not-the-password\"\n",
-        cluster().sasl_bootstrap(),
-        kafka_cluster::SCRAM_USER
-    );
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, config).unwrap();
+    let ops_port = free_port();
+    let path = ConfigFile::tcp_only(&cluster().sasl_bootstrap(), ops_port)
+        .set("ops", "kafka_check_interval_ms", 500)
+        .set("kafka.client", "security.protocol", "SASL_PLAINTEXT")
+        .set("kafka.client", "sasl.mechanisms", "SCRAM-SHA-512")
+        .set("kafka.client", "sasl.username", kafka_cluster::SCRAM_USER)
+        .set("kafka.client", "sasl.password", "not-the-password")
+        .write(dir.path(), "config.toml");
     let (mut child, mut lines) = spawn_binary(&path, &["--log-format", "json"]);
     // A clear line saying Kafka refused the credentials.
     let line = tokio::time::timeout(PATIENCE, async {
@@ -664,25 +628,18 @@ async fn wrong_kafka_credentials_say_so_keep_the_replica_up_and_not_ready() {
         "the line should be an error naming the settings to check: {line}"
     );
     // Not ready, still serving its endpoint: no crash loop.
-    let url = format!("http://127.0.0.1:{ops_port}/readyz");
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Ok(r) = reqwest::get(&url).await {
-            let status = r.status().as_u16();
-            let body = r.text().await.unwrap();
-            assert_ne!(status, 200, "ready with wrong credentials: {body}");
-            // "starting" until the first check has run.
-            if body.contains("authentication") {
-                assert_eq!(status, 503, "{body}");
-                break;
-            }
+    let ops = std::net::SocketAddr::from(([127, 0, 0, 1], ops_port));
+    poll_until("/readyz to say why it is not ready", PATIENCE, || async {
+        let (status, body) = try_http_get(ops, "/readyz").await?;
+        assert_ne!(status, 200, "ready with wrong credentials: {body}");
+        // "starting" until the first check has run.
+        if body.contains("authentication") {
+            assert_eq!(status, 503, "{body}");
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz never said why it is not ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(format!("{status} {body:?}"))
+    })
+    .await;
     assert!(child.try_wait().unwrap().is_none(), "the proxy exited");
     // Drain the log so the pipe never fills, then stop it cleanly.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });

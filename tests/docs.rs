@@ -11,9 +11,9 @@
 //!   `config.toml`, and no row for a key that does not exist.
 //!
 //! The proxy's help comes from the binary cargo built for this test; the
-//! load-tests binary (another crate of the workspace) is built once with
-//! `cargo build -p load-tests`, which is a freshness check when
-//! `cargo test --workspace` has built it already.
+//! load-tests binary (another crate of the workspace) is the one beside it
+//! when that is newer than load-tests' sources (as after
+//! `cargo test --workspace`), else it is built with `cargo build -p load-tests`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -485,8 +485,46 @@ fn documented_commands() -> Vec<(String, Bin, Vec<String>)> {
     found
 }
 
-/// The load-tests binary, built (or found fresh) by cargo.
+/// The newest modification time of the files under `dir`.
+fn newest_mtime(dir: &Path) -> std::time::SystemTime {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).expect("readable source directory") {
+        let path = entry.expect("readable entry").path();
+        let t = if path.is_dir() {
+            newest_mtime(&path)
+        } else {
+            path.metadata().and_then(|m| m.modified()).expect("mtime")
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// The load-tests binary. Its help text comes only from load-tests' own
+/// sources, so the binary beside this test's proxy binary (what
+/// `cargo test --workspace` builds) serves when it is newer than them;
+/// otherwise cargo builds it (with this crate's dev-dependency features
+/// not active, which may rebuild shared dependencies once).
 fn load_tests_binary() -> PathBuf {
+    let proxy = Path::new(env!("CARGO_BIN_EXE_mqtt-kafka-proxy"));
+    let sibling = proxy.with_file_name("load-tests");
+    let crate_dir = repo().join("load-tests");
+    let sources = newest_mtime(&crate_dir.join("src"))
+        .max(newest_mtime(&repo().join("kafka-cluster").join("src")))
+        .max(
+            crate_dir
+                .join("Cargo.toml")
+                .metadata()
+                .and_then(|m| m.modified())
+                .expect("load-tests/Cargo.toml"),
+        );
+    if sibling
+        .metadata()
+        .and_then(|m| m.modified())
+        .is_ok_and(|built| built >= sources)
+    {
+        return sibling;
+    }
     let cargo = option_env!("CARGO").unwrap_or("cargo");
     let out = Command::new(cargo)
         .args(["build", "-q", "-p", "load-tests", "--bin", "load-tests"])

@@ -27,6 +27,8 @@ MKP_TEST_KAFKA=cluster cargo test --features real-kafka --test it -- \
   --skip v5_receive_maximum_exceeded_is_disconnected
 MKP_TEST_KAFKA=cluster cargo test --features real-kafka --test cluster
 
+bash deploy/check.sh  # deploy/ and the Dockerfile: real linters + cross-file checks (deploy/README.md)
+
 # Load-test smoke: 3,000 TLS devices through two SO_REUSEPORT replicas and a
 # standalone broker for ~20 s of the fleet scenario (time compressed 600x).
 # The rig exits non-zero if any acknowledged message is missing from Kafka

@@ -7,10 +7,14 @@
 //! `/metrics` while they hang; tests/kafka_hang.rs runs it on the embedded
 //! broker in a process of its own, tests/cluster.rs on a real cluster.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{spawn_binary_logging, v4_connect, v4_options, PATIENCE};
+use super::{
+    free_port, poll_until, spawn_binary_logging, try_http_get, v4_connect, v4_options, ConfigFile,
+    PATIENCE,
+};
 
 /// Every line the process logged so far, parsed (`{"raw": line}` if not JSON).
 #[derive(Clone, Default)]
@@ -48,24 +52,18 @@ impl Log {
         from: usize,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> (usize, serde_json::Value) {
-        let deadline = Instant::now() + PATIENCE * 2;
-        loop {
-            if let Some(found) = self
+        let what = format!("a log line: {what}");
+        poll_until(&what, PATIENCE * 2, || {
+            let found = self
                 .snapshot()
                 .into_iter()
                 .enumerate()
                 .skip(from)
                 .find(|(_, v)| pred(v))
-            {
-                return found;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line: {what}; logged:\n{}",
-                self.dump()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                .ok_or_else(|| format!("logged:\n{}", self.dump()));
+            std::future::ready(found)
+        })
+        .await
     }
 
     pub fn dump(&self) -> String {
@@ -112,34 +110,24 @@ impl Drop for Stopped {
 
 /// The value of an unlabelled gauge on `/metrics`.
 pub async fn gauge(ops_port: u16, name: &str) -> Option<f64> {
-    let body = tokio::time::timeout(
-        Duration::from_secs(5),
-        reqwest::get(format!("http://127.0.0.1:{ops_port}/metrics")),
-    )
-    .await
-    .expect("/metrics answers within 5 s while Kafka hangs")
-    .ok()?
-    .text()
-    .await
-    .ok()?;
+    let ops = SocketAddr::from(([127, 0, 0, 1], ops_port));
+    let (_, body) = tokio::time::timeout(Duration::from_secs(5), try_http_get(ops, "/metrics"))
+        .await
+        .expect("/metrics answers within 5 s while Kafka hangs")
+        .ok()?;
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// Polls the gauge until `pred` holds; returns how long that took.
+/// Polls the gauge until `pred` holds; panics after `limit`.
 pub async fn gauge_until(ops_port: u16, name: &str, limit: Duration, pred: impl Fn(f64) -> bool) {
-    let start = Instant::now();
-    loop {
-        let v = gauge(ops_port, name).await;
-        if v.is_some_and(&pred) {
-            return;
+    poll_until(name, limit, || async {
+        match gauge(ops_port, name).await {
+            Some(v) if pred(v) => Ok(()),
+            v => Err(format!("{name} is {v:?}")),
         }
-        assert!(
-            start.elapsed() < limit,
-            "{name} still {v:?} after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 /// Starts the real binary on `bootstrap` (the reachability check at its
@@ -155,20 +143,16 @@ pub async fn gauge_until(ops_port: u16, name: &str, limit: Duration, pred: impl 
 /// N s", every held PUBLISH acknowledged, the process exits 0 on SIGTERM.
 pub async fn a_hang_is_reported_and_the_gauges_stay_live(bootstrap: &str, brokers: Vec<u32>) {
     let dir = tempfile::tempdir().unwrap();
-    let ops_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let ops_port = free_port();
     // The reachability check at its default interval (5 s, so a blocking
     // check takes up to 5 s): the gauges must not wait for it. Request
     // timeouts short enough that librdkafka reconnects, and asks the hung
     // broker for its API versions, within the test.
-    let config = format!(
-        "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n[listeners.tls]\nenabled = false\n[listeners.ws]\nenabled = false\n[listeners.wss]\nenabled = false\n[ops]\nbind = \"127.0.0.1:{ops_port}\"\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[kafka.client]\n\"socket.timeout.ms\" = \"2000\"\n\"api.version.request.timeout.ms\" = \"2000\"\n\"reconnect.backoff.max.ms\" = \"500\"\n"
-    );
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, config).unwrap();
+    let path = ConfigFile::tcp_only(bootstrap, ops_port)
+        .set("kafka.client", "socket.timeout.ms", "2000")
+        .set("kafka.client", "api.version.request.timeout.ms", "2000")
+        .set("kafka.client", "reconnect.backoff.max.ms", "500")
+        .write(dir.path(), "proxy.toml");
     // librdkafka lines the proxy demotes to debug are kept, to be checked.
     let (mut proxy, lines) =
         spawn_binary_logging(&path, &["--log-format", "json"], "info,librdkafka=debug");

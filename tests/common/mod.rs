@@ -19,12 +19,21 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
+pub mod binary;
 pub mod hang;
+pub mod http;
 pub mod ordered;
+pub mod wait;
 pub mod wire;
-// Not every test binary uses the wire or ordering helpers.
+// Not every test binary uses every helper.
+#[allow(unused_imports)]
+pub use binary::*;
+#[allow(unused_imports)]
+pub use http::*;
 #[allow(unused_imports)]
 pub use ordered::*;
+#[allow(unused_imports)]
+pub use wait::*;
 #[allow(unused_imports)]
 pub use wire::*;
 
@@ -218,23 +227,6 @@ pub async fn produce_command(
         .await
         .map_err(|(e, _)| e)
         .unwrap();
-}
-
-/// Polls `cond` every 20 ms until it holds; panics naming `what` after `limit`.
-pub async fn eventually_within(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// [`eventually_within`] the test's [`PATIENCE`].
-pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
-    eventually_within(what, PATIENCE, cond).await
 }
 
 /// Reconnects a 3.1.1 client `id` and publishes `payload` at QoS 1 until a
@@ -584,52 +576,4 @@ pub fn connect_bytes(id: &str, v: mqtt_kafka_proxy::mqtt::packet::Version, ka: u
         })),
         v,
     )
-}
-
-/// Writes a config file for running the real binary: every listener and
-/// the embedded broker on loopback port 0, WebSocket listeners off (their
-/// port is not logged in a form the tests parse), certificates in `dir`.
-pub fn write_loopback_config(dir: &std::path::Path) -> PathBuf {
-    let config = format!(
-        "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n[listeners.tls]\nbind = \"127.0.0.1:0\"\ncert_path = \"{d}/s.crt\"\nkey_path = \"{d}/s.key\"\n[listeners.ws]\nenabled = false\n[listeners.wss]\nenabled = false\n[kafka.embedded]\nlisten = \"127.0.0.1:0\"\n[ops]\nbind = \"127.0.0.1:0\"\n",
-        d = dir.display()
-    );
-    let path = dir.join("config.toml");
-    std::fs::write(&path, config).unwrap();
-    path
-}
-
-/// Starts the real binary with `config` and `args`, stdout piped as lines.
-pub fn spawn_binary(
-    config: &std::path::Path,
-    args: &[&str],
-) -> (
-    tokio::process::Child,
-    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-) {
-    spawn_binary_logging(config, args, "info")
-}
-
-/// [`spawn_binary`] with `RUST_LOG` set to `filter`.
-pub fn spawn_binary_logging(
-    config: &std::path::Path,
-    args: &[&str],
-    filter: &str,
-) -> (
-    tokio::process::Child,
-    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-) {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtt-kafka-proxy"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("RUST_LOG", filter)
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    (child, lines)
 }

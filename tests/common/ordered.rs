@@ -3,41 +3,8 @@
 //! a persistent outbox does), and the checks on what Kafka then holds.
 
 use mqtt_kafka_proxy::mqtt::packet::{QoS, Version};
-use tokio::io::AsyncReadExt;
 
-use super::{connect_bytes, publish, publish_bytes, Raw, Rec, PATIENCE};
-
-/// Connects a raw 5.0 client (keep-alive 30 s) and reads its CONNACK.
-pub async fn raw_v5_connect(port: u16, id: &str) -> Raw {
-    let mut raw = Raw::connect(port).await;
-    raw.send(&connect_bytes(id, Version::V5, 30)).await;
-    let (b1, _) = try_read_packet(&mut raw).await.expect("CONNACK");
-    assert_eq!(b1, 0x20, "CONNACK");
-    raw
-}
-
-/// Reads one packet: `None` once the proxy has closed the connection.
-/// Panics if nothing comes within [`PATIENCE`].
-pub async fn try_read_packet(raw: &mut Raw) -> Option<(u8, Vec<u8>)> {
-    tokio::time::timeout(PATIENCE, async {
-        let mut byte1 = [0u8; 1];
-        raw.stream.read_exact(&mut byte1).await.ok()?;
-        let mut len = 0usize;
-        for i in 0..4 {
-            let mut b = [0u8; 1];
-            raw.stream.read_exact(&mut b).await.ok()?;
-            len |= ((b[0] & 0x7F) as usize) << (7 * i);
-            if b[0] & 0x80 == 0 {
-                let mut body = vec![0u8; len];
-                raw.stream.read_exact(&mut body).await.ok()?;
-                return Some((byte1[0], body));
-            }
-        }
-        panic!("remaining length over 4 bytes");
-    })
-    .await
-    .expect("a packet or the close within the test's patience")
-}
+use super::{publish, publish_bytes, raw_v5_connect, try_read_packet, Rec};
 
 /// Publishes `msgs` at QoS 1 from device `id` on `topic` and resends every
 /// one not acknowledged with success, oldest first, on a new connection,

@@ -1,5 +1,9 @@
-//! Wire helpers for raw-socket tests: build packets with the proxy's
-//! encoder, read and parse what the proxy answers.
+//! The raw-wire MQTT client for tests that need exact bytes: connect and
+//! handshake ([`open`], [`raw_v5_connect`]), build packets with the proxy's
+//! encoder, read what the proxy answers (a packet, a packet or the close,
+//! everything up to the close) and parse it (PUBACK, DISCONNECT, 5.0
+//! properties), and [`expect_refusal`], the proxy's last words after a
+//! violation.
 
 use bytes::Bytes;
 use mqtt_kafka_proxy::mqtt::packet::{
@@ -7,7 +11,74 @@ use mqtt_kafka_proxy::mqtt::packet::{
 };
 use tokio::io::AsyncReadExt;
 
-use super::{encode, Raw, PATIENCE};
+use super::{connect_bytes, encode, Raw, PATIENCE};
+
+/// Opens a connection as `id` with keep-alive `ka` seconds and returns it
+/// with the CONNACK body, which must accept.
+pub async fn open_ka(port: u16, id: &str, v: Version, ka: u16) -> (Raw, Vec<u8>) {
+    let mut raw = Raw::connect(port).await;
+    let body = handshake_ka(&mut raw, id, v, ka).await;
+    (raw, body)
+}
+
+/// Opens a connection with keep-alive disabled, so only what the test does
+/// can close it.
+pub async fn open(port: u16, id: &str, v: Version) -> Raw {
+    open_ka(port, id, v, 0).await.0
+}
+
+/// Sends CONNECT (keep-alive off) on `raw` and checks the CONNACK accepts.
+pub async fn handshake(raw: &mut Raw, id: &str, v: Version) {
+    handshake_ka(raw, id, v, 0).await;
+}
+
+/// Sends CONNECT with keep-alive `ka` on `raw`, checks the CONNACK accepts
+/// and returns its body.
+pub async fn handshake_ka(raw: &mut Raw, id: &str, v: Version, ka: u16) -> Vec<u8> {
+    raw.send(&connect_bytes(id, v, ka)).await;
+    let (b1, body) = read_packet(raw).await;
+    assert_eq!(
+        b1, 0x20,
+        "CONNACK for {id:?} expected, got {b1:#04x} {body:02x?}"
+    );
+    assert_eq!(body[1], 0x00, "CONNECT of {id:?} accepted: {body:02x?}");
+    body
+}
+
+/// Connects a raw 5.0 client (keep-alive 30 s) and reads its CONNACK.
+pub async fn raw_v5_connect(port: u16, id: &str) -> Raw {
+    let mut raw = Raw::connect(port).await;
+    raw.send(&connect_bytes(id, Version::V5, 30)).await;
+    let (b1, _) = try_read_packet(&mut raw).await.expect("CONNACK");
+    assert_eq!(b1, 0x20, "CONNACK");
+    raw
+}
+
+/// Reads to the close and checks the proxy's last words after a violation:
+/// 3.1.1 gets nothing, 5.0 gets exactly one DISCONNECT carrying `code`.
+pub async fn expect_refusal(raw: &mut Raw, v: Version, code: u8, case: &str) {
+    let rest = raw.read_to_close().await;
+    match v {
+        Version::V311 => assert!(
+            rest.is_empty(),
+            "{case}: a 3.1.1 client is closed with nothing written; got {rest:02x?}"
+        ),
+        Version::V5 => {
+            let packets = parse_packets(&rest);
+            let types: Vec<u8> = packets.iter().map(|p| p.0).collect();
+            assert_eq!(
+                types,
+                [0xE0],
+                "{case}: one DISCONNECT then close; got {rest:02x?}"
+            );
+            assert_eq!(
+                reason_at(&packets[0].1, 0),
+                code,
+                "{case}: DISCONNECT reason; got {rest:02x?}"
+            );
+        }
+    }
+}
 
 /// Reads exactly `n` bytes, panicking with `what` if the proxy closes or stalls.
 pub async fn read_n(raw: &mut Raw, n: usize, what: &str) -> Vec<u8> {
@@ -32,6 +103,85 @@ pub async fn read_packet(raw: &mut Raw) -> (u8, Vec<u8>) {
         }
     }
     panic!("proxy wrote a remaining length of more than 4 bytes");
+}
+
+/// Reads one packet: `None` once the proxy has closed the connection (EOF
+/// or reset). Panics if nothing comes within [`PATIENCE`].
+pub async fn try_read_packet(raw: &mut Raw) -> Option<(u8, Vec<u8>)> {
+    tokio::time::timeout(PATIENCE, async {
+        let mut byte1 = [0u8; 1];
+        raw.stream.read_exact(&mut byte1).await.ok()?;
+        let mut len = 0usize;
+        for i in 0..4 {
+            let mut b = [0u8; 1];
+            raw.stream.read_exact(&mut b).await.ok()?;
+            len |= ((b[0] & 0x7F) as usize) << (7 * i);
+            if b[0] & 0x80 == 0 {
+                let mut body = vec![0u8; len];
+                raw.stream.read_exact(&mut body).await.ok()?;
+                return Some((byte1[0], body));
+            }
+        }
+        panic!("proxy wrote a remaining length of more than 4 bytes");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no packet and no close within {PATIENCE:?}"))
+}
+
+/// Reads the next packet, which must be a PUBACK for `packet_id` whose
+/// reason is success.
+pub async fn expect_puback_ok(raw: &mut Raw, packet_id: u16) {
+    let (b1, body) = try_read_packet(raw).await.expect("PUBACK, not a close");
+    assert_eq!(
+        (b1, &body[..2]),
+        (0x40, &packet_id.to_be_bytes()[..]),
+        "PUBACK for packet {packet_id}"
+    );
+    assert!(body.len() < 3 || body[2] == 0, "success: {body:02x?}");
+}
+
+/// Reads every packet until the proxy closes the connection.
+pub async fn packets_to_close(raw: &mut Raw) -> Vec<(u8, Vec<u8>)> {
+    let mut seen = Vec::new();
+    while let Some(p) = try_read_packet(raw).await {
+        seen.push(p);
+    }
+    seen
+}
+
+/// Each packet as (first byte, reason code): a PUBACK's code after its
+/// packet id, any other packet's first body byte (DISCONNECT's reason);
+/// an omitted code is success.
+pub fn kinds(packets: &[(u8, Vec<u8>)]) -> Vec<(u8, u8)> {
+    packets
+        .iter()
+        .map(|(b1, body)| (*b1, reason_at(body, if *b1 == 0x40 { 2 } else { 0 })))
+        .collect()
+}
+
+/// A 5.0 PUBACK body: (packet id, reason code; omitted means success).
+pub fn puback(body: &[u8]) -> (u16, u8) {
+    (u16::from_be_bytes([body[0], body[1]]), reason_at(body, 2))
+}
+
+/// A 5.0 DISCONNECT body: (reason code, properties as [`properties`] gives
+/// them).
+pub fn disconnect(body: &[u8]) -> (u8, Vec<(u8, Vec<u8>)>) {
+    let props = match body.get(1..) {
+        Some(b) if !b.is_empty() => properties(b).0,
+        _ => Vec::new(),
+    };
+    (reason_at(body, 0), props)
+}
+
+/// The reason string (5.0 property 0x1F) of an ack or DISCONNECT body whose
+/// reason code is at `skip`.
+pub fn reason_string(body: &[u8], skip: usize) -> Option<String> {
+    if body.len() <= skip + 1 {
+        return None;
+    }
+    let (props, _) = properties(&body[skip + 1..]);
+    property_text(&props, 0x1F)
 }
 
 /// Reads packets until one matches `pred`; panics if the connection closes first.
@@ -123,6 +273,11 @@ pub fn property(props: &[(u8, Vec<u8>)], id: u8) -> Option<&[u8]> {
         .iter()
         .find(|(i, _)| *i == id)
         .map(|(_, v)| v.as_slice())
+}
+
+/// A string property as text.
+pub fn property_text(props: &[(u8, Vec<u8>)], id: u8) -> Option<String> {
+    property(props, id).map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// The reason code of a 5.0 DISCONNECT or ack body that starts after `skip`

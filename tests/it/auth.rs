@@ -9,10 +9,9 @@
 //! real Kafka consumer to check the key is the authenticated identity.
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::common::*;
@@ -27,7 +26,7 @@ use mqtt_kafka_proxy::mqtt::packet::{
     self as mp, reason, return_code, Packet, Properties, Publish, Version,
 };
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const V311: Version = Version::V311;
 const V5: Version = Version::V5;
@@ -247,24 +246,6 @@ fn acl(permission: Permission, action: AclAction, topic: &str) -> AclRule {
 /// authentication on, no matching rule means deny).
 fn allow_all() -> Vec<AclRule> {
     vec![acl(Permission::Allow, AclAction::All, "#")]
-}
-
-/// Runs `probe` until it says yes, pacing the attempts; panics with `what`
-/// after [`PATIENCE`]. Waiting for an event with a deadline, not a sleep.
-async fn eventually<F, Fut>(what: &str, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    let mut tick = tokio::time::interval(Duration::from_millis(25));
-    loop {
-        tick.tick().await;
-        if probe().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {PATIENCE:?}");
-    }
 }
 
 fn now_s() -> u64 {
@@ -1074,7 +1055,7 @@ async fn password_file_reload_lets_a_new_user_in_without_a_restart() {
         "not in the file yet"
     );
     passwd(&file, "second", "two-two-two").await;
-    eventually("the new user can connect", || async move {
+    eventually_async("the new user can connect", || async move {
         tcp_connack(port, V5, "second", Some("second"), b"two-two-two").await == 0
     })
     .await;
@@ -1084,7 +1065,7 @@ async fn password_file_reload_lets_a_new_user_in_without_a_restart() {
         0
     );
     passwd(&file, "first", "one-changed").await;
-    eventually("the old password stops working", || async move {
+    eventually_async("the old password stops working", || async move {
         tcp_connack(port, V311, "first", Some("first"), b"one-one-one").await
             == return_code::BAD_USERNAME_OR_PASSWORD
     })
@@ -1464,111 +1445,8 @@ async fn jwt_expiry_ends_a_live_connection() {
 }
 
 // ---------------------------------------------------------------------------
-// HTTP auth hook: a small HTTP/1.1 service in the test.
+// HTTP auth hook: a fake HTTP service in the test (common::FakeService).
 // ---------------------------------------------------------------------------
-
-type Decide = Arc<dyn Fn(&Value) -> (u16, String) + Send + Sync>;
-
-/// A keep-alive HTTP/1.1 JSON service on 127.0.0.1:0 answering each POST by
-/// `decide`, after `delay`. Counts TCP connections and keeps every request.
-struct HookServer {
-    url: String,
-    connections: Arc<AtomicUsize>,
-    requests: Arc<Mutex<Vec<Value>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for HookServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl HookServer {
-    async fn start(
-        delay: Duration,
-        decide: impl Fn(&Value) -> (u16, String) + Send + Sync + 'static,
-    ) -> HookServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/auth", listener.local_addr().unwrap());
-        let connections = Arc::new(AtomicUsize::new(0));
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let decide: Decide = Arc::new(decide);
-        let (conns, reqs) = (connections.clone(), requests.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                conns.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve_http(stream, delay, decide.clone(), reqs.clone()));
-            }
-        });
-        HookServer {
-            url,
-            connections,
-            requests,
-            task,
-        }
-    }
-
-    fn requests(&self) -> Vec<Value> {
-        self.requests.lock().unwrap().clone()
-    }
-
-    fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
-    }
-}
-
-async fn serve_http(
-    stream: tokio::net::TcpStream,
-    delay: Duration,
-    decide: Decide,
-    requests: Arc<Mutex<Vec<Value>>>,
-) {
-    let mut r = tokio::io::BufReader::new(stream);
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-            return;
-        }
-        let mut len = 0usize;
-        loop {
-            line.clear();
-            if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                return;
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = header.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0; len];
-        if r.read_exact(&mut body).await.is_err() {
-            return;
-        }
-        let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        requests.lock().unwrap().push(req.clone());
-        if !delay.is_zero() {
-            // The simulated slow service.
-            tokio::time::sleep(delay).await;
-        }
-        let (status, answer) = decide(&req);
-        let resp = format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
-            answer.len()
-        );
-        if r.get_mut().write_all(resp.as_bytes()).await.is_err() {
-            return;
-        }
-    }
-}
 
 fn hook_config(c: &mut mqtt_kafka_proxy::Config, url: &str) {
     c.auth.methods = vec![AuthMethod::Http];
@@ -1592,8 +1470,8 @@ fn decide_by_user(req: &Value) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_hook_allow_names_the_device_and_deny_refuses() {
-    let hook = HookServer::start(Duration::ZERO, decide_by_user).await;
-    let url = hook.url.clone();
+    let hook = FakeService::start(Duration::ZERO, decide_by_user).await;
+    let url = hook.url("/auth");
     let t = TestProxy::start_with(|c| hook_config(c, &url)).await;
     let port = t.tcp_port();
     for v in [V311, V5] {
@@ -1642,8 +1520,8 @@ async fn http_hook_allow_names_the_device_and_deny_refuses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_hook_slow_service_with_on_error_deny_is_server_unavailable() {
-    let hook = HookServer::start(Duration::from_millis(1500), decide_by_user).await;
-    let url = hook.url.clone();
+    let hook = FakeService::start(Duration::from_millis(1500), decide_by_user).await;
+    let url = hook.url("/auth");
     let t = TestProxy::start_with(|c| {
         hook_config(c, &url);
         c.auth.http.timeout_ms = 200;
@@ -1674,8 +1552,8 @@ async fn http_hook_slow_service_with_on_error_deny_is_server_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_hook_slow_service_with_on_error_allow_lets_devices_in() {
-    let hook = HookServer::start(Duration::from_millis(1500), decide_by_user).await;
-    let url = hook.url.clone();
+    let hook = FakeService::start(Duration::from_millis(1500), decide_by_user).await;
+    let url = hook.url("/auth");
     let t = TestProxy::start_with(|c| {
         hook_config(c, &url);
         c.auth.http.timeout_ms = 200;
@@ -1698,9 +1576,7 @@ async fn http_hook_slow_service_with_on_error_allow_lets_devices_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_hook_down_is_server_unavailable() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/auth", dead.local_addr().unwrap());
-    drop(dead);
+    let url = format!("http://127.0.0.1:{}/auth", free_port());
     let t = TestProxy::start_with(|c| hook_config(c, &url)).await;
     for v in [V311, V5] {
         let got = tcp_connack(t.tcp_port(), v, "down", Some("good"), b"pw").await;
@@ -1719,8 +1595,8 @@ async fn http_hook_down_is_server_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_hook_answers_are_cached_and_connections_pooled() {
-    let hook = HookServer::start(Duration::ZERO, decide_by_user).await;
-    let url = hook.url.clone();
+    let hook = FakeService::start(Duration::ZERO, decide_by_user).await;
+    let url = hook.url("/auth");
     let t = TestProxy::start_with(|c| hook_config(c, &url)).await;
     let port = t.tcp_port();
     // The same question twice: asked once.
@@ -1758,7 +1634,7 @@ async fn http_hook_answers_are_cached_and_connections_pooled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_hook_decides_each_publish_topic_once() {
-    let hook = HookServer::start(Duration::ZERO, |req: &Value| {
+    let hook = FakeService::start(Duration::ZERO, |req: &Value| {
         let allow = match req["action"].as_str() {
             Some("connect") => true,
             Some("publish") => req["topic"].as_str().unwrap_or("").ends_with("/ok"),
@@ -1768,7 +1644,7 @@ async fn http_hook_decides_each_publish_topic_once() {
         (200, json!({"result": result}).to_string())
     })
     .await;
-    let url = hook.url.clone();
+    let url = hook.url("/auth");
     let t = TestProxy::start_with(|c| {
         hook_config(c, &url);
         c.auth.http.check_publish = true;
@@ -1950,7 +1826,7 @@ async fn tls_certificate_reload_serves_the_new_certificate_and_survives_a_broken
     point_live_at(d, "v2");
     let seen = RefCell::new(Vec::new());
     let b_der = &b.der;
-    eventually("certificate B served", || {
+    eventually_async("certificate B served", || {
         let (client, seen) = (client.clone(), &seen);
         async move {
             let leaf = tls_wire(port, client).await.map(|(_, l)| l);
@@ -1990,8 +1866,7 @@ async fn tls_certificate_reload_serves_the_new_certificate_and_survives_a_broken
     point_live_at(d, "v3");
     let served = broken.served.clone();
     eventually("the proxy reads the broken key file", || {
-        let served = served.clone();
-        async move { served.load(Ordering::SeqCst) > 0 }
+        served.load(Ordering::SeqCst) > 0
     })
     .await;
     let leaf = tls_wire(port, client.clone()).await.map(|(_, l)| l);
@@ -2000,7 +1875,7 @@ async fn tls_certificate_reload_serves_the_new_certificate_and_survives_a_broken
     point_live_at(d, "v4");
     let seen = RefCell::new(Vec::new());
     let later_der = &later.der;
-    eventually("certificate D served after the broken one", || {
+    eventually_async("certificate D served after the broken one", || {
         let (client, seen) = (client.clone(), &seen);
         async move {
             let leaf = tls_wire(port, client).await.map(|(_, l)| l);

@@ -33,49 +33,6 @@ fn connect_with(id: &str, v: Version, keep_alive: u16, properties: Properties) -
     )
 }
 
-/// Opens a connection with keep-alive `ka` and returns it with the CONNACK body,
-/// which must accept.
-async fn open_ka(port: u16, id: &str, v: Version, ka: u16) -> (Raw, Vec<u8>) {
-    let mut raw = Raw::connect(port).await;
-    raw.send(&connect_bytes(id, v, ka)).await;
-    let (b1, body) = read_packet(&mut raw).await;
-    assert_eq!(b1, 0x20, "CONNACK expected, got {b1:#04x} {body:02x?}");
-    assert_eq!(body[1], 0x00, "CONNECT of {id:?} accepted: {body:02x?}");
-    (raw, body)
-}
-
-/// Opens a connection with keep-alive disabled, so only what the test does
-/// can close it.
-async fn open(port: u16, id: &str, v: Version) -> Raw {
-    open_ka(port, id, v, 0).await.0
-}
-
-/// Reads to the close and checks the proxy's last words after a violation:
-/// 3.1.1 gets nothing, 5.0 gets exactly one DISCONNECT carrying `code`.
-async fn expect_refusal(raw: &mut Raw, v: Version, code: u8, case: &str) {
-    let rest = raw.read_to_close().await;
-    match v {
-        Version::V311 => assert!(
-            rest.is_empty(),
-            "{case}: a 3.1.1 client is closed with nothing written; got {rest:02x?}"
-        ),
-        Version::V5 => {
-            let packets = parse_packets(&rest);
-            let types: Vec<u8> = packets.iter().map(|p| p.0).collect();
-            assert_eq!(
-                types,
-                [0xE0],
-                "{case}: one DISCONNECT then close; got {rest:02x?}"
-            );
-            assert_eq!(
-                reason_at(&packets[0].1, 0),
-                code,
-                "{case}: DISCONNECT reason; got {rest:02x?}"
-            );
-        }
-    }
-}
-
 /// One violation on a fresh connection: CONNECT, send `bad`, check the refusal.
 async fn check_violation(port: u16, v: Version, case: &str, bad: &[u8], code: u8) {
     let mut raw = open(port, "hostile", v).await;

@@ -3,8 +3,6 @@
 //! are in flight; when it returns every acknowledged message is in Kafka, in
 //! order. If delivery finally fails the device never gets a success ack.
 
-use std::time::Duration;
-
 use crate::common::*;
 use rumqttc::{Event, Packet, QoS};
 
@@ -183,17 +181,12 @@ async fn shutdown_finishes_in_flight_acks_then_disconnects_v5_with_0x8b() {
 
     let drain = tokio::spawn(proxy.shutdown());
     // The drain has begun once the listener refuses new connections.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_ok()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "listener still accepting"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_async("the listener to refuse connections", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+    })
+    .await;
     // Kafka returns mid-drain: the in-flight record is acknowledged, then goodbye.
     kafka.broker_up(1).unwrap();
     let rest = raw.read_to_close().await;

@@ -83,57 +83,13 @@ async fn connect_from(ip: [u8; 4], port: u16) -> Raw {
     Raw { stream }
 }
 
-/// Sends CONNECT (keep-alive off) on `raw` and checks the CONNACK accepts.
-async fn handshake(raw: &mut Raw, id: &str, v: Version) {
-    raw.send(&connect_bytes(id, v, 0)).await;
-    let (b1, body) = read_packet(raw).await;
-    assert_eq!(
-        b1, 0x20,
-        "CONNACK for {id:?} expected, got {b1:#04x} {body:02x?}"
-    );
-    assert_eq!(body[1], 0x00, "CONNECT of {id:?} accepted: {body:02x?}");
-}
-
-/// A connection from 127.0.0.1 with keep-alive off, past its CONNACK.
-async fn open(port: u16, id: &str, v: Version) -> Raw {
-    let mut raw = Raw::connect(port).await;
-    handshake(&mut raw, id, v).await;
-    raw
-}
-
-/// Reads to the close and checks the proxy's last words: 3.1.1 gets
-/// nothing, 5.0 gets exactly one DISCONNECT carrying `code`.
-async fn expect_refusal(raw: &mut Raw, v: Version, code: u8, case: &str) {
-    let rest = raw.read_to_close().await;
-    match v {
-        Version::V311 => assert!(
-            rest.is_empty(),
-            "{case}: a 3.1.1 client is closed with nothing written; got {rest:02x?}"
-        ),
-        Version::V5 => {
-            let packets = parse_packets(&rest);
-            let types: Vec<u8> = packets.iter().map(|p| p.0).collect();
-            assert_eq!(
-                types,
-                [0xE0],
-                "{case}: one DISCONNECT then close; got {rest:02x?}"
-            );
-            assert_eq!(
-                reason_at(&packets[0].1, 0),
-                code,
-                "{case}: DISCONNECT reason; got {rest:02x?}"
-            );
-        }
-    }
-}
-
 /// Reads `n` PUBACKs and returns (packet id, reason code) of each, in order.
 async fn pubacks(raw: &mut Raw, n: usize) -> Vec<(u16, u8)> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let (b1, body) = read_packet(raw).await;
         assert_eq!(b1, 0x40, "PUBACK expected, got {b1:#04x} {body:02x?}");
-        out.push((u16::from_be_bytes([body[0], body[1]]), reason_at(&body, 2)));
+        out.push(puback(&body));
     }
     out
 }

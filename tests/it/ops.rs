@@ -15,60 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use bytes::Bytes;
 use mqtt_kafka_proxy::config::{AclAction, AclRule, Permission};
 use mqtt_kafka_proxy::kafka::embedded::EmbeddedKafka;
-use mqtt_kafka_proxy::mqtt::packet::{self as mp, reason, Packet, Properties, Publish, Version};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use mqtt_kafka_proxy::mqtt::packet::{self as mp, reason, Version};
 use tokio::net::TcpStream;
 
 const V5: Version = Version::V5;
-
-// ---------------------------------------------------------------------------
-// HTTP: a minimal HTTP/1.1 GET, as a probe or a scraper sends it.
-// ---------------------------------------------------------------------------
-
-/// GETs `path` with `Connection: close` and reads to EOF: (status, body).
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    tokio::time::timeout(PATIENCE, async {
-        let mut s = TcpStream::connect(addr)
-            .await
-            .expect("ops endpoint accepts");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.unwrap();
-        let text = String::from_utf8(raw).expect("UTF-8 response");
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .unwrap_or_else(|| panic!("no header end in {text:?}"));
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line in {head:?}"));
-        (status, body.to_owned())
-    })
-    .await
-    .unwrap_or_else(|_| panic!("GET {path} unanswered within {PATIENCE:?}"))
-}
-
-/// Polls `path` until it answers `status` with a body containing `body`;
-/// panics with the last answer after [`PATIENCE`].
-async fn http_until(addr: SocketAddr, path: &str, status: u16, body: &str) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (s, b) = http_get(addr, path).await;
-        if s == status && b.contains(body) {
-            return b;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "GET {path}: wanted {status} {body:?}, still {s} {b:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// One `/metrics` scrape: series (`name{labels}`) to value.
 struct Scrape(HashMap<String, f64>);
@@ -117,123 +69,17 @@ impl Scrape {
     }
 }
 
-// ---------------------------------------------------------------------------
-// A raw MQTT 5.0 client: hand-made packets, answers read off the socket.
-// ---------------------------------------------------------------------------
-
-/// Reads one whole packet: (first byte, body), or `None` when the proxy
-/// closed the connection (EOF or reset). Panics after [`PATIENCE`].
-async fn read_packet(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
-    tokio::time::timeout(PATIENCE, async {
-        let mut b1 = [0u8; 1];
-        s.read_exact(&mut b1).await.ok()?;
-        let mut len = 0usize;
-        for i in 0..4 {
-            let mut b = [0u8; 1];
-            s.read_exact(&mut b).await.ok()?;
-            len |= ((b[0] & 0x7F) as usize) << (7 * i);
-            if b[0] & 0x80 == 0 {
-                let mut body = vec![0u8; len];
-                s.read_exact(&mut body).await.ok()?;
-                return Some((b1[0], body));
-            }
-        }
-        panic!("proxy wrote a remaining length of more than 4 bytes");
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no packet and no close within {PATIENCE:?}"))
+/// Opens a 5.0 connection as `id` (keep-alive 60 s, Nagle off) and checks
+/// the CONNACK is a success.
+async fn connect_v5(port: u16, id: &str) -> Raw {
+    let (raw, _) = open_ka(port, id, V5, 60).await;
+    raw.stream.set_nodelay(true).unwrap();
+    raw
 }
 
-/// Opens a 5.0 connection as `id` and checks the CONNACK is a success.
-async fn connect_v5(port: u16, id: &str) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap_or_else(|e| panic!("{id}: connect to {port}: {e}"));
-    s.set_nodelay(true).unwrap();
-    s.write_all(&connect_bytes(id, V5, 60)).await.unwrap();
-    let (b1, body) = read_packet(&mut s)
-        .await
-        .unwrap_or_else(|| panic!("{id}: closed before CONNACK"));
-    assert_eq!(
-        b1, 0x20,
-        "{id}: CONNACK expected, got {b1:#04x} {body:02x?}"
-    );
-    assert_eq!(body[1], reason::SUCCESS, "{id}: CONNACK {body:02x?}");
-    s
-}
-
-fn publish_bytes(topic: &str, packet_id: u16, payload: &[u8]) -> Vec<u8> {
-    encode(
-        &Packet::Publish(Publish {
-            dup: false,
-            qos: mp::QoS::AtLeastOnce,
-            retain: false,
-            topic: topic.into(),
-            packet_id,
-            properties: Properties::default(),
-            payload: Bytes::copy_from_slice(payload),
-        }),
-        V5,
-    )
-}
-
-/// A 5.0 PUBACK body: (packet id, reason code; omitted means success).
-fn puback(body: &[u8]) -> (u16, u8) {
-    (
-        u16::from_be_bytes([body[0], body[1]]),
-        body.get(2).copied().unwrap_or(reason::SUCCESS),
-    )
-}
-
-/// A 5.0 DISCONNECT body: (reason code, properties as (id, value) pairs,
-/// string values without their length prefix).
-fn disconnect(body: &[u8]) -> (u8, Vec<(u8, Vec<u8>)>) {
-    let code = body.first().copied().unwrap_or(reason::SUCCESS);
-    let props = body.get(1..).map(properties).unwrap_or_default();
-    (code, props)
-}
-
-/// Parses a 5.0 property block (as far as DISCONNECT can carry one).
-fn properties(b: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    if b.is_empty() {
-        return Vec::new();
-    }
-    let mut len = 0usize;
-    let mut used = 0;
-    for (i, byte) in b.iter().take(4).enumerate() {
-        len |= ((byte & 0x7F) as usize) << (7 * i);
-        used = i + 1;
-        if byte & 0x80 == 0 {
-            break;
-        }
-    }
-    let mut block = &b[used..used + len];
-    let mut props = Vec::new();
-    while !block.is_empty() {
-        let id = block[0];
-        block = &block[1..];
-        let (skip, take) = match id {
-            0x11 => (0, 4),
-            // Reason string, server reference: a UTF-8 string.
-            0x1F | 0x1C => (2, u16::from_be_bytes([block[0], block[1]]) as usize),
-            0x26 => {
-                let k = u16::from_be_bytes([block[0], block[1]]) as usize;
-                let v = u16::from_be_bytes([block[2 + k], block[3 + k]]) as usize;
-                (0, 4 + k + v)
-            }
-            other => panic!("property {other:#04x} is not allowed in DISCONNECT"),
-        };
-        props.push((id, block[skip..skip + take].to_vec()));
-        block = &block[skip + take..];
-    }
-    props
-}
-
-fn property(props: &[(u8, Vec<u8>)], id: u8) -> Option<String> {
-    props
-        .iter()
-        .find(|(i, _)| *i == id)
-        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+/// A QoS 1 5.0 PUBLISH.
+fn qos1(topic: &str, packet_id: u16, payload: &[u8]) -> Vec<u8> {
+    publish_bytes(publish(topic, mp::QoS::AtLeastOnce, packet_id, payload), V5)
 }
 
 /// Produces one command for `device` to `t`'s commands topic.
@@ -287,14 +133,13 @@ async fn metrics_move_with_publishes_refusals_and_commands() {
     // 5.0: an unrouted topic (0x90) and an ACL-denied one (0x87), both as
     // negative PUBACKs on a connection that stays open.
     let mut raw = connect_v5(t.tcp_port(), "ops-m5").await;
-    raw.write_all(&publish_bytes("elsewhere/x", 1, b"nowhere"))
-        .await
-        .unwrap();
-    raw.write_all(&publish_bytes("devices/ops-m5/events/secret", 2, b"hush"))
-        .await
-        .unwrap();
+    raw.send(&qos1("elsewhere/x", 1, b"nowhere")).await;
+    raw.send(&qos1("devices/ops-m5/events/secret", 2, b"hush"))
+        .await;
     for (want_id, want_code) in [(1, reason::TOPIC_NAME_INVALID), (2, reason::NOT_AUTHORIZED)] {
-        let (b1, body) = read_packet(&mut raw).await.expect("PUBACK, not a close");
+        let (b1, body) = try_read_packet(&mut raw)
+            .await
+            .expect("PUBACK, not a close");
         assert_eq!(b1, 0x40, "PUBACK expected, got {b1:#04x} {body:02x?}");
         assert_eq!(puback(&body), (want_id, want_code), "{body:02x?}");
     }
@@ -322,18 +167,17 @@ async fn metrics_move_with_publishes_refusals_and_commands() {
 
     // The receipt (and its counter) follows the device's PUBACK: poll.
     let delivered_before = before.value("commands_total", &[("status", "delivered")]);
-    let deadline = Instant::now() + PATIENCE;
-    let after = loop {
+    let what = format!("commands_total{{status=\"delivered\"}} to grow from {delivered_before}");
+    let after = poll_until(&what, PATIENCE, || async {
         let s = Scrape::take(ops).await;
-        if s.value("commands_total", &[("status", "delivered")]) >= delivered_before + 1.0 {
-            break s;
+        let delivered = s.value("commands_total", &[("status", "delivered")]);
+        if delivered >= delivered_before + 1.0 {
+            Ok(s)
+        } else {
+            Err(format!("{delivered}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "commands_total{{status=\"delivered\"}} did not grow from {delivered_before}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
 
     let grew = |name: &str, labels: &[(&str, &str)], by: f64| {
         let (b, a) = (before.value(name, labels), after.value(name, labels));
@@ -432,11 +276,10 @@ async fn readyz_tracks_kafka_and_draining() {
         t0.elapsed()
     );
     // Then the listener closes, not before the grace has passed.
-    let deadline = Instant::now() + PATIENCE;
-    while TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-        assert!(Instant::now() < deadline, "listener still open");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_async("the listener to close", || async {
+        TcpStream::connect(("127.0.0.1", port)).await.is_err()
+    })
+    .await;
     assert!(
         t0.elapsed() >= GRACE,
         "listener closed {:?} into a {GRACE:?} readiness grace",
@@ -455,8 +298,8 @@ async fn readyz_tracks_kafka_and_draining() {
 // ---------------------------------------------------------------------------
 
 /// What one idle 5.0 client saw at shutdown: the first packet, when it came.
-async fn await_goodbye(mut s: TcpStream, id: String) -> (String, Instant, u8, Vec<(u8, Vec<u8>)>) {
-    let (b1, body) = read_packet(&mut s)
+async fn await_goodbye(mut s: Raw, id: String) -> (String, Instant, u8, Vec<(u8, Vec<u8>)>) {
+    let (b1, body) = try_read_packet(&mut s)
         .await
         .unwrap_or_else(|| panic!("{id}: closed without a DISCONNECT"));
     let at = Instant::now();
@@ -465,7 +308,7 @@ async fn await_goodbye(mut s: TcpStream, id: String) -> (String, Instant, u8, Ve
         "{id}: DISCONNECT expected, got {b1:#04x} {body:02x?}"
     );
     let (code, props) = disconnect(&body);
-    let after = read_packet(&mut s).await;
+    let after = try_read_packet(&mut s).await;
     assert!(
         after.is_none(),
         "{id}: packet after DISCONNECT: {after:02x?}"
@@ -514,7 +357,7 @@ async fn shutdown_disconnects_v5_with_server_reference_spread_over_the_window() 
             "{id}: DISCONNECT reason {code:#04x}, props {props:?}"
         );
         assert_eq!(
-            property(&props, 0x1C).as_deref(),
+            property_text(&props, 0x1C).as_deref(),
             Some(REFERENCE),
             "{id}: Server Reference"
         );
@@ -539,7 +382,11 @@ async fn shutdown_disconnects_v5_with_server_reference_spread_over_the_window() 
             reason::SERVER_SHUTTING_DOWN,
             "{id}: without a server reference the reason is 0x8B; props {props:?}"
         );
-        assert_eq!(property(&props, 0x1C), None, "{id}: no Server Reference");
+        assert_eq!(
+            property_text(&props, 0x1C),
+            None,
+            "{id}: no Server Reference"
+        );
     }
     let (a, b) = drains.await.unwrap();
     assert_eq!((a.connections_left, b.connections_left), (0, 0));
@@ -594,11 +441,9 @@ async fn device(
         }
         // Written whole or not at all as far as the test cares: a failed
         // write shows up as the close read below.
-        let _ = s
-            .write_all(&publish_bytes(&topic, packet_id, payload.as_bytes()))
-            .await;
+        s.send(&qos1(&topic, packet_id, payload.as_bytes())).await;
         // Stop-and-wait: the only packets due are this PUBACK or A's goodbye.
-        let acked = match read_packet(&mut s).await {
+        let acked = match try_read_packet(&mut s).await {
             Some((0x40, body)) => {
                 let (pid, code) = puback(&body);
                 assert_eq!(pid, packet_id, "{id}: PUBACK for another packet");
@@ -610,7 +455,7 @@ async fn device(
                 assert!(on_a, "{id}: B sent DISCONNECT {code:#04x}");
                 l.disconnects_from_a.push(code);
                 // Nothing may follow but the close.
-                let more = read_packet(&mut s).await;
+                let more = try_read_packet(&mut s).await;
                 assert!(more.is_none(), "{id}: packet after DISCONNECT: {more:02x?}");
                 false
             }
@@ -635,7 +480,7 @@ async fn device(
         seq += 1;
         sends_of_seq = 0;
         if a_gone.load(Ordering::Acquire) && l.acks_on_b >= min_on_b {
-            let _ = s.write_all(&[0xE0, 0x00]).await;
+            s.send(&[0xE0, 0x00]).await;
             return l;
         }
     }

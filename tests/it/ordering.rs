@@ -52,9 +52,7 @@ async fn records_given_to_the_producer(ordering: PublishOrdering, id: &str) -> i
 
     kafka.broker_up(1).unwrap();
     for i in 1..=4u16 {
-        let (b1, body) = try_read_packet(&mut raw).await.expect("PUBACK");
-        assert_eq!((b1, &body[..2]), (0x40, &i.to_be_bytes()[..]), "PUBACK {i}");
-        assert!(body.len() < 3 || body[2] == 0, "success: {body:02x?}");
+        expect_puback_ok(&mut raw, i).await;
     }
     let want = format!("{id}:4");
     let recs = consume_until(&t.bootstrap(), &t.topic("iot.events"), move |rs| {
@@ -125,20 +123,9 @@ async fn strict_a_held_record_goes_on_after_a_qos0_record_waited_for_queue_space
     // Message 1 acknowledged, the QoS 0 message sent once there is room,
     // and the held message 2 released after it: both PUBACKs arrive.
     for i in 1..=2u16 {
-        let (b1, body) = try_read_packet(&mut raw).await.expect("PUBACK");
-        assert_eq!((b1, &body[..2]), (0x40, &i.to_be_bytes()[..]), "PUBACK {i}");
-        assert!(body.len() < 3 || body[2] == 0, "success: {body:02x?}");
+        expect_puback_ok(&mut raw, i).await;
     }
     t.proxy.shutdown().await;
-}
-
-/// The ack body's reason string (5.0 property 0x1F), after `skip` bytes.
-fn reason_string(body: &[u8], skip: usize) -> Option<String> {
-    if body.len() <= skip + 1 {
-        return None;
-    }
-    let (props, _) = properties(&body[skip + 1..]);
-    property(&props, 0x1F).map(|s| String::from_utf8_lossy(s).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,19 +192,9 @@ async fn strict_a_failed_delivery_is_nacked_and_disconnected_and_the_resend_keep
 
     // 5.0: the negative PUBACK for message 2 with a reason string, then
     // DISCONNECT 0x80, then the close; nothing for message 3.
-    let mut seen = Vec::new();
-    while let Some(p) = try_read_packet(&mut v5).await {
-        seen.push(p);
-    }
-    let kinds: Vec<(u8, u8)> = seen
-        .iter()
-        .map(|(b1, body)| {
-            let code = if *b1 == 0x40 { 2 } else { 0 };
-            (*b1, body.get(code).copied().unwrap_or(0))
-        })
-        .collect();
+    let seen = packets_to_close(&mut v5).await;
     assert_eq!(
-        kinds,
+        kinds(&seen),
         [(0x40, 0x80), (0xE0, 0x80)],
         "PUBACK 0x80 then DISCONNECT 0x80: {seen:02x?}"
     );

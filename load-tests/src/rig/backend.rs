@@ -25,7 +25,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
-use super::{free_port, spawn_until, Proc};
+use super::process::{free_port, spawn_until, Proc};
 
 /// Which Kafka the rig starts (`--kafka`).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -21,7 +21,8 @@ use kafka_cluster::{Cluster, Link};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
-use super::{lock, tell, KafkaBackend, Launcher, Proc, RigArgs, Stdins};
+use super::process::{lock, tell, Launcher, Proc, Stdins};
+use super::{KafkaBackend, RigArgs};
 use crate::report::{FaultRow, Sample};
 use crate::verify::PartVerdict;
 use crate::worker::Scenario;

@@ -56,7 +56,7 @@
 //! hashers, SipHash today, with per-process random keys), never in clear. At most
 //! `cache_max_entries` answers are kept: when full, expired ones are swept
 //! out first, and if it is still full the new answer is simply not cached
-//! ([`cache`] keeps them, in a `moka` cache). Concurrent misses for the same
+//! (kept by `cache.rs` in a `moka` cache). Concurrent misses for the same
 //! question each go to the service; they are not coalesced (a connection
 //! handles its own packets in order, so that only happens across
 //! connections sharing a key).
@@ -1022,7 +1022,9 @@ mod tests {
         })
         .unwrap();
         let allow = HookVerdict::Allow { device_id: None };
-        let t0 = Instant::now();
+        // The cache's clock runs an hour ahead of moka's, so moka's own
+        // eviction at the real deadlines cannot race this test's steps.
+        let t0 = Instant::now() + Duration::from_secs(3600);
         let at = |ms| t0 + Duration::from_millis(ms);
         let (a, b, c, d) = (
             connect("a", b"pw"),

@@ -11,7 +11,7 @@
 //! be in the configured list, and it picks a key *kind* — HS256 only ever uses
 //! the secret file, RS256 only RSA keys, ES256 only P-256 keys — so a public
 //! key can never be used as an HMAC secret, and `none` is never accepted.
-//! Key files are read in [`keys`].
+//! Key files are read in `keys.rs`.
 
 mod keys;
 
@@ -705,6 +705,42 @@ mod tests {
             v.verify(&hs_with_kid),
             Err(JwtError::NoKey(alg)) if alg == "HS256"
         ));
+    }
+
+    #[test]
+    fn jwks_tolerates_padding_and_foreign_keys_but_not_broken_ones() {
+        let kp = rcgen::KeyPair::generate().unwrap();
+        let mut ec = ec_jwk(&kp, "padded");
+        // 32 bytes are 43 base64url characters: one "=" pads them.
+        ec["x"] = json!(format!("{}=", ec["x"].as_str().unwrap()));
+        let mut rsa = rsa_jwk("zero");
+        // A leading zero byte on the modulus, as some issuers write it.
+        let n = URL_SAFE_NO_PAD.decode(rsa["n"].as_str().unwrap()).unwrap();
+        rsa["n"] = json!(b64(&[&[0u8][..], &n].concat()));
+        let jwks = json!({ "keys": [
+            ec,
+            rsa,
+            { "kty": "XYZ", "kid": "future" },
+            { "kty": "EC", "crv": "secp256k1", "kid": "k1", "x": "AA", "y": "AA" },
+        ]});
+        let v = Setup::new(Some(jwks.to_string().as_bytes()), None).verifier();
+        let c = claims("dev");
+        assert_eq!(
+            v.verify(&es(&kp, Some("padded"), &c)).unwrap().device_id,
+            "dev"
+        );
+        assert!(v.verify(&rs(&c)).is_ok());
+        // A key of a kind the proxy verifies with, but broken: refused at
+        // load, naming the key.
+        let broken = json!({ "keys": [
+            ec_jwk(&kp, "fine"),
+            { "kty": "RSA", "kid": "half", "e": "AQAB" },
+        ]});
+        let s = Setup::new(Some(broken.to_string().as_bytes()), None);
+        match JwtVerifier::load(&s.cfg) {
+            Err(e @ JwtError::BadKey { .. }) => assert!(e.to_string().contains("\"half\""), "{e}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
