@@ -35,7 +35,7 @@ fn top_module(path: &Path) -> Option<String> {
     (name != "lib" && name != "main" && name != "structure_tests").then_some(name)
 }
 
-/// Edges `module → module it names through `crate::``.
+/// Edges: module → the modules its code names through `crate::`.
 fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for path in sources() {
@@ -44,13 +44,17 @@ fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
         };
         let text = std::fs::read_to_string(&path).unwrap();
         let edges = graph.entry(from.clone()).or_default();
-        for (i, _) in text.match_indices("crate::") {
-            let to: String = text[i + 7..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if !to.is_empty() && to != from {
-                edges.insert(to);
+        // Code only: a doc link to another module is not a dependency.
+        let code = text.lines().filter(|l| !l.trim_start().starts_with("//"));
+        for line in code {
+            for (i, _) in line.match_indices("crate::") {
+                let to: String = line[i + 7..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !to.is_empty() && to != from {
+                    edges.insert(to);
+                }
             }
         }
     }
