@@ -1,7 +1,7 @@
-//! The record format downstream systems rely on (see the README, "Record
-//! format"): key = device id, value = payload unchanged, MQTT metadata in
-//! headers named `mqtt.*`, MQTT 5 user properties as headers under their own
-//! names, timestamp = when the proxy received the PUBLISH.
+//! The record format downstream systems rely on (docs/record-format.md):
+//! key = device id, value = payload unchanged, MQTT metadata in headers
+//! named `mqtt.*`, MQTT 5 user properties as headers under their own names,
+//! timestamp = when the proxy received the PUBLISH.
 
 use rdkafka::message::{Header, OwnedHeaders};
 

@@ -3,7 +3,7 @@
 //! [`ProtocolError`]. The size check runs on the fixed header, before the body
 //! is buffered, so a hostile remaining length costs nothing.
 //!
-//! This is our own strict decoder rather than `mqttbytes` (see the README,
+//! This is our own strict decoder rather than `mqttbytes` (docs/mqtt.md,
 //! "Codec"): it refuses what a server must refuse — U+0000 and disallowed code
 //! points, wildcards in topic names, reserved flag bits, server-only packets,
 //! duplicate properties — and it accepts what `mqttbytes` 0.6 cannot parse,
