@@ -14,8 +14,43 @@
 //! `#` and a rule `{username}/#`), so such a rule does not apply to that
 //! connection if it allows, and applies to everything if it denies.
 
-use super::config::{AclAction, AclRule, Permission};
+use serde::Deserialize;
+
 use crate::mqtt::topic;
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    /// Let it through.
+    Allow,
+    /// Refuse it.
+    Deny,
+}
+
+/// What an ACL rule is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AclAction {
+    /// PUBLISH topic names.
+    Publish,
+    /// SUBSCRIBE topic filters.
+    Subscribe,
+    /// Both.
+    All,
+}
+
+/// One ACL rule.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    /// `allow` or `deny`.
+    pub permission: Permission,
+    /// `publish`, `subscribe` or `all`.
+    pub action: AclAction,
+    /// Topic filter with `{device_id}`, `{username}`, `{client_id}`.
+    pub topic: String,
+}
 
 /// Who the rules are evaluated for.
 #[derive(Debug, Clone, Copy)]

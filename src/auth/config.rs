@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use super::acl::{AclAction, AclRule, Permission};
+
 /// An authentication method, tried in the order of `auth.methods`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -180,38 +182,4 @@ impl Default for HttpAuthConfig {
             max_idle_connections: 64,
         }
     }
-}
-
-/// Allow or deny.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Permission {
-    /// Let it through.
-    Allow,
-    /// Refuse it.
-    Deny,
-}
-
-/// What an ACL rule is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AclAction {
-    /// PUBLISH topic names.
-    Publish,
-    /// SUBSCRIBE topic filters.
-    Subscribe,
-    /// Both.
-    All,
-}
-
-/// One ACL rule.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AclRule {
-    /// `allow` or `deny`.
-    pub permission: Permission,
-    /// `publish`, `subscribe` or `all`.
-    pub action: AclAction,
-    /// Topic filter with `{device_id}`, `{username}`, `{client_id}`.
-    pub topic: String,
 }
