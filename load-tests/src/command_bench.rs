@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::BytesMut;
@@ -27,10 +27,11 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::bench_kafka::{BenchKafka, KafkaBackend};
 use crate::measure::{loadavg, Latency, Pace, Spread};
+use crate::table::Table;
+use crate::worker::now_us;
 
 /// Options of `load-tests command-bench`.
 #[derive(clap::Args, Clone, Debug)]
@@ -105,13 +106,6 @@ fn tag(round: u32, burst: bool) -> usize {
     round as usize * 2 + burst as usize
 }
 
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 /// The payload of one command: when it was produced and its phase tag.
 fn command_payload(sent_us: u64, tag: usize, i: u64) -> String {
     format!("{{\"t\":{sent_us},\"ph\":{tag},\"cmd\":\"set\",\"value\":{i}}}")
@@ -171,9 +165,7 @@ async fn device(
     progress: Arc<Progress>,
     subscribed: tokio::sync::mpsc::UnboundedSender<()>,
 ) -> Result<Vec<Vec<u64>>> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.set_nodelay(true)?;
-    crate::device::handshake(&mut s, &id, 60).await?;
+    let mut s = crate::lean::connect(addr, &id).await?;
     let mut out = BytesMut::new();
     let sub = Subscribe {
         packet_id: 1,
@@ -513,23 +505,29 @@ fn produce(
 
 /// The report as Markdown: every phase, then medians [min–max] over rounds.
 fn table(a: &CommandBenchArgs, r: &CommandReport) -> String {
-    let mut s = format!(
-        "command-bench on {}: {} devices over 2 replicas, {} rounds of: light ({} commands/s for {} s, paced), then a burst of {} QoS 1 commands as fast as the producer takes them; load average before {}, after {}\n\n\
-         | round | phase | proxy commands/s | proxy p50 / p99 ms | direct commands/s | direct p50 / p99 ms |\n|---|---|---|---|---|---|\n",
-        r.kafka, r.devices, a.rounds, a.light_rate, a.light_s, a.commands, r.loadavg.0, r.loadavg.1
-    );
+    let mut phases = Table::new(&[
+        "round",
+        "phase",
+        "proxy commands/s",
+        "proxy p50 / p99 ms",
+        "direct commands/s",
+        "direct p50 / p99 ms",
+    ]);
     for p in &r.phases {
-        s.push_str(&format!(
-            "| {} | {} | {:.0} | {:.1} / {:.1} | {:.0} | {:.1} / {:.1} |\n",
-            p.round,
-            p.phase,
-            p.proxy_per_s,
-            p.proxy_latency.p50_ms,
-            p.proxy_latency.p99_ms,
-            p.direct_per_s,
-            p.direct_latency.p50_ms,
-            p.direct_latency.p99_ms
-        ));
+        phases.row(&[
+            p.round.to_string(),
+            p.phase.to_string(),
+            format!("{:.0}", p.proxy_per_s),
+            format!(
+                "{:.1} / {:.1}",
+                p.proxy_latency.p50_ms, p.proxy_latency.p99_ms
+            ),
+            format!("{:.0}", p.direct_per_s),
+            format!(
+                "{:.1} / {:.1}",
+                p.direct_latency.p50_ms, p.direct_latency.p99_ms
+            ),
+        ]);
     }
     let spread = |phase: &str, f: &dyn Fn(&PhaseResult) -> f64, digits: usize| {
         let v: Vec<f64> = r
@@ -540,32 +538,54 @@ fn table(a: &CommandBenchArgs, r: &CommandReport) -> String {
             .collect();
         Spread::of(&v).map_or("-".into(), |s| s.show(digits))
     };
-    s.push_str(&format!(
-        "\nmedian [min–max] over {} rounds:\n\n\
-         | path | light: p50 ms | light: p99 ms | burst: commands/s | burst: p50 ms | burst: p99 ms |\n|---|---|---|---|---|---|\n",
-        a.rounds
-    ));
-    s.push_str(&format!(
-        "| Kafka → proxy → device (PUBLISH read) | {} | {} | {} | {} | {} |\n",
-        spread("light", &|p| p.proxy_latency.p50_ms, 1),
-        spread("light", &|p| p.proxy_latency.p99_ms, 1),
-        spread("burst", &|p| p.proxy_per_s, 0),
-        spread("burst", &|p| p.proxy_latency.p50_ms, 0),
-        spread("burst", &|p| p.proxy_latency.p99_ms, 0),
-    ));
-    s.push_str(&format!(
-        "| Kafka → direct rdkafka consumer | {} | {} | {} | {} | {} |\n",
-        spread("light", &|p| p.direct_latency.p50_ms, 1),
-        spread("light", &|p| p.direct_latency.p99_ms, 1),
-        spread("burst", &|p| p.direct_per_s, 0),
-        spread("burst", &|p| p.direct_latency.p50_ms, 0),
-        spread("burst", &|p| p.direct_latency.p99_ms, 0),
-    ));
-    s.push_str(&format!(
-        "| ratio proxy / direct, burst commands/s (per round) | | | {} | | |\n",
+    let mut medians = Table::new(&[
+        "path",
+        "light: p50 ms",
+        "light: p99 ms",
+        "burst: commands/s",
+        "burst: p50 ms",
+        "burst: p99 ms",
+    ]);
+    type Path = (
+        &'static str,
+        fn(&PhaseResult) -> f64,
+        fn(&PhaseResult) -> &Latency,
+    );
+    let paths: [Path; 2] = [
+        (
+            "Kafka → proxy → device (PUBLISH read)",
+            |p| p.proxy_per_s,
+            |p| &p.proxy_latency,
+        ),
+        (
+            "Kafka → direct rdkafka consumer",
+            |p| p.direct_per_s,
+            |p| &p.direct_latency,
+        ),
+    ];
+    for (path, per_s, latency) in paths {
+        medians.row(&[
+            path.to_string(),
+            spread("light", &|p| latency(p).p50_ms, 1),
+            spread("light", &|p| latency(p).p99_ms, 1),
+            spread("burst", &per_s, 0),
+            spread("burst", &|p| latency(p).p50_ms, 0),
+            spread("burst", &|p| latency(p).p99_ms, 0),
+        ]);
+    }
+    medians.row(&[
+        "ratio proxy / direct, burst commands/s (per round)".to_string(),
+        String::new(),
+        String::new(),
         spread("burst", &|p| p.proxy_per_s / p.direct_per_s, 2),
-    ));
-    s
+        String::new(),
+        String::new(),
+    ]);
+    format!(
+        "command-bench on {}: {} devices over 2 replicas, {} rounds of: light ({} commands/s for {} s, paced), then a burst of {} QoS 1 commands as fast as the producer takes them; load average before {}, after {}\n\n\
+         {phases}\nmedian [min–max] over {} rounds:\n\n{medians}",
+        r.kafka, r.devices, a.rounds, a.light_rate, a.light_s, a.commands, r.loadavg.0, r.loadavg.1, a.rounds
+    )
 }
 
 #[cfg(test)]
@@ -604,6 +624,60 @@ mod tests {
         assert_eq!(plan.per_device, vec![7, 7, 6, 6]);
         assert_eq!(plan.expected(4), vec![3, 10, 3, 10]);
         assert_eq!(tag(1, true), 3);
+    }
+
+    #[test]
+    fn the_table_lists_every_phase_then_the_medians() {
+        let a = CommandBenchArgs {
+            devices: 2,
+            commands: 10,
+            light_rate: 1.0,
+            light_s: 1.0,
+            rounds: 1,
+            partitions: 1,
+            kafka: KafkaBackend::Embedded,
+            brokers: 1,
+            out: "unused".into(),
+        };
+        let latency = |ms: f64| Latency {
+            count: 1,
+            p50_ms: ms,
+            p99_ms: 2.0 * ms,
+            p999_ms: 3.0 * ms,
+        };
+        let phase = |phase, per_s: f64| PhaseResult {
+            round: 1,
+            phase,
+            commands: 10,
+            proxy_per_s: per_s,
+            proxy_latency: latency(1.0),
+            direct_per_s: 2.0 * per_s,
+            direct_latency: latency(0.5),
+        };
+        let r = CommandReport {
+            kafka: "k".into(),
+            devices: 2,
+            replicas: 2,
+            loadavg: ("0.1".into(), "0.2".into()),
+            phases: vec![phase("light", 1.0), phase("burst", 500.0)],
+        };
+        let t = table(&a, &r);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("command-bench on k: 2 devices"), "{t}");
+        assert_eq!(lines[2], "| round | phase | proxy commands/s | proxy p50 / p99 ms | direct commands/s | direct p50 / p99 ms |");
+        assert_eq!(
+            lines[5],
+            "| 1 | burst | 500 | 1.0 / 2.0 | 1000 | 0.5 / 1.0 |"
+        );
+        assert_eq!(lines[7], "median [min–max] over 1 rounds:");
+        assert_eq!(
+            lines[11],
+            "| Kafka → proxy → device (PUBLISH read) | 1.0 [1.0–1.0] | 2.0 [2.0–2.0] | 500 [500–500] | 1 [1–1] | 2 [2–2] |"
+        );
+        assert_eq!(
+            lines[13],
+            "| ratio proxy / direct, burst commands/s (per round) | | | 0.50 [0.50–0.50] | | |"
+        );
     }
 
     #[test]
