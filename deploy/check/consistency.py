@@ -96,7 +96,8 @@ def config_topics(cfg):
 def dockerfile_lines(root):
     """The Dockerfile's instructions, comments dropped and continuations joined."""
     text = open(os.path.join(root, "Dockerfile")).read()
-    return [l.strip() for l in re.sub(r"\\\n", " ", re.sub(r"(?m)^\s*#.*\n", "", text)).splitlines() if l.strip()]
+    joined = re.sub(r"\\\n", " ", re.sub(r"(?m)^\s*#.*\n", "", text))
+    return [line.strip() for line in joined.splitlines() if line.strip()]
 
 
 def check_dockerfile(root):
