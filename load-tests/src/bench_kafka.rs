@@ -113,9 +113,7 @@ impl BenchKafka {
         if !self.is_cluster() {
             return Ok(());
         }
-        let served = await_served(&self.bootstrap, topics, partitions).await?;
-        self.description.push_str(&served);
-        Ok(())
+        await_served(&self.bootstrap, topics, partitions, &mut self.description).await
     }
 
     /// Stops the backend; the cluster's nodes get a controlled shutdown.

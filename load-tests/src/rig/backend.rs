@@ -193,9 +193,7 @@ impl RigKafka {
         if !matches!(self.inner, Inner::Cluster { .. }) {
             return Ok(());
         }
-        let served = await_served(&self.bootstrap, topics, partitions).await?;
-        self.description.push_str(&served);
-        Ok(())
+        await_served(&self.bootstrap, topics, partitions, &mut self.description).await
     }
 
     /// Stops the backend and waits until every process is gone; the
@@ -264,13 +262,14 @@ pub(crate) async fn start_cluster(config: ClusterConfig, note: &str) -> Result<C
 }
 
 /// Waits (off the runtime) until every topic of `topics` is served with
-/// `partitions` partitions, each with a leader; returns ", RF n,
-/// min.insync.replicas m" of the first, for a run's description.
+/// `partitions` partitions, each with a leader; appends ", RF n,
+/// min.insync.replicas m" of the first to a run's `description`.
 pub(crate) async fn await_served(
     bootstrap: &str,
     topics: &[&str],
     partitions: u32,
-) -> Result<String> {
+    description: &mut String,
+) -> Result<()> {
     let first = topics.first().context("no topics")?.to_string();
     let boot = bootstrap.to_owned();
     let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
@@ -280,7 +279,10 @@ pub(crate) async fn await_served(
     let min_isr = topic_config(bootstrap, &first, "min.insync.replicas")
         .await
         .unwrap_or_else(|e| format!("unknown ({e})"));
-    Ok(format!(", RF {replication}, min.insync.replicas {min_isr}"))
+    description.push_str(&format!(
+        ", RF {replication}, min.insync.replicas {min_isr}"
+    ));
+    Ok(())
 }
 
 /// Creates `topic` with `partitions` partitions and the brokers' default
