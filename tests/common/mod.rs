@@ -1,6 +1,11 @@
 //! Test harness: a real proxy started in-process on port 0, real MQTT
 //! clients (rumqttc), and a real Kafka consumer (rdkafka) to read what
-//! landed. No fixed ports, no sleeps.
+//! landed. No fixed ports, no sleeps. Shared by the two integration-test
+//! binaries, tests/it/ and tests/cluster.rs. Beside this file: `wire` (the
+//! raw MQTT client), `wait` (polling with a deadline), `http` (reqwest
+//! probes and a fake HTTP service), `binary` (the real binary and its
+//! config file), `ordered` (a device that resends in order), `hang`
+//! (Kafka hung by SIGSTOP).
 //!
 //! Two Kafka backends, chosen by `MKP_TEST_KAFKA`: `embedded` (the default:
 //! each proxy starts its own in-process mock broker) or `cluster` (a real

@@ -26,8 +26,8 @@ const V311: Version = Version::V311;
 const V5: Version = Version::V5;
 
 // ---------------------------------------------------------------------------
-// Wire helpers (after tests/hostile.rs): build packets with the proxy's
-// encoder, read and parse what the proxy answers.
+// Wire helpers this file alone needs (the shared raw client is
+// tests/common/wire.rs).
 // ---------------------------------------------------------------------------
 
 /// Skips a 5.0 property block at the start of `b`; returns what follows it.
