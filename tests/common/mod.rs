@@ -501,9 +501,15 @@ pub async fn v5_connect(opts: rumqttc::v5::MqttOptions) -> V5 {
     }
 }
 
-/// A raw TCP client for bytes no well-behaved library would send.
-pub struct Raw {
-    pub stream: tokio::net::TcpStream,
+/// A stream a raw client speaks over: TCP, or TLS over TCP.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// A raw client for bytes no well-behaved library would send, over TCP or
+/// (`Raw<Box<dyn Io>>`) TLS; tests/common/wire.rs reads and parses what the
+/// proxy answers.
+pub struct Raw<S = tokio::net::TcpStream> {
+    pub stream: S,
 }
 
 impl Raw {
@@ -514,11 +520,15 @@ impl Raw {
                 .unwrap(),
         }
     }
+}
 
+impl<S: Io> Raw<S> {
     pub async fn send(&mut self, bytes: &[u8]) {
         use tokio::io::AsyncWriteExt;
         // The proxy may already have closed; tests check what it answered.
         let _ = self.stream.write_all(bytes).await;
+        // A TLS stream holds records until flushed.
+        let _ = self.stream.flush().await;
     }
 
     /// Reads until the proxy closes the connection; returns all it sent.
