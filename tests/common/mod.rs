@@ -199,6 +199,31 @@ impl TestProxy {
     }
 }
 
+/// Produces one command for `device` to `t`'s commands topic.
+pub async fn command(t: &TestProxy, device: &str, payload: &str, headers: &[(&str, &str)]) {
+    produce_command(
+        &t.bootstrap(),
+        &t.topic("iot.commands"),
+        device,
+        payload,
+        headers,
+    )
+    .await
+}
+
+/// Waits until the proxy's own records about `client_id` (lifecycle and
+/// session announcement) are in Kafka, so the producer's in-flight count
+/// afterwards is only the test's messages.
+pub async fn journal_settled(t: &TestProxy, client_id: &str) {
+    for topic in ["iot.lifecycle", "iot.sessions"] {
+        let id = client_id.to_owned();
+        consume_until(&t.bootstrap(), &t.topic(topic), move |rs| {
+            rs.iter().any(|r| r.key == id)
+        })
+        .await;
+    }
+}
+
 /// Produces one command record for `device` to `topic`, as a back-end
 /// service does; `headers` are (name, value) pairs.
 pub async fn produce_command(
@@ -504,6 +529,24 @@ pub async fn v5_connect(opts: rumqttc::v5::MqttOptions) -> V5 {
 /// A stream a raw client speaks over: TCP, or TLS over TCP.
 pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+impl V5 {
+    /// Waits for `n` PUBACKs and checks each is a success.
+    pub async fn pubacks_ok(&mut self, n: usize) {
+        use rumqttc::v5::mqttbytes::v5::{Packet as P5, PubAckReason};
+        use rumqttc::v5::Event;
+        for i in 0..n {
+            let ev = next_matching(&mut self.events, |e| {
+                matches!(e, Event::Incoming(P5::PubAck(_)))
+            })
+            .await
+            .unwrap_or_else(|e| panic!("after {i} PUBACKs: {e}"));
+            if let Event::Incoming(P5::PubAck(a)) = ev {
+                assert_eq!(a.reason, PubAckReason::Success, "PUBACK {}", a.pkid);
+            }
+        }
+    }
+}
 
 /// A raw client for bytes no well-behaved library would send, over TCP or
 /// (`Raw<Box<dyn Io>>`) TLS; tests/common/wire.rs reads and parses what the

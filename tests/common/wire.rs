@@ -335,6 +335,11 @@ pub fn publish(topic: &str, qos: mp::QoS, packet_id: u16, payload: &[u8]) -> Pub
     }
 }
 
+/// A QoS 1 PUBLISH, encoded.
+pub fn qos1(topic: &str, packet_id: u16, payload: &[u8], v: Version) -> Vec<u8> {
+    publish_bytes(publish(topic, mp::QoS::AtLeastOnce, packet_id, payload), v)
+}
+
 pub fn publish_bytes(p: Publish, v: Version) -> Vec<u8> {
     encode(&Packet::Publish(p), v)
 }
