@@ -4,8 +4,9 @@ Each file on its own is checked by a real tool there (hadolint, yamllint,
 check-jsonschema, kubernetes-validate, promtool, haproxy -c, shellcheck); this
 script checks that the files agree with each other and with config.toml:
 
-    consistency.py compose ROOT       docker-compose.yml <-> haproxy.cfg, prometheus.yml,
-                                      Grafana provisioning, create-topics.sh, config.toml
+    consistency.py compose ROOT       Dockerfile <-> build context; docker-compose.yml <->
+                                      haproxy.cfg, prometheus.yml, Grafana provisioning,
+                                      create-topics.sh, config.toml
     consistency.py k8s ROOT           deploy/k8s/ <-> config.toml, the Dockerfile's USER
     consistency.py env-sets ROOT OUT  writes the (config file, environment) pairs the
                                       image, each compose replica and the Deployment run
@@ -92,12 +93,43 @@ def config_topics(cfg):
     return topics
 
 
+def dockerfile_lines(root):
+    """The Dockerfile's instructions, comments dropped and continuations joined."""
+    text = open(os.path.join(root, "Dockerfile")).read()
+    joined = re.sub(r"\\\n", " ", re.sub(r"(?m)^\s*#.*\n", "", text))
+    return [line.strip() for line in joined.splitlines() if line.strip()]
+
+
+def check_dockerfile(root):
+    """COPY sources exist in the build context (and .dockerignore keeps them);
+    the ENTRYPOINT's --config file is one the image copies in."""
+    ignored = []
+    if os.path.exists(os.path.join(root, ".dockerignore")):
+        ignored = [l.strip().strip("/") for l in open(os.path.join(root, ".dockerignore"))
+                   if l.strip() and not l.startswith("#")]
+    copied, entry = set(), []
+    for line in dockerfile_lines(root):
+        instr, _, rest = line.partition(" ")
+        if instr.upper() == "COPY" and "--from=" not in rest:
+            *sources, dest = shlex.split(rest)
+            for src in sources:
+                if not os.path.exists(os.path.join(root, src)):
+                    fail(f"Dockerfile: COPY {src}: not in the build context")
+                if any(src.rstrip("/") == i or src.startswith(i + "/") for i in ignored):
+                    fail(f"Dockerfile: COPY {src}: excluded by .dockerignore")
+            copied.add(dest)
+        elif instr.upper() == "ENTRYPOINT":
+            entry = json.loads(rest)
+    config = entry[entry.index("--config") + 1] if "--config" in entry else None
+    if config and config not in copied:
+        fail(f"Dockerfile: ENTRYPOINT --config {config} is not a file the image copies in")
+    ok(f"Dockerfile: COPY sources in the build context; ENTRYPOINT --config {config}")
+
+
 def dockerfile_runtime(root):
     """ENV (dict) and USER of the Dockerfile's last stage."""
-    text = open(os.path.join(root, "Dockerfile")).read()
-    lines = re.sub(r"\\\n", " ", re.sub(r"(?m)^\s*#.*\n", "", text)).splitlines()
     env, user = {}, ""
-    for line in lines:
+    for line in dockerfile_lines(root):
         instr, _, rest = line.strip().partition(" ")
         instr = instr.upper()
         if instr == "FROM":
@@ -145,6 +177,7 @@ def haproxy_backends(path):
 
 
 def cmd_compose(root):
+    check_dockerfile(root)
     d = os.path.join(root, "deploy")
     compose = load_yaml(os.path.join(d, "docker-compose.yml"))
     services = compose.get("services", {})

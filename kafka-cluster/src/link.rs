@@ -169,10 +169,15 @@ fn copy(mut from: TcpStream, mut to: TcpStream, s: Arc<Switches>) {
             Err(_) => break,
         };
         // Bytes read just as the link went silent are held, not carried.
-        if !s.wait_for_voice() || to.write_all(&buf[..n]).is_err() {
+        if !s.wait_for_voice() {
             break;
         }
+        // Counted before the write: once the far end has the bytes, the
+        // count has them too (a test reads it right after an echo).
         s.carried.fetch_add(n as u64, Ordering::Relaxed);
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
     }
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);

@@ -16,14 +16,12 @@
 //! before anything writes to them. On the embedded broker they are created
 //! here (the mock has no CreateTopics).
 
-use std::time::Instant;
-
 use anyhow::{Context, Result};
 use kafka_cluster::{Cluster, ClusterConfig};
 use mqtt_kafka_proxy::kafka::embedded::EmbeddedKafka;
 use mqtt_kafka_proxy::Config;
 
-use crate::rig::backend::await_served;
+use crate::rig::backend::{await_served, start_cluster};
 
 pub use crate::rig::KafkaBackend;
 
@@ -63,23 +61,11 @@ impl BenchKafka {
             }
             KafkaBackend::Cluster => {
                 anyhow::ensure!(brokers >= 1, "--brokers must be at least 1");
-                println!(
-                    "starting Apache Kafka {} with {brokers} broker(s)…",
-                    kafka_cluster::KAFKA_VERSION
-                );
-                let started = Instant::now();
                 let config = ClusterConfig {
                     brokers,
                     ..Default::default()
                 };
-                let cluster = tokio::task::spawn_blocking(move || Cluster::start(config))
-                    .await?
-                    .context("start the Kafka cluster")?;
-                println!(
-                    "kafka cluster up in {:.0} s: {}",
-                    started.elapsed().as_secs_f64(),
-                    cluster.bootstrap()
-                );
+                let cluster = start_cluster(config, "").await?;
                 Ok(BenchKafka {
                     bootstrap: cluster.bootstrap(),
                     description: format!(
@@ -101,9 +87,7 @@ impl BenchKafka {
     /// embedded broker (it runs in this process).
     pub fn broker_pids(&self) -> Vec<u32> {
         match &self.inner {
-            Inner::Cluster(Some(c)) => (1..=c.brokers())
-                .filter_map(|id| c.pid(id).ok().flatten())
-                .collect(),
+            Inner::Cluster(Some(c)) => c.pids(),
             _ => Vec::new(),
         }
     }
@@ -129,9 +113,7 @@ impl BenchKafka {
         if !self.is_cluster() {
             return Ok(());
         }
-        let served = await_served(&self.bootstrap, topics, partitions).await?;
-        self.description.push_str(&served);
-        Ok(())
+        await_served(&self.bootstrap, topics, partitions, &mut self.description).await
     }
 
     /// Stops the backend; the cluster's nodes get a controlled shutdown.

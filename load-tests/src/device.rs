@@ -112,19 +112,29 @@ pub struct Session {
     last_write: Instant,
 }
 
-/// Opens the socket from the device's source address and does TLS and
-/// CONNECT/CONNACK in `version`.
-pub async fn connect(target: &Target, client_id: &str, version: Version) -> Result<Session> {
-    let socket = if target.addr.is_ipv4() {
+/// Opens a TCP connection to `addr` with Nagle off (every packet is
+/// small and waited for), from the loopback `source` address when given:
+/// every device and benchmark client connects through here.
+pub async fn open_tcp(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
-    socket
-        .bind(SocketAddr::new(target.source, 0))
-        .context("bind source address")?;
-    let tcp: TcpStream = socket.connect(target.addr).await.context("connect")?;
+    if let Some(source) = source {
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .context("bind source address")?;
+    }
+    let tcp = socket.connect(addr).await.context("connect")?;
     tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// Opens the socket from the device's source address and does TLS and
+/// CONNECT/CONNACK in `version`.
+pub async fn connect(target: &Target, client_id: &str, version: Version) -> Result<Session> {
+    let tcp = open_tcp(target.addr, Some(target.source)).await?;
     let mut stream: Box<dyn Stream> = match &target.tls {
         Some((connector, name)) => Box::new(
             connector

@@ -23,6 +23,7 @@ use rdkafka::ClientConfig;
 
 use crate::bench_kafka::{BenchKafka, KafkaBackend};
 use crate::measure::{loadavg, CpuMeter, Latency, Pace, Spread};
+use crate::table::Table;
 use crate::{direct, lean, worker};
 
 /// The topic both paths write (the proxy's default route for
@@ -193,36 +194,43 @@ async fn measure(
         }
         let d = Spread::of(&direct_rates).context("no rounds")?;
         let p = Spread::of(&proxy_rates).context("no rounds")?;
-        println!();
-        println!(
-            "| path | QoS 1 msg/s, median of {} rounds | min | max |",
-            a.rounds
-        );
-        println!("|---|---|---|---|");
-        println!(
-            "| direct rdkafka producer | {:.0} | {:.0} | {:.0} |",
-            d.median, d.min, d.max
-        );
-        println!(
-            "| through mqtt-kafka-proxy | {:.0} | {:.0} | {:.0} |",
-            p.median, p.min, p.max
-        );
-        println!(
-            "| ratio proxy / direct (medians) | {:.2} | | |",
-            p.median / d.median
-        );
+        let mut table = Table::new(&[
+            "path",
+            &format!("QoS 1 msg/s, median of {} rounds", a.rounds),
+            "min",
+            "max",
+        ]);
+        for (path, s) in [
+            ("direct rdkafka producer", d),
+            ("through mqtt-kafka-proxy", p),
+        ] {
+            table.row(&[
+                path.to_string(),
+                format!("{:.0}", s.median),
+                format!("{:.0}", s.min),
+                format!("{:.0}", s.max),
+            ]);
+        }
+        table.row(&[
+            "ratio proxy / direct (medians)",
+            &format!("{:.2}", p.median / d.median),
+            "",
+            "",
+        ]);
         let ratios: Vec<f64> = proxy_rates
             .iter()
             .zip(&direct_rates)
             .map(|(p, d)| p / d)
             .collect();
         if let Some(r) = Spread::of(&ratios) {
-            println!("| ratio per round, median [min–max] | {} | | |", r.show(2));
+            table.row(&["ratio per round, median [min–max]", &r.show(2), "", ""]);
         }
-        println!(
-            "{}",
-            Cores::row("CPU cores (process, brokers) at the peak", &cpu)
-        );
+        table.row(&Cores::row(
+            "CPU cores (process, brokers) at the peak",
+            &cpu,
+        ));
+        println!();
+        print!("{table}");
         if let Some(l) = Latency::of_us(&mut proxy_lat) {
             println!(
                 "PUBACK latency through the proxy at the peak (all rounds, window {} per device): p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
@@ -310,31 +318,36 @@ async fn latency_rounds(
     let col = |f: &dyn Fn(&(Latency, Latency)) -> f64| {
         Spread::of(&rows.iter().map(f).collect::<Vec<_>>()).map_or("-".into(), |s| s.show(2))
     };
-    println!();
-    println!(
-        "| at {rate:.0} msg/s, ms, median of {} rounds [min–max] | p50 | p99 |",
-        rows.len()
-    );
-    println!("|---|---|---|");
-    println!(
-        "| direct producer: send → delivery report | {} | {} |",
-        col(&|r| r.0.p50_ms),
-        col(&|r| r.0.p99_ms)
-    );
-    println!(
-        "| through the proxy: PUBLISH written → PUBACK read | {} | {} |",
-        col(&|r| r.1.p50_ms),
-        col(&|r| r.1.p99_ms)
-    );
-    println!(
-        "| **added by the proxy** (proxy − direct, per round) | {} | {} |",
-        col(&|r| r.1.p50_ms - r.0.p50_ms),
-        col(&|r| r.1.p99_ms - r.0.p99_ms)
-    );
+    let mut table = Table::new(&[
+        &format!(
+            "at {rate:.0} msg/s, ms, median of {} rounds [min–max]",
+            rows.len()
+        ),
+        "p50",
+        "p99",
+    ]);
+    table
+        .row(&[
+            "direct producer: send → delivery report".to_string(),
+            col(&|r| r.0.p50_ms),
+            col(&|r| r.0.p99_ms),
+        ])
+        .row(&[
+            "through the proxy: PUBLISH written → PUBACK read".to_string(),
+            col(&|r| r.1.p50_ms),
+            col(&|r| r.1.p99_ms),
+        ])
+        .row(&[
+            "**added by the proxy** (proxy − direct, per round)".to_string(),
+            col(&|r| r.1.p50_ms - r.0.p50_ms),
+            col(&|r| r.1.p99_ms - r.0.p99_ms),
+        ])
+        .row(&Cores::row("CPU cores (process, brokers)", &cpu));
     let rate_of = |f: &dyn Fn(&(f64, f64)) -> f64| {
         Spread::of(&rates.iter().map(f).collect::<Vec<_>>()).map_or("-".into(), |s| s.show(0))
     };
-    println!("{}", Cores::row("CPU cores (process, brokers)", &cpu));
+    println!();
+    print!("{table}");
     println!(
         "achieved msg/s: direct {}, proxy {}",
         rate_of(&|r| r.0),
@@ -387,18 +400,24 @@ impl std::fmt::Display for Cores {
 
 impl Cores {
     /// A table row: median [min–max] cores of the direct and proxy phases.
-    fn row(what: &str, phases: &[(Cores, Cores)]) -> String {
+    fn row(what: &str, phases: &[(Cores, Cores)]) -> [String; 3] {
         let show = |f: &dyn Fn(&(Cores, Cores)) -> Option<f64>| {
             let v: Vec<f64> = phases.iter().filter_map(f).collect();
             Spread::of(&v).map_or("-".into(), |s| s.show(2))
         };
-        format!(
-            "| {what}, median [min–max] | direct phase: {}, {} | proxy phase: {}, {} |",
-            show(&|c| Some(c.0.process)),
-            show(&|c| c.0.brokers),
-            show(&|c| Some(c.1.process)),
-            show(&|c| c.1.brokers),
-        )
+        [
+            format!("{what}, median [min–max]"),
+            format!(
+                "direct phase: {}, {}",
+                show(&|c| Some(c.0.process)),
+                show(&|c| c.0.brokers)
+            ),
+            format!(
+                "proxy phase: {}, {}",
+                show(&|c| Some(c.1.process)),
+                show(&|c| c.1.brokers)
+            ),
+        ]
     }
 }
 
@@ -422,13 +441,7 @@ async fn peak_through_proxy(
             lean::publish_qos1(addr, &id, &topic, &body, per, window).await
         });
     }
-    let mut acked = 0;
-    let mut lat = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        let r = r??;
-        acked += r.acked;
-        lat.extend(r.ack_latency_us);
-    }
+    let (acked, lat) = lean::gather(tasks).await?;
     let secs = started.elapsed().as_secs_f64();
     Ok((acked as f64 / secs, acked, lat))
 }
@@ -482,13 +495,7 @@ async fn paced_through_proxy(
             .await
         });
     }
-    let mut acked = 0;
-    let mut lat = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        let r = r??;
-        acked += r.acked;
-        lat.extend(r.ack_latency_us);
-    }
+    let (acked, lat) = lean::gather(tasks).await?;
     let secs = start.elapsed().as_secs_f64();
     Ok((acked as f64 / secs, acked, lat))
 }

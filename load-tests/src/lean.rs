@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use mqtt_kafka_proxy::mqtt::encode::encode;
 use mqtt_kafka_proxy::mqtt::packet::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::measure::Pace;
@@ -38,49 +39,24 @@ pub async fn publish_qos1(
     window: u16,
 ) -> Result<DeviceResult> {
     let stream = connect(addr, client_id).await?;
-    let mut result = DeviceResult {
-        acked: 0,
-        ack_latency_us: Vec::with_capacity(count as usize),
-    };
-    let (mut rd, mut wr) = stream.into_split();
-    let window = window.max(1) as u64;
-    let mut ids = PacketIds::new(window, Instant::now());
-    let template = Template::new(topic, payload);
-    let mut sent = 0u64;
-    let mut out = BytesMut::new();
-    let mut buf = BytesMut::with_capacity(8192);
-    let mut pending = BytesMut::new();
-    while result.acked < count {
+    let mut run = Run::new(stream, client_id, topic, payload, count, window, 8192);
+    while run.result.acked < count {
         // Fill the window in one write.
-        out.clear();
-        while sent < count && sent - result.acked < window {
-            template.put(&mut out, ids.send(sent));
-            sent += 1;
-        }
-        if !out.is_empty() {
-            wr.write_all(&out).await?;
-        }
-        buf.clear();
-        let n = tokio::time::timeout(Duration::from_secs(60), rd.read_buf(&mut buf))
+        run.send_up_to(count.min(run.result.acked + run.window))
+            .await?;
+        run.buf.clear();
+        let n = tokio::time::timeout(Duration::from_secs(60), run.rd.read_buf(&mut run.buf))
             .await
             .context("no PUBACK for 60 s")??;
-        if n == 0 {
-            bail!(
-                "{client_id}: proxy closed the connection after {} acks",
-                result.acked
-            );
-        }
-        pending.extend_from_slice(&buf);
-        read_pubacks(client_id, &mut pending, &ids, None, &mut result)?;
+        run.took(n, None)?;
     }
-    let _ = wr.write_all(&[0xE0, 0x00]).await;
-    Ok(result)
+    Ok(run.finish().await)
 }
 
-/// Connects as `client_id` (3.1.1, clean session) and reads the CONNACK.
+/// Connects as `client_id` (3.1.1, clean session) over plain TCP and reads
+/// the CONNACK.
 pub async fn connect(addr: std::net::SocketAddr, client_id: &str) -> Result<TcpStream> {
-    let mut stream = TcpStream::connect(addr).await.context("connect")?;
-    stream.set_nodelay(true)?;
+    let mut stream = crate::device::open_tcp(addr, None).await?;
     crate::device::handshake(&mut stream, client_id, 60).await?;
     Ok(stream)
 }
@@ -104,55 +80,137 @@ pub async fn publish_qos1_paced(
     window: u16,
 ) -> Result<DeviceResult> {
     let count = pace.total;
-    let mut result = DeviceResult {
-        acked: 0,
-        ack_latency_us: Vec::with_capacity(count as usize),
-    };
-    let (mut rd, mut wr) = stream.into_split();
-    let window = window.max(1) as u64;
-    let mut ids = PacketIds::new(window, Instant::now());
-    let template = Template::new(topic, payload);
-    let mut sent = 0u64;
-    let mut out = BytesMut::new();
-    let mut buf = BytesMut::with_capacity(4096);
-    let mut pending = BytesMut::new();
+    let mut run = Run::new(stream, client_id, topic, payload, count, window, 4096);
     let tick = Duration::from_millis(1);
     tokio::time::sleep_until(start).await;
-    while result.acked < count {
+    while run.result.acked < count {
         let elapsed = start.elapsed();
-        let allowed = pace.due(elapsed).min(result.acked + window);
-        if sent < allowed {
-            out.clear();
-            while sent < allowed {
-                template.put(&mut out, ids.send(sent));
-                sent += 1;
-            }
-            wr.write_all(&out).await?;
-        }
+        run.send_up_to(pace.due(elapsed).min(run.result.acked + run.window))
+            .await?;
         // Sleep until the next message is due, unless the window is full
         // (then only an acknowledgement can let it out).
-        let wake = if sent < result.acked + window {
-            pace.wait(sent, start.elapsed(), tick)
+        let wake = if run.sent < run.result.acked + run.window {
+            pace.wait(run.sent, start.elapsed(), tick)
         } else {
             None
         };
-        buf.clear();
+        run.buf.clear();
         tokio::select! {
             // Cancellation-safe: read_buf appends only what it read.
-            n = rd.read_buf(&mut buf) => {
-                if n? == 0 {
-                    bail!("{client_id}: proxy closed the connection after {} acks", result.acked);
-                }
-                pending.extend_from_slice(&buf);
-                read_pubacks(client_id, &mut pending, &ids, Some(measure_from), &mut result)?;
-            }
+            n = run.rd.read_buf(&mut run.buf) => run.took(n?, Some(measure_from))?,
             _ = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(60))) => {
                 anyhow::ensure!(wake.is_some(), "{client_id}: no PUBACK for 60 s");
             }
         }
     }
-    let _ = wr.write_all(&[0xE0, 0x00]).await;
-    Ok(result)
+    Ok(run.finish().await)
+}
+
+/// Every device's result of a set of publishing tasks, summed: PUBACKs and
+/// their latencies (µs). The first failure fails the whole.
+pub async fn gather(
+    mut tasks: tokio::task::JoinSet<Result<DeviceResult>>,
+) -> Result<(u64, Vec<u32>)> {
+    let mut acked = 0;
+    let mut lat = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let r = r??;
+        acked += r.acked;
+        lat.extend(r.ack_latency_us);
+    }
+    Ok((acked, lat))
+}
+
+/// One device's publishing run: the connection's halves, the pre-encoded
+/// PUBLISH, the packet ids in flight and the buffers, shared by the peak
+/// and the paced publisher.
+struct Run<'a> {
+    client_id: &'a str,
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    /// Most messages unacknowledged.
+    window: u64,
+    ids: PacketIds,
+    template: Template,
+    /// Messages written so far.
+    sent: u64,
+    out: BytesMut,
+    /// What the last read brought.
+    buf: BytesMut,
+    /// Bytes read but not yet a whole PUBACK.
+    pending: BytesMut,
+    result: DeviceResult,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        stream: TcpStream,
+        client_id: &'a str,
+        topic: &str,
+        payload: &[u8],
+        count: u64,
+        window: u16,
+        read_buf: usize,
+    ) -> Run<'a> {
+        let (rd, wr) = stream.into_split();
+        let window = window.max(1) as u64;
+        Run {
+            client_id,
+            rd,
+            wr,
+            window,
+            ids: PacketIds::new(window, Instant::now()),
+            template: Template::new(topic, payload),
+            sent: 0,
+            out: BytesMut::new(),
+            buf: BytesMut::with_capacity(read_buf),
+            pending: BytesMut::new(),
+            result: DeviceResult {
+                acked: 0,
+                ack_latency_us: Vec::with_capacity(count as usize),
+            },
+        }
+    }
+
+    /// Writes messages until `allowed` are out, in one write.
+    async fn send_up_to(&mut self, allowed: u64) -> Result<()> {
+        if self.sent >= allowed {
+            return Ok(());
+        }
+        self.out.clear();
+        while self.sent < allowed {
+            self.template.put(&mut self.out, self.ids.send(self.sent));
+            self.sent += 1;
+        }
+        self.wr.write_all(&self.out).await?;
+        Ok(())
+    }
+
+    /// Takes the PUBACKs of a read of `n` bytes into `buf` (0: the proxy
+    /// closed the connection).
+    fn took(&mut self, n: usize, measure_from: Option<Instant>) -> Result<()> {
+        if n == 0 {
+            bail!(
+                "{}: proxy closed the connection after {} acks",
+                self.client_id,
+                self.result.acked
+            );
+        }
+        self.pending.extend_from_slice(&self.buf);
+        read_pubacks(
+            self.client_id,
+            &mut self.pending,
+            &self.ids,
+            measure_from,
+            &mut self.result,
+        )
+    }
+
+    /// Says goodbye (DISCONNECT) and returns what was measured.
+    async fn finish(mut self) -> DeviceResult {
+        let _ = self.wr.write_all(&[0xE0, 0x00]).await;
+        self.result
+    }
 }
 
 /// A PUBLISH encoded once; each message patches its packet id in.

@@ -12,6 +12,7 @@ mod lean;
 mod measure;
 mod report;
 mod rig;
+mod table;
 mod verify;
 mod worker;
 

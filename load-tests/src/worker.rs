@@ -112,7 +112,9 @@ pub struct Progress {
     pub histogram: Vec<(u64, u64)>,
 }
 
-fn now_us() -> u64 {
+/// Microseconds since the Unix epoch: the clock payloads carry, so a
+/// receiver in another process can tell a message's age.
+pub fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)

@@ -4,8 +4,9 @@
 //! version < 0.10" and a blocking reachability check waits out its timeout.
 //! [`a_hang_is_reported_and_the_gauges_stay_live`] runs the real binary
 //! (JSON logs) against brokers the caller can stop, and reads its log and
-//! `/metrics` while they hang; tests/kafka_hang.rs runs it on the embedded
-//! broker in a process of its own, tests/cluster.rs on a real cluster.
+//! `/metrics` while they hang; tests/it/kafka_hang.rs runs it on the
+//! embedded broker in a process of its own, tests/cluster.rs on a real
+//! cluster.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

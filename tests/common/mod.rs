@@ -1,6 +1,11 @@
 //! Test harness: a real proxy started in-process on port 0, real MQTT
 //! clients (rumqttc), and a real Kafka consumer (rdkafka) to read what
-//! landed. No fixed ports, no sleeps.
+//! landed. No fixed ports, no sleeps. Shared by the two integration-test
+//! binaries, tests/it/ and tests/cluster.rs. Beside this file: `wire` (the
+//! raw MQTT client), `wait` (polling with a deadline), `http` (reqwest
+//! probes and a fake HTTP service), `binary` (the real binary and its
+//! config file), `ordered` (a device that resends in order), `hang`
+//! (Kafka hung by SIGSTOP).
 //!
 //! Two Kafka backends, chosen by `MKP_TEST_KAFKA`: `embedded` (the default:
 //! each proxy starts its own in-process mock broker) or `cluster` (a real
@@ -191,6 +196,31 @@ impl TestProxy {
 
     pub fn bootstrap(&self) -> String {
         self.proxy.kafka_bootstrap().to_owned()
+    }
+}
+
+/// Produces one command for `device` to `t`'s commands topic.
+pub async fn command(t: &TestProxy, device: &str, payload: &str, headers: &[(&str, &str)]) {
+    produce_command(
+        &t.bootstrap(),
+        &t.topic("iot.commands"),
+        device,
+        payload,
+        headers,
+    )
+    .await
+}
+
+/// Waits until the proxy's own records about `client_id` (lifecycle and
+/// session announcement) are in Kafka, so the producer's in-flight count
+/// afterwards is only the test's messages.
+pub async fn journal_settled(t: &TestProxy, client_id: &str) {
+    for topic in ["iot.lifecycle", "iot.sessions"] {
+        let id = client_id.to_owned();
+        consume_until(&t.bootstrap(), &t.topic(topic), move |rs| {
+            rs.iter().any(|r| r.key == id)
+        })
+        .await;
     }
 }
 
@@ -496,9 +526,33 @@ pub async fn v5_connect(opts: rumqttc::v5::MqttOptions) -> V5 {
     }
 }
 
-/// A raw TCP client for bytes no well-behaved library would send.
-pub struct Raw {
-    pub stream: tokio::net::TcpStream,
+/// A stream a raw client speaks over: TCP, or TLS over TCP.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+impl V5 {
+    /// Waits for `n` PUBACKs and checks each is a success.
+    pub async fn pubacks_ok(&mut self, n: usize) {
+        use rumqttc::v5::mqttbytes::v5::{Packet as P5, PubAckReason};
+        use rumqttc::v5::Event;
+        for i in 0..n {
+            let ev = next_matching(&mut self.events, |e| {
+                matches!(e, Event::Incoming(P5::PubAck(_)))
+            })
+            .await
+            .unwrap_or_else(|e| panic!("after {i} PUBACKs: {e}"));
+            if let Event::Incoming(P5::PubAck(a)) = ev {
+                assert_eq!(a.reason, PubAckReason::Success, "PUBACK {}", a.pkid);
+            }
+        }
+    }
+}
+
+/// A raw client for bytes no well-behaved library would send, over TCP or
+/// (`Raw<Box<dyn Io>>`) TLS; tests/common/wire.rs reads and parses what the
+/// proxy answers.
+pub struct Raw<S = tokio::net::TcpStream> {
+    pub stream: S,
 }
 
 impl Raw {
@@ -509,11 +563,15 @@ impl Raw {
                 .unwrap(),
         }
     }
+}
 
+impl<S: Io> Raw<S> {
     pub async fn send(&mut self, bytes: &[u8]) {
         use tokio::io::AsyncWriteExt;
         // The proxy may already have closed; tests check what it answered.
         let _ = self.stream.write_all(bytes).await;
+        // A TLS stream holds records until flushed.
+        let _ = self.stream.flush().await;
     }
 
     /// Reads until the proxy closes the connection; returns all it sent.

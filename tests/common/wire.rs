@@ -11,7 +11,7 @@ use mqtt_kafka_proxy::mqtt::packet::{
 };
 use tokio::io::AsyncReadExt;
 
-use super::{connect_bytes, encode, Raw, PATIENCE};
+use super::{connect_bytes, encode, Io, Raw, PATIENCE};
 
 /// Opens a connection as `id` with keep-alive `ka` seconds and returns it
 /// with the CONNACK body, which must accept.
@@ -28,13 +28,13 @@ pub async fn open(port: u16, id: &str, v: Version) -> Raw {
 }
 
 /// Sends CONNECT (keep-alive off) on `raw` and checks the CONNACK accepts.
-pub async fn handshake(raw: &mut Raw, id: &str, v: Version) {
+pub async fn handshake<S: Io>(raw: &mut Raw<S>, id: &str, v: Version) {
     handshake_ka(raw, id, v, 0).await;
 }
 
 /// Sends CONNECT with keep-alive `ka` on `raw`, checks the CONNACK accepts
 /// and returns its body.
-pub async fn handshake_ka(raw: &mut Raw, id: &str, v: Version, ka: u16) -> Vec<u8> {
+pub async fn handshake_ka<S: Io>(raw: &mut Raw<S>, id: &str, v: Version, ka: u16) -> Vec<u8> {
     raw.send(&connect_bytes(id, v, ka)).await;
     let (b1, body) = read_packet(raw).await;
     assert_eq!(
@@ -56,7 +56,7 @@ pub async fn raw_v5_connect(port: u16, id: &str) -> Raw {
 
 /// Reads to the close and checks the proxy's last words after a violation:
 /// 3.1.1 gets nothing, 5.0 gets exactly one DISCONNECT carrying `code`.
-pub async fn expect_refusal(raw: &mut Raw, v: Version, code: u8, case: &str) {
+pub async fn expect_refusal<S: Io>(raw: &mut Raw<S>, v: Version, code: u8, case: &str) {
     let rest = raw.read_to_close().await;
     match v {
         Version::V311 => assert!(
@@ -81,7 +81,7 @@ pub async fn expect_refusal(raw: &mut Raw, v: Version, code: u8, case: &str) {
 }
 
 /// Reads exactly `n` bytes, panicking with `what` if the proxy closes or stalls.
-pub async fn read_n(raw: &mut Raw, n: usize, what: &str) -> Vec<u8> {
+pub async fn read_n<S: Io>(raw: &mut Raw<S>, n: usize, what: &str) -> Vec<u8> {
     let mut buf = vec![0u8; n];
     match tokio::time::timeout(PATIENCE, raw.stream.read_exact(&mut buf)).await {
         Ok(Ok(_)) => buf,
@@ -91,7 +91,7 @@ pub async fn read_n(raw: &mut Raw, n: usize, what: &str) -> Vec<u8> {
 }
 
 /// Reads one whole packet from the proxy: (first byte, body).
-pub async fn read_packet(raw: &mut Raw) -> (u8, Vec<u8>) {
+pub async fn read_packet<S: Io>(raw: &mut Raw<S>) -> (u8, Vec<u8>) {
     let byte1 = read_n(raw, 1, "a packet").await[0];
     let mut len = 0usize;
     for i in 0..4 {
@@ -107,7 +107,7 @@ pub async fn read_packet(raw: &mut Raw) -> (u8, Vec<u8>) {
 
 /// Reads one packet: `None` once the proxy has closed the connection (EOF
 /// or reset). Panics if nothing comes within [`PATIENCE`].
-pub async fn try_read_packet(raw: &mut Raw) -> Option<(u8, Vec<u8>)> {
+pub async fn try_read_packet<S: Io>(raw: &mut Raw<S>) -> Option<(u8, Vec<u8>)> {
     tokio::time::timeout(PATIENCE, async {
         let mut byte1 = [0u8; 1];
         raw.stream.read_exact(&mut byte1).await.ok()?;
@@ -130,7 +130,7 @@ pub async fn try_read_packet(raw: &mut Raw) -> Option<(u8, Vec<u8>)> {
 
 /// Reads the next packet, which must be a PUBACK for `packet_id` whose
 /// reason is success.
-pub async fn expect_puback_ok(raw: &mut Raw, packet_id: u16) {
+pub async fn expect_puback_ok<S: Io>(raw: &mut Raw<S>, packet_id: u16) {
     let (b1, body) = try_read_packet(raw).await.expect("PUBACK, not a close");
     assert_eq!(
         (b1, &body[..2]),
@@ -140,8 +140,41 @@ pub async fn expect_puback_ok(raw: &mut Raw, packet_id: u16) {
     assert!(body.len() < 3 || body[2] == 0, "success: {body:02x?}");
 }
 
+/// Reads one packet, or says why none came: the connection closed, or
+/// (over TLS) an alert arrived. Panics if nothing comes within [`PATIENCE`].
+pub async fn next_packet<S: Io>(raw: &mut Raw<S>) -> Result<(u8, Vec<u8>), String> {
+    async fn byte<S: Io>(raw: &mut Raw<S>) -> Result<u8, String> {
+        let mut b = [0u8; 1];
+        match raw.stream.read(&mut b).await {
+            Ok(0) => Err("connection closed".into()),
+            Ok(_) => Ok(b[0]),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+    let read = async {
+        let b1 = byte(raw).await?;
+        let mut len = 0usize;
+        for i in 0..4 {
+            let b = byte(raw).await?;
+            len |= ((b & 0x7F) as usize) << (7 * i);
+            if b & 0x80 == 0 {
+                let mut body = vec![0; len];
+                raw.stream
+                    .read_exact(&mut body)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok((b1, body));
+            }
+        }
+        Err("remaining length of more than 4 bytes".to_string())
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .unwrap_or_else(|_| panic!("nothing from the proxy within {PATIENCE:?}"))
+}
+
 /// Reads every packet until the proxy closes the connection.
-pub async fn packets_to_close(raw: &mut Raw) -> Vec<(u8, Vec<u8>)> {
+pub async fn packets_to_close<S: Io>(raw: &mut Raw<S>) -> Vec<(u8, Vec<u8>)> {
     let mut seen = Vec::new();
     while let Some(p) = try_read_packet(raw).await {
         seen.push(p);
@@ -185,7 +218,10 @@ pub fn reason_string(body: &[u8], skip: usize) -> Option<String> {
 }
 
 /// Reads packets until one matches `pred`; panics if the connection closes first.
-pub async fn read_until(raw: &mut Raw, pred: impl Fn(u8, &[u8]) -> bool) -> (u8, Vec<u8>) {
+pub async fn read_until<S: Io>(
+    raw: &mut Raw<S>,
+    pred: impl Fn(u8, &[u8]) -> bool,
+) -> (u8, Vec<u8>) {
     loop {
         let (b1, body) = read_packet(raw).await;
         if pred(b1, &body) {
@@ -297,6 +333,11 @@ pub fn publish(topic: &str, qos: mp::QoS, packet_id: u16, payload: &[u8]) -> Pub
         properties: Properties::default(),
         payload: Bytes::copy_from_slice(payload),
     }
+}
+
+/// A QoS 1 PUBLISH, encoded.
+pub fn qos1(topic: &str, packet_id: u16, payload: &[u8], v: Version) -> Vec<u8> {
+    publish_bytes(publish(topic, mp::QoS::AtLeastOnce, packet_id, payload), v)
 }
 
 pub fn publish_bytes(p: Publish, v: Version) -> Vec<u8> {

@@ -26,90 +26,26 @@ use mqtt_kafka_proxy::mqtt::packet::{
     self as mp, reason, return_code, Packet, Properties, Publish, Version,
 };
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const V311: Version = Version::V311;
 const V5: Version = Version::V5;
 
 // ---------------------------------------------------------------------------
-// A raw MQTT client over any stream (TCP or TLS), for exact reason codes.
+// The raw MQTT client (common::Raw) over TCP or TLS, for exact reason codes.
 // ---------------------------------------------------------------------------
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+/// One connection to the proxy, TCP or TLS, speaking bytes built by the
+/// proxy's encoder.
+type Wire = Raw<Box<dyn Io>>;
 
-/// One connection to the proxy, speaking bytes built by the proxy's encoder.
-struct Wire {
-    io: Box<dyn Io>,
-}
-
-impl Wire {
-    async fn tcp(port: u16) -> Wire {
-        let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("TCP connect to the proxy");
-        Wire { io: Box::new(s) }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        // The proxy may already have closed; the tests check what it answered.
-        let _ = self.io.write_all(bytes).await;
-        let _ = self.io.flush().await;
-    }
-
-    async fn byte(&mut self) -> Result<u8, String> {
-        let mut b = [0u8; 1];
-        match self.io.read(&mut b).await {
-            Ok(0) => Err("connection closed".into()),
-            Ok(_) => Ok(b[0]),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// The next whole packet (first byte, body), or why none came: the
-    /// connection closed or a TLS alert arrived. Panics after [`PATIENCE`].
-    async fn packet(&mut self) -> Result<(u8, Vec<u8>), String> {
-        let read = async {
-            let b1 = self.byte().await?;
-            let mut len = 0usize;
-            for i in 0..4 {
-                let b = self.byte().await?;
-                len |= ((b & 0x7F) as usize) << (7 * i);
-                if b & 0x80 == 0 {
-                    let mut body = vec![0; len];
-                    self.io
-                        .read_exact(&mut body)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    return Ok((b1, body));
-                }
-            }
-            Err("remaining length of more than 4 bytes".to_string())
-        };
-        tokio::time::timeout(PATIENCE, read)
-            .await
-            .unwrap_or_else(|_| panic!("nothing from the proxy within {PATIENCE:?}"))
-    }
-
-    /// Reads until the proxy closes; returns all it sent. Panics if the
-    /// connection is still open after [`PATIENCE`].
-    async fn rest(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        let closed = tokio::time::timeout(PATIENCE, async {
-            let mut buf = [0u8; 4096];
-            loop {
-                match self.io.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => out.extend_from_slice(&buf[..n]),
-                }
-            }
-        })
-        .await;
-        assert!(
-            closed.is_ok(),
-            "proxy did not close the connection; got {out:02x?}"
-        );
-        out
+/// A raw client over plain TCP.
+async fn tcp_wire(port: u16) -> Wire {
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("TCP connect to the proxy");
+    Raw {
+        stream: Box::new(s),
     }
 }
 
@@ -139,11 +75,11 @@ async fn connack(
     pass: Option<&[u8]>,
 ) -> Result<u8, String> {
     w.send(&connect_packet(v, id, user, pass)).await;
-    let (b1, body) = w.packet().await?;
+    let (b1, body) = next_packet(w).await?;
     assert_eq!(b1, 0x20, "CONNACK expected, got {b1:#04x} {body:02x?}");
     let code = body[1];
     if code != 0 {
-        let rest = w.rest().await;
+        let rest = w.read_to_close().await;
         assert!(
             rest.is_empty(),
             "a refused CONNECT ({code:#04x}) is followed by the close only; got {rest:02x?}"
@@ -154,7 +90,7 @@ async fn connack(
 
 /// CONNECT over a fresh TCP connection; the CONNACK code.
 async fn tcp_connack(port: u16, v: Version, id: &str, user: Option<&str>, pass: &[u8]) -> u8 {
-    let mut w = Wire::tcp(port).await;
+    let mut w = tcp_wire(port).await;
     connack(&mut w, v, id, user, Some(pass))
         .await
         .unwrap_or_else(|e| panic!("no CONNACK for {id:?}: {e}"))
@@ -162,7 +98,7 @@ async fn tcp_connack(port: u16, v: Version, id: &str, user: Option<&str>, pass: 
 
 /// A connected raw TCP session; panics unless the CONNECT is accepted.
 async fn tcp_session(port: u16, v: Version, id: &str, user: Option<&str>, pass: &[u8]) -> Wire {
-    let mut w = Wire::tcp(port).await;
+    let mut w = tcp_wire(port).await;
     let code = connack(&mut w, v, id, user, Some(pass))
         .await
         .unwrap_or_else(|e| panic!("no CONNACK for {id:?}: {e}"));
@@ -198,7 +134,7 @@ async fn publish_qos1(
     };
     w.send(&encode(&Packet::Publish(p), v)).await;
     loop {
-        match w.packet().await {
+        match next_packet(w).await {
             Ok((0x40, body)) if body[..2] == id.to_be_bytes() => {
                 return Ok(body.get(2).copied().unwrap_or(reason::SUCCESS));
             }
@@ -433,7 +369,12 @@ async fn tls_wire(port: u16, config: Arc<rustls::ClientConfig>) -> Result<(Wire,
     .expect("TLS handshake ends within patience")
     .map_err(|e| e.to_string())?;
     let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
-    Ok((Wire { io: Box::new(tls) }, leaf))
+    Ok((
+        Raw {
+            stream: Box::new(tls),
+        },
+        leaf,
+    ))
 }
 
 /// TLS handshake, then CONNECT: the CONNACK code, or why none came (with
@@ -577,7 +518,10 @@ async fn mtls_acl_keeps_a_device_out_of_another_devices_topics() {
         got.is_err(),
         "3.1.1 publish to dev-B's topic closes: {got:?}"
     );
-    assert!(w.rest().await.is_empty(), "closed with nothing written");
+    assert!(
+        w.read_to_close().await.is_empty(),
+        "closed with nothing written"
+    );
 
     let recs = events_until(&t, b"own-5").await;
     assert!(
@@ -952,7 +896,7 @@ async fn password_file_from_the_passwd_subcommand() {
             assert_eq!(got, want, "{case} ({v:?})");
         }
         // A known user name with no password field at all.
-        let mut w = Wire::tcp(port).await;
+        let mut w = tcp_wire(port).await;
         let got = connack(&mut w, v, "raw-client", Some("sensor-7"), None).await;
         assert_eq!(
             got,
@@ -964,7 +908,7 @@ async fn password_file_from_the_passwd_subcommand() {
             "known user without a password ({v:?})"
         );
         // No user name (and so, in 3.1.1, no password either).
-        let mut w = Wire::tcp(port).await;
+        let mut w = tcp_wire(port).await;
         let got = connack(&mut w, v, "anonymous", None, None).await;
         assert_eq!(
             got,
@@ -1416,7 +1360,7 @@ async fn jwt_expiry_ends_a_live_connection() {
         publish_qos1(&mut v5, V5, "devices/short-5/events/x", b"before-exp", 1).await,
         Ok(0)
     );
-    let (rest5, rest311) = tokio::join!(v5.rest(), v311.rest());
+    let (rest5, rest311) = tokio::join!(v5.read_to_close(), v311.read_to_close());
     let closed_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

@@ -7,18 +7,6 @@
 use crate::common::*;
 use rumqttc::{Event, Packet, QoS};
 
-/// Produces one command record to `t`'s commands topic.
-async fn command(t: &TestProxy, device: &str, payload: &str, headers: &[(&str, &str)]) {
-    produce_command(
-        &t.bootstrap(),
-        &t.topic("iot.commands"),
-        device,
-        payload,
-        headers,
-    )
-    .await
-}
-
 fn receipt(r: &Rec) -> serde_json::Value {
     serde_json::from_slice(&r.value).unwrap()
 }

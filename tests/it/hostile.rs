@@ -49,22 +49,6 @@ async fn check_before_connect(port: u16, case: &str, bytes: &[u8], expect: &[u8]
     assert_eq!(got, expect, "{case}: answer before closing");
 }
 
-/// Waits for `n` PUBACKs on a rumqttc 5.0 client and checks each is a success.
-async fn v5_pubacks(c: &mut V5, n: usize) {
-    use rumqttc::v5::mqttbytes::v5::{Packet as P5, PubAckReason};
-    use rumqttc::v5::Event;
-    for i in 0..n {
-        let ev = next_matching(&mut c.events, |e| {
-            matches!(e, Event::Incoming(P5::PubAck(_)))
-        })
-        .await
-        .unwrap_or_else(|e| panic!("after {i} PUBACKs: {e}"));
-        if let Event::Incoming(P5::PubAck(a)) = ev {
-            assert_eq!(a.reason, PubAckReason::Success, "PUBACK {}", a.pkid);
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Malformed packets and protocol violations after CONNECT.
 // ---------------------------------------------------------------------------
@@ -1277,7 +1261,7 @@ async fn good_clients_are_unaffected_by_hostile_ones() {
                 .unwrap();
         }
         c4.pubacks(EACH).await;
-        v5_pubacks(&mut c5, EACH).await;
+        V5::pubacks_ok(&mut c5, EACH).await;
     });
 
     for h in hostile {

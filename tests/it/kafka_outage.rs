@@ -6,19 +6,6 @@
 use crate::common::*;
 use rumqttc::{Event, Packet, QoS};
 
-/// Waits until the proxy's own records about `client_id` (lifecycle and
-/// session announcement) are in Kafka, so the producer's in-flight count
-/// afterwards is only the test's messages.
-async fn journal_settled(t: &TestProxy, client_id: &str) {
-    for topic in ["iot.lifecycle", "iot.sessions"] {
-        let id = client_id.to_owned();
-        consume_until(&t.bootstrap(), topic, move |rs| {
-            rs.iter().any(|r| r.key == id)
-        })
-        .await;
-    }
-}
-
 fn pubacks_so_far(c: &mut V4) -> usize {
     let mut n = 0;
     while let Ok(ev) = c.events.try_recv() {

@@ -26,8 +26,8 @@ const V311: Version = Version::V311;
 const V5: Version = Version::V5;
 
 // ---------------------------------------------------------------------------
-// Wire helpers (after tests/hostile.rs): build packets with the proxy's
-// encoder, read and parse what the proxy answers.
+// Wire helpers this file alone needs (the shared raw client is
+// tests/common/wire.rs).
 // ---------------------------------------------------------------------------
 
 /// Skips a 5.0 property block at the start of `b`; returns what follows it.
@@ -42,10 +42,6 @@ fn suback_codes(body: &[u8], v: Version) -> Vec<u8> {
         Version::V311 => body[2..].to_vec(),
         Version::V5 => after_properties(&body[2..]).to_vec(),
     }
-}
-
-fn qos1(topic: &str, packet_id: u16, payload: &[u8], v: Version) -> Vec<u8> {
-    publish_bytes(publish(topic, mp::QoS::AtLeastOnce, packet_id, payload), v)
 }
 
 /// A CONNECT (keep-alive off) carrying a QoS 0 will on `will_topic`.
@@ -123,22 +119,6 @@ async fn first_words(raw: &mut Raw) -> Vec<u8> {
     }
 }
 
-/// Waits for `n` PUBACKs on a rumqttc 5.0 client and checks each is a success.
-async fn v5_pubacks(c: &mut V5, n: usize) {
-    use rumqttc::v5::mqttbytes::v5::{Packet as P5, PubAckReason};
-    use rumqttc::v5::Event;
-    for i in 0..n {
-        let ev = next_matching(&mut c.events, |e| {
-            matches!(e, Event::Incoming(P5::PubAck(_)))
-        })
-        .await
-        .unwrap_or_else(|e| panic!("after {i} PUBACKs: {e}"));
-        if let Event::Incoming(P5::PubAck(a)) = ev {
-            assert_eq!(a.reason, PubAckReason::Success, "PUBACK {}", a.pkid);
-        }
-    }
-}
-
 /// Publishes one QoS 1 message from a fresh rumqttc 5.0 client `id` and
 /// waits for its successful PUBACK.
 async fn v5_publish_one(port: u16, id: &str, payload: &str) {
@@ -152,7 +132,7 @@ async fn v5_publish_one(port: u16, id: &str, payload: &str) {
         )
         .await
         .unwrap();
-    v5_pubacks(&mut c, 1).await;
+    V5::pubacks_ok(&mut c, 1).await;
 }
 
 /// Every `iot.events` payload keyed `client_id` (the default route keys by
@@ -532,7 +512,7 @@ async fn slowloris_after_connect_is_cut_at_the_partial_packet_deadline() {
                     )
                     .await
                     .unwrap();
-                v5_pubacks(&mut good, 1).await;
+                V5::pubacks_ok(&mut good, 1).await;
                 n += 1;
             }
             n
@@ -651,7 +631,7 @@ async fn v5_publish_rate_over_the_limit_is_disconnected_with_0x96() {
             .await
             .unwrap();
     }
-    v5_pubacks(&mut calm, BURST).await;
+    V5::pubacks_ok(&mut calm, BURST).await;
     t.proxy.shutdown().await;
 }
 
@@ -697,7 +677,7 @@ async fn v5_publish_bytes_over_the_budget_get_0x97_and_the_connection_stays() {
         )
         .await
         .unwrap();
-    v5_pubacks(&mut other, 1).await;
+    V5::pubacks_ok(&mut other, 1).await;
     assert_eq!(
         records_of(&t, "bytes-5").await,
         ["a".repeat(600), "small".into()],

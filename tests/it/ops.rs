@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use mqtt_kafka_proxy::config::{AclAction, AclRule, Permission};
 use mqtt_kafka_proxy::kafka::embedded::EmbeddedKafka;
-use mqtt_kafka_proxy::mqtt::packet::{self as mp, reason, Version};
+use mqtt_kafka_proxy::mqtt::packet::{reason, Version};
 use tokio::net::TcpStream;
 
 const V5: Version = Version::V5;
@@ -77,23 +77,6 @@ async fn connect_v5(port: u16, id: &str) -> Raw {
     raw
 }
 
-/// A QoS 1 5.0 PUBLISH.
-fn qos1(topic: &str, packet_id: u16, payload: &[u8]) -> Vec<u8> {
-    publish_bytes(publish(topic, mp::QoS::AtLeastOnce, packet_id, payload), V5)
-}
-
-/// Produces one command for `device` to `t`'s commands topic.
-async fn command(t: &TestProxy, device: &str, payload: &str, id: &str) {
-    produce_command(
-        &t.bootstrap(),
-        &t.topic("iot.commands"),
-        device,
-        payload,
-        &[("command.id", id)],
-    )
-    .await
-}
-
 // ---------------------------------------------------------------------------
 // 1. Metrics.
 // ---------------------------------------------------------------------------
@@ -133,8 +116,8 @@ async fn metrics_move_with_publishes_refusals_and_commands() {
     // 5.0: an unrouted topic (0x90) and an ACL-denied one (0x87), both as
     // negative PUBACKs on a connection that stays open.
     let mut raw = connect_v5(t.tcp_port(), "ops-m5").await;
-    raw.send(&qos1("elsewhere/x", 1, b"nowhere")).await;
-    raw.send(&qos1("devices/ops-m5/events/secret", 2, b"hush"))
+    raw.send(&qos1("elsewhere/x", 1, b"nowhere", V5)).await;
+    raw.send(&qos1("devices/ops-m5/events/secret", 2, b"hush", V5))
         .await;
     for (want_id, want_code) in [(1, reason::TOPIC_NAME_INVALID), (2, reason::NOT_AUTHORIZED)] {
         let (b1, body) = try_read_packet(&mut raw)
@@ -154,7 +137,7 @@ async fn metrics_move_with_publishes_refusals_and_commands() {
     })
     .await
     .unwrap();
-    command(&t, "ops-m1", "blink", "ops-cmd-1").await;
+    command(&t, "ops-m1", "blink", &[("command.id", "ops-cmd-1")]).await;
     let p = next_matching(&mut dev.events, |e| {
         matches!(e, Event::Incoming(P4::Publish(_)))
     })
@@ -441,7 +424,8 @@ async fn device(
         }
         // Written whole or not at all as far as the test cares: a failed
         // write shows up as the close read below.
-        s.send(&qos1(&topic, packet_id, payload.as_bytes())).await;
+        s.send(&qos1(&topic, packet_id, payload.as_bytes(), V5))
+            .await;
         // Stop-and-wait: the only packets due are this PUBACK or A's goodbye.
         let acked = match try_read_packet(&mut s).await {
             Some((0x40, body)) => {

@@ -16,7 +16,6 @@ use crate::common::*;
 use mqtt_kafka_proxy::config::PublishOrdering;
 use mqtt_kafka_proxy::mqtt::packet::{QoS as Q, Version};
 
-/// Waits until the proxy's own records about `client_id` (lifecycle and
 /// session announcement) are in Kafka, so the producer's in-flight count
 /// afterwards is only the test's messages.
 async fn journal_settled(t: &TestProxy, client_id: &str) {

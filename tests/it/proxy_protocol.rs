@@ -8,27 +8,17 @@ use mqtt_kafka_proxy::config::{AclAction, AclRule, AuthMethod, Permission};
 use mqtt_kafka_proxy::mqtt::packet::*;
 use mqtt_kafka_proxy::server::proxy_protocol::encode_v2;
 
-fn publish_bytes(topic: &str, id: u16, payload: &'static [u8]) -> Vec<u8> {
-    encode(
-        &Packet::Publish(Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            topic: topic.into(),
-            packet_id: id,
-            properties: Properties::default(),
-            payload: bytes::Bytes::from_static(payload),
-        }),
-        Version::V311,
-    )
-}
-
 /// Sends the header, CONNECT and a QoS 1 PUBLISH; returns CONNACK + PUBACK bytes.
 async fn session(port: u16, header: &[u8], id: &str) -> Vec<u8> {
     let mut raw = Raw::connect(port).await;
     let mut bytes = header.to_vec();
     bytes.extend(connect_bytes(id, Version::V311, 30));
-    bytes.extend(publish_bytes(&format!("devices/{id}/events/t"), 1, b"hi"));
+    bytes.extend(qos1(
+        &format!("devices/{id}/events/t"),
+        1,
+        b"hi",
+        Version::V311,
+    ));
     raw.send(&bytes).await;
     raw.read_exact(8).await
 }
@@ -127,7 +117,7 @@ async fn a_balancer_verified_certificate_cn_is_the_identity() {
     let mut raw = Raw::connect(port).await;
     let mut bytes = header.clone();
     bytes.extend(connect_bytes("someone-else", Version::V311, 30));
-    bytes.extend(publish_bytes("devices/dev-cn/events/t", 1, b"cn"));
+    bytes.extend(qos1("devices/dev-cn/events/t", 1, b"cn", Version::V311));
     raw.send(&bytes).await;
     assert_eq!(raw.read_exact(8).await, [0x20, 2, 0, 0, 0x40, 2, 0, 1]);
     let recs = consume_until(&t.bootstrap(), "iot.events", |r| !r.is_empty()).await;

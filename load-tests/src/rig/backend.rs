@@ -120,20 +120,8 @@ impl RigKafka {
                     data_dir: Some(dir.clone()),
                     ..Default::default()
                 };
-                println!(
-                    "starting Apache Kafka {} with {brokers} broker(s) (data and logs: {})…",
-                    kafka_cluster::KAFKA_VERSION,
-                    dir.display()
-                );
-                let started = Instant::now();
-                let cluster = tokio::task::spawn_blocking(move || Cluster::start(config))
-                    .await?
-                    .context("start the Kafka cluster")?;
-                println!(
-                    "kafka cluster up in {:.0} s: {}",
-                    started.elapsed().as_secs_f64(),
-                    cluster.bootstrap()
-                );
+                let cluster =
+                    start_cluster(config, &format!(" (data and logs: {})", dir.display())).await?;
                 let link = if link {
                     Some(Arc::new(
                         Link::start(&cluster.link_ports()).context("start the link to Kafka")?,
@@ -191,9 +179,7 @@ impl RigKafka {
             Inner::Embedded(p) => vec![p.pid()],
             Inner::Cluster {
                 cluster: Some(c), ..
-            } => (1..=c.brokers())
-                .filter_map(|id| c.pid(id).ok().flatten())
-                .collect(),
+            } => c.pids(),
             Inner::Cluster { cluster: None, .. } => Vec::new(),
         }
     }
@@ -207,9 +193,7 @@ impl RigKafka {
         if !matches!(self.inner, Inner::Cluster { .. }) {
             return Ok(());
         }
-        let served = await_served(&self.bootstrap, topics, partitions).await?;
-        self.description.push_str(&served);
-        Ok(())
+        await_served(&self.bootstrap, topics, partitions, &mut self.description).await
     }
 
     /// Stops the backend and waits until every process is gone; the
@@ -227,9 +211,7 @@ impl RigKafka {
                     return;
                 };
                 drop(link.take());
-                let pids: Vec<u32> = (1..=c.brokers())
-                    .filter_map(|id| c.pid(id).ok().flatten())
-                    .collect();
+                let pids = c.pids();
                 let started = Instant::now();
                 // The fault matrix has let go of it by now; if not, the last
                 // reference to drop stops the nodes.
@@ -259,14 +241,35 @@ impl RigKafka {
     }
 }
 
+/// Starts a cluster of `config.brokers` nodes off the runtime, saying
+/// so (`note` after the broker count) and how long it took.
+pub(crate) async fn start_cluster(config: ClusterConfig, note: &str) -> Result<Cluster> {
+    println!(
+        "starting Apache Kafka {} with {} broker(s){note}…",
+        kafka_cluster::KAFKA_VERSION,
+        config.brokers
+    );
+    let started = Instant::now();
+    let cluster = tokio::task::spawn_blocking(move || Cluster::start(config))
+        .await?
+        .context("start the Kafka cluster")?;
+    println!(
+        "kafka cluster up in {:.0} s: {}",
+        started.elapsed().as_secs_f64(),
+        cluster.bootstrap()
+    );
+    Ok(cluster)
+}
+
 /// Waits (off the runtime) until every topic of `topics` is served with
-/// `partitions` partitions, each with a leader; returns ", RF n,
-/// min.insync.replicas m" of the first, for a run's description.
+/// `partitions` partitions, each with a leader; appends ", RF n,
+/// min.insync.replicas m" of the first to a run's `description`.
 pub(crate) async fn await_served(
     bootstrap: &str,
     topics: &[&str],
     partitions: u32,
-) -> Result<String> {
+    description: &mut String,
+) -> Result<()> {
     let first = topics.first().context("no topics")?.to_string();
     let boot = bootstrap.to_owned();
     let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
@@ -276,7 +279,10 @@ pub(crate) async fn await_served(
     let min_isr = topic_config(bootstrap, &first, "min.insync.replicas")
         .await
         .unwrap_or_else(|e| format!("unknown ({e})"));
-    Ok(format!(", RF {replication}, min.insync.replicas {min_isr}"))
+    description.push_str(&format!(
+        ", RF {replication}, min.insync.replicas {min_isr}"
+    ));
+    Ok(())
 }
 
 /// Creates `topic` with `partitions` partitions and the brokers' default

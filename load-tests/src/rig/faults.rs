@@ -451,43 +451,42 @@ fn busiest_leader(bootstrap: &str, topics: &[String]) -> Result<(u32, usize, usi
 pub fn rows(windows: &[Window], timeline: &[Sample], parts: &[PartVerdict]) -> Vec<FaultRow> {
     let within = |from: f64, to: f64| timeline.iter().filter(move |s| s.t >= from && s.t < to);
     let part = |i: usize| parts.get(i).cloned().unwrap_or_default();
-    let mut rows = Vec::new();
+    // What the timeline says about the part from `from` to `to`: the
+    // verifier's counts for it come from `p`.
+    let row = |from: f64, to: f64, p: PartVerdict| FaultRow {
+        acked: p.acked,
+        lost: p.lost,
+        duplicated: p.duplicated,
+        order_violations: p.order_violations,
+        peak_proxy_rss_mib: within(from, to)
+            .map(|s| s.proxy_rss_mib)
+            .fold(0.0, f64::max),
+        proxy_rss_before_mib: within(0.0, from)
+            .next_back()
+            .map_or(0.0, |s| s.proxy_rss_mib),
+        peak_puback_p99_ms: within(from, to)
+            .map(|s| s.puback_p99_ms)
+            .fold(0.0, f64::max),
+        disconnects: grew(timeline, from, to, |s| s.reconnects),
+        nacked: grew(timeline, from, to, |s| s.nacked),
+        told_to_go: grew(timeline, from, to, |s| s.told_to_go),
+        min_connected: within(from, to).map(|s| s.connected).min().unwrap_or(0),
+        ..FaultRow::default()
+    };
     let first = windows.first().map_or(f64::INFINITY, |w| w.start);
     let traffic_from = timeline
         .iter()
         .find(|s| s.acked_per_s > 0.0)
         .map_or(0.0, |s| s.t);
-    let p0 = part(0);
-    rows.push(FaultRow {
+    let mut rows = vec![FaultRow {
         fault: "baseline".into(),
         detail: "no fault".into(),
         start_s: traffic_from,
         end_s: traffic_from,
         part_end_s: first.min(timeline.last().map_or(0.0, |s| s.t)),
-        acked: p0.acked,
-        lost: p0.lost,
-        duplicated: p0.duplicated,
-        order_violations: p0.order_violations,
-        peak_proxy_rss_mib: within(traffic_from, first)
-            .map(|s| s.proxy_rss_mib)
-            .fold(0.0, f64::max),
-        proxy_rss_before_mib: within(0.0, traffic_from)
-            .next_back()
-            .map_or(0.0, |s| s.proxy_rss_mib),
-        peak_puback_p99_ms: within(traffic_from, first)
-            .map(|s| s.puback_p99_ms)
-            .fold(0.0, f64::max),
-        disconnects: grew(timeline, traffic_from, first, |s| s.reconnects),
-        nacked: grew(timeline, traffic_from, first, |s| s.nacked),
-        told_to_go: grew(timeline, traffic_from, first, |s| s.told_to_go),
-        min_connected: within(traffic_from, first)
-            .map(|s| s.connected)
-            .min()
-            .unwrap_or(0),
-        ..FaultRow::default()
-    });
+        ..row(traffic_from, first, part(0))
+    }];
     for (i, w) in windows.iter().enumerate() {
-        let p = part(i + 1);
         // The median: the seconds before may hold the previous fault's
         // backlog surge, which a mean would take for the normal rate.
         let mut before: Vec<f64> = within(w.start - 20.0, w.start)
@@ -501,28 +500,9 @@ pub fn rows(windows: &[Window], timeline: &[Sample], parts: &[PartVerdict]) -> V
             start_s: w.start,
             end_s: w.end,
             part_end_s: w.next,
-            acked: p.acked,
-            lost: p.lost,
-            duplicated: p.duplicated,
-            order_violations: p.order_violations,
             rate_before,
-            peak_proxy_rss_mib: within(w.start, w.next)
-                .map(|s| s.proxy_rss_mib)
-                .fold(0.0, f64::max),
-            proxy_rss_before_mib: within(0.0, w.start)
-                .next_back()
-                .map_or(0.0, |s| s.proxy_rss_mib),
-            peak_puback_p99_ms: within(w.start, w.next)
-                .map(|s| s.puback_p99_ms)
-                .fold(0.0, f64::max),
-            disconnects: grew(timeline, w.start, w.next, |s| s.reconnects),
-            nacked: grew(timeline, w.start, w.next, |s| s.nacked),
-            told_to_go: grew(timeline, w.start, w.next, |s| s.told_to_go),
-            min_connected: within(w.start, w.next)
-                .map(|s| s.connected)
-                .min()
-                .unwrap_or(0),
             recovery_s: recovery(timeline, w.end, w.next, rate_before),
+            ..row(w.start, w.next, part(i + 1))
         });
     }
     rows

@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::BytesMut;
@@ -27,10 +27,15 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::bench_kafka::{BenchKafka, KafkaBackend};
-use crate::measure::{loadavg, Latency, Pace, Spread};
+use crate::measure::{loadavg, Latency, Pace};
+use crate::worker::now_us;
+
+mod report;
+
+use report::table;
+pub use report::{CommandReport, PhaseResult};
 
 /// Options of `load-tests command-bench`.
 #[derive(clap::Args, Clone, Debug)]
@@ -66,50 +71,9 @@ pub struct CommandBenchArgs {
     pub out: std::path::PathBuf,
 }
 
-/// What one phase of one round measured, per path.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PhaseResult {
-    /// 1-based round.
-    pub round: u32,
-    /// `light` or `burst`.
-    pub phase: &'static str,
-    /// Commands produced.
-    pub commands: u64,
-    /// Through the proxy: commands per second (first produced → last read).
-    pub proxy_per_s: f64,
-    /// Through the proxy: Kafka-to-device latency.
-    pub proxy_latency: Latency,
-    /// Direct consumer: commands per second (same clock).
-    pub direct_per_s: f64,
-    /// Direct consumer: Kafka-to-consumer latency.
-    pub direct_latency: Latency,
-}
-
-/// What the command benchmark measured.
-#[derive(Debug, serde::Serialize)]
-pub struct CommandReport {
-    /// Which Kafka.
-    pub kafka: String,
-    /// Subscribed devices (half on each replica).
-    pub devices: u64,
-    /// Replicas holding the devices.
-    pub replicas: u32,
-    /// `/proc/loadavg` before and after the run.
-    pub loadavg: (String, String),
-    /// Every phase of every round.
-    pub phases: Vec<PhaseResult>,
-}
-
 /// A phase's tag: which counters and latency lists its commands go to.
 fn tag(round: u32, burst: bool) -> usize {
     round as usize * 2 + burst as usize
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 /// The payload of one command: when it was produced and its phase tag.
@@ -171,9 +135,7 @@ async fn device(
     progress: Arc<Progress>,
     subscribed: tokio::sync::mpsc::UnboundedSender<()>,
 ) -> Result<Vec<Vec<u64>>> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.set_nodelay(true)?;
-    crate::device::handshake(&mut s, &id, 60).await?;
+    let mut s = crate::lean::connect(addr, &id).await?;
     let mut out = BytesMut::new();
     let sub = Subscribe {
         packet_id: 1,
@@ -509,63 +471,6 @@ fn produce(
         }
     }
     Ok(())
-}
-
-/// The report as Markdown: every phase, then medians [min–max] over rounds.
-fn table(a: &CommandBenchArgs, r: &CommandReport) -> String {
-    let mut s = format!(
-        "command-bench on {}: {} devices over 2 replicas, {} rounds of: light ({} commands/s for {} s, paced), then a burst of {} QoS 1 commands as fast as the producer takes them; load average before {}, after {}\n\n\
-         | round | phase | proxy commands/s | proxy p50 / p99 ms | direct commands/s | direct p50 / p99 ms |\n|---|---|---|---|---|---|\n",
-        r.kafka, r.devices, a.rounds, a.light_rate, a.light_s, a.commands, r.loadavg.0, r.loadavg.1
-    );
-    for p in &r.phases {
-        s.push_str(&format!(
-            "| {} | {} | {:.0} | {:.1} / {:.1} | {:.0} | {:.1} / {:.1} |\n",
-            p.round,
-            p.phase,
-            p.proxy_per_s,
-            p.proxy_latency.p50_ms,
-            p.proxy_latency.p99_ms,
-            p.direct_per_s,
-            p.direct_latency.p50_ms,
-            p.direct_latency.p99_ms
-        ));
-    }
-    let spread = |phase: &str, f: &dyn Fn(&PhaseResult) -> f64, digits: usize| {
-        let v: Vec<f64> = r
-            .phases
-            .iter()
-            .filter(|p| p.phase == phase)
-            .map(f)
-            .collect();
-        Spread::of(&v).map_or("-".into(), |s| s.show(digits))
-    };
-    s.push_str(&format!(
-        "\nmedian [min–max] over {} rounds:\n\n\
-         | path | light: p50 ms | light: p99 ms | burst: commands/s | burst: p50 ms | burst: p99 ms |\n|---|---|---|---|---|---|\n",
-        a.rounds
-    ));
-    s.push_str(&format!(
-        "| Kafka → proxy → device (PUBLISH read) | {} | {} | {} | {} | {} |\n",
-        spread("light", &|p| p.proxy_latency.p50_ms, 1),
-        spread("light", &|p| p.proxy_latency.p99_ms, 1),
-        spread("burst", &|p| p.proxy_per_s, 0),
-        spread("burst", &|p| p.proxy_latency.p50_ms, 0),
-        spread("burst", &|p| p.proxy_latency.p99_ms, 0),
-    ));
-    s.push_str(&format!(
-        "| Kafka → direct rdkafka consumer | {} | {} | {} | {} | {} |\n",
-        spread("light", &|p| p.direct_latency.p50_ms, 1),
-        spread("light", &|p| p.direct_latency.p99_ms, 1),
-        spread("burst", &|p| p.direct_per_s, 0),
-        spread("burst", &|p| p.direct_latency.p50_ms, 0),
-        spread("burst", &|p| p.direct_latency.p99_ms, 0),
-    ));
-    s.push_str(&format!(
-        "| ratio proxy / direct, burst commands/s (per round) | | | {} | | |\n",
-        spread("burst", &|p| p.proxy_per_s / p.direct_per_s, 2),
-    ));
-    s
 }
 
 #[cfg(test)]
