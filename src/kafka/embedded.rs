@@ -63,8 +63,6 @@ const VERSION_CAPS: [(RDKafkaApiKey, i16); 3] = [
 type Reply = mpsc::Sender<Result<(), String>>;
 
 enum Command {
-    BrokerDown(i32, Reply),
-    BrokerUp(i32, Reply),
     CreateTopic(String, i32, Reply),
     /// Advertise these addresses for these broker ids.
     Advertise(Vec<(i32, SocketAddr)>, oneshot::Sender<()>),
@@ -245,18 +243,15 @@ pub struct KafkaControl {
 }
 
 impl KafkaControl {
-    /// Takes broker `id` (1-based) down: its connections close and it refuses new ones.
+    /// Takes broker `id` (1-based) down: its connections close and new ones
+    /// are closed at once (by its forwarder; see `forwarder`).
     pub fn broker_down(&self, id: i32) -> Result<(), KafkaError> {
-        self.call(|tx| Command::BrokerDown(id, tx))?;
-        self.set_link(id, false);
-        Ok(())
+        self.set_link(id, false)
     }
 
     /// Brings broker `id` back up.
     pub fn broker_up(&self, id: i32) -> Result<(), KafkaError> {
-        self.call(|tx| Command::BrokerUp(id, tx))?;
-        self.set_link(id, true);
-        Ok(())
+        self.set_link(id, true)
     }
 
     /// Creates a topic (the mock cluster has no CreateTopics API).
@@ -274,10 +269,13 @@ impl KafkaControl {
         }
     }
 
-    fn set_link(&self, id: i32, up: bool) {
-        if let Some(link) = usize::try_from(id - 1).ok().and_then(|i| self.links.get(i)) {
-            link.send_replace(up);
-        }
+    fn set_link(&self, id: i32, up: bool) -> Result<(), KafkaError> {
+        let link = usize::try_from(id - 1)
+            .ok()
+            .and_then(|i| self.links.get(i))
+            .ok_or_else(|| KafkaError::Embedded(format!("no broker {id}")))?;
+        link.send_replace(up);
+        Ok(())
     }
 
     fn call(&self, make: impl FnOnce(Reply) -> Command) -> Result<(), KafkaError> {
@@ -366,12 +364,6 @@ fn serve_commands(
 ) {
     while let Ok(cmd) = rx.recv() {
         match cmd {
-            Command::BrokerDown(id, reply) => {
-                let _ = reply.send(cluster.broker_down(id).map_err(|e| e.to_string()));
-            }
-            Command::BrokerUp(id, reply) => {
-                let _ = reply.send(cluster.broker_up(id).map_err(|e| e.to_string()));
-            }
             Command::CreateTopic(name, partitions, reply) => {
                 let r = cluster.create_topic(&name, partitions, 1);
                 let _ = reply.send(r.map_err(|e| e.to_string()));

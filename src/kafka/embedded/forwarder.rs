@@ -13,9 +13,13 @@
 //! UNSUPPORTED_VERSION answer, which the handshake phase also covers; a later
 //! ApiVersions would reach the mock unchanged, as it did before forwarders.
 //!
-//! A broker taken down with `broker_down` stops listening; so does its
-//! forwarder, so clients see a refused connection as they would from the
-//! mock, and it listens again on the same port after `broker_up`.
+//! A broker taken down with `broker_down` is taken down here, not in the
+//! mock: its forwarder closes every relayed connection and closes each new
+//! one as soon as it is accepted, until `broker_up`. The mock's own
+//! listener stays open: librdkafka's mock re-binds a downed broker's port
+//! on the way up and aborts the process when another socket took that
+//! ephemeral port meanwhile, which happened once in five runs of the
+//! integration tests (one process, many sockets).
 //!
 //! The forwarders run on a thread and runtime of their own ([`Relays`]), as
 //! the mock brokers do: on the proxy's runtime a relayed response waited in
@@ -124,76 +128,46 @@ impl Drop for Relays {
 }
 
 /// Accepts on `listener` (bound at `addr`) and relays each connection to
-/// the mock broker at `target` until `stop`. While `up` is false the
-/// listener is closed.
+/// the mock broker at `target` until `stop`. While `up` is false the relays
+/// end and every new connection is closed as soon as it is accepted.
 async fn serve(
     listener: TcpListener,
     addr: SocketAddr,
     target: SocketAddr,
-    mut up: watch::Receiver<bool>,
+    up: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
-    let mut listener = Some(listener);
     loop {
-        let Some(l) = &listener else {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                r = up.wait_for(|up| *up) => if r.is_err() { return },
-            }
-            listener = rebind(addr, &stop).await;
-            continue;
-        };
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
-            changed = up.changed() => match changed {
-                Ok(()) => None,
-                Err(_) => return,
-            },
-            a = l.accept() => Some(a),
+            a = listener.accept() => a,
         };
         let client = match accepted {
-            None => {
-                if !*up.borrow_and_update() {
-                    // Closing the socket refuses new connections, as the
-                    // mock broker itself now does.
-                    listener = None;
-                }
-                continue;
-            }
-            Some(Ok((client, _))) => client,
-            Some(Err(e)) => {
+            Ok((client, _)) => client,
+            Err(e) => {
                 // Out of file descriptors or similar: back off instead of spinning.
                 tracing::debug!(%addr, error = %e, "embedded Kafka forwarder: accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        if !*up.borrow() {
+            // The broker is down: the client's connection ends at once.
+            drop(client);
+            continue;
+        }
         let stop = stop.clone();
+        let mut up = up.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
+                // Taken down: the connection closes, as a dead broker's would.
+                _ = up.wait_for(|up| !*up) => {}
                 r = relay(client, target) => if let Err(e) = r {
                     tracing::debug!(%target, error = %e, "embedded Kafka forwarder: connection ended");
                 },
             }
         });
-    }
-}
-
-/// Listens on `addr` again after the broker came back up; retries while
-/// the port is still held by a closing socket.
-async fn rebind(addr: SocketAddr, stop: &CancellationToken) -> Option<TcpListener> {
-    loop {
-        match TcpListener::bind(addr).await {
-            Ok(l) => return Some(l),
-            Err(e) => {
-                tracing::warn!(%addr, error = %e, "embedded Kafka forwarder cannot listen again; retrying");
-                tokio::select! {
-                    _ = stop.cancelled() => return None,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                }
-            }
-        }
     }
 }
 
