@@ -9,7 +9,10 @@
 //! cluster, each with topic names of its own (`common`). The tests that
 //! stop, hang or kill brokers are not here: they run in tests/cluster.rs, a
 //! binary (and so a cluster) of their own, so a fault never reaches a test
-//! of this binary running at the same moment.
+//! of this binary running at the same moment. tests/deploy_metrics.rs is
+//! a binary of its own too: it checks that the proxy exports every metric
+//! the alerts and the dashboard use, and in a shared process the metrics
+//! other tests record would make that check pass for them.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -18,6 +21,7 @@ mod auth;
 mod cli;
 mod clients;
 mod commands;
+mod docs;
 mod hostile;
 mod ingest;
 mod kafka_hang;
