@@ -238,6 +238,8 @@ impl Proxy {
             config.limits.connect_burst_per_source,
         )
         .map(Arc::new);
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
         let shared = Arc::new(Shared {
             limits: connection::limits(&config.mqtt),
             mqtt: config.mqtt.clone(),
@@ -262,11 +264,11 @@ impl Proxy {
             server_reference: Some(config.shutdown.server_reference.clone())
                 .filter(|r| !r.is_empty()),
             sources: sources.clone(),
+            tasks: tracker.clone(),
+            shutdown: cancel.clone(),
         });
 
         let permits = Arc::new(Semaphore::new(config.listeners.max_connections));
-        let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
         let mut accept_loops = Vec::new();
         let l = &config.listeners;
         let bind = |addr: SocketAddr| {

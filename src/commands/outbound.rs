@@ -82,11 +82,16 @@ impl Outbound {
 
     /// Grants `filter` at `qos` (at most 1). Returns whether it is new.
     pub fn grant(&mut self, filter: &str, qos: QoS) -> bool {
-        let existed = self.subscriptions.iter().any(|(g, _)| g == filter);
+        let existed = self.has(filter);
         self.subscriptions.retain(|(g, _)| g != filter);
         self.subscriptions
             .push((filter.to_owned(), qos.min(QoS::AtLeastOnce)));
         !existed
+    }
+
+    /// Whether `filter` is one of the granted subscriptions.
+    pub fn has(&self, filter: &str) -> bool {
+        self.subscriptions.iter().any(|(g, _)| g == filter)
     }
 
     /// Removes `filter`; false when there was no such subscription.
@@ -205,6 +210,8 @@ pub struct SubscribeRequest<'a> {
     pub version: Version,
     /// `mqtt.max_topic_bytes`.
     pub max_topic_bytes: usize,
+    /// `mqtt.max_subscriptions`.
+    pub max_subscriptions: usize,
 }
 
 /// What a SUBSCRIBE decided.
@@ -276,6 +283,17 @@ pub fn subscribe(
         } else if !allowed_filters(cfg, who).any(|a| topic::covers(&a, &f.filter)) {
             out.why = Some("filter not allowed for this device (commands.subscribe_filters)");
             refused
+        } else if outbound
+            .as_ref()
+            .is_some_and(|o| o.subscriptions.len() >= req.max_subscriptions && !o.has(&f.filter))
+        {
+            metrics::counter!(m::LIMITS_EXCEEDED, "limit" => "subscriptions").increment(1);
+            out.why = Some("more subscriptions than mqtt.max_subscriptions");
+            if v5 {
+                reason::QUOTA_EXCEEDED
+            } else {
+                return_code::SUBACK_FAILURE
+            }
         } else {
             let qos = f.qos.min(QoS::AtLeastOnce);
             let o = outbound.get_or_insert_with(|| {

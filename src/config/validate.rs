@@ -76,6 +76,9 @@ impl Config {
         if m.max_awaiting_rel == 0 {
             return Err(invalid("mqtt.max_awaiting_rel", "must be at least 1"));
         }
+        if m.max_subscriptions == 0 {
+            return Err(invalid("mqtt.max_subscriptions", "must be at least 1"));
+        }
         if m.partial_packet_timeout_ms == 0 {
             return Err(invalid(
                 "mqtt.partial_packet_timeout_ms",

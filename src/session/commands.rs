@@ -32,6 +32,7 @@ impl Session {
             denied,
             version: self.version,
             max_topic_bytes: shared.mqtt.max_topic_bytes,
+            max_subscriptions: shared.mqtt.max_subscriptions,
         };
         let who = Subject {
             device_id: &self.device_id,

@@ -36,6 +36,9 @@ pub struct MqttConfig {
     /// (3.1.1; for 5.0 Receive Maximum bounds them); more closes the
     /// connection. Default 256.
     pub max_awaiting_rel: usize,
+    /// Command subscriptions one connection may hold; one more filter is
+    /// refused (5.0: SUBACK 0x97 Quota exceeded; 3.1.1: 0x80). Default 32.
+    pub max_subscriptions: usize,
     /// Once the first byte of a packet has arrived, the rest must follow
     /// within this time (slowloris guard; the CONNECT has
     /// `connect_timeout_ms`). Default 30000.
@@ -58,6 +61,7 @@ impl Default for MqttConfig {
             assign_client_ids: true,
             max_topic_bytes: 256,
             max_awaiting_rel: 256,
+            max_subscriptions: 32,
             partial_packet_timeout_ms: 30_000,
             ordering: PublishOrdering::Pipelined,
         }

@@ -27,6 +27,7 @@ use futures::future::OptionFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::authorize::{Authorization, Authz};
@@ -75,6 +76,10 @@ pub struct Shared {
     pub server_reference: Option<String>,
     /// New connections per source address, when limited.
     pub sources: Option<Arc<crate::limits::SourceLimiter>>,
+    /// The replica's connection tasks (and delayed wills): shutdown waits for them.
+    pub tasks: TaskTracker,
+    /// Cancelled when the replica starts to drain.
+    pub shutdown: CancellationToken,
 }
 
 /// The decoder limits a configuration asks for.

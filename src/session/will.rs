@@ -2,7 +2,11 @@
 //! (header `mqtt.will = 1`) when a connection ends without a normal
 //! DISCONNECT, after the 5.0 will delay unless the client id connects again
 //! first (here, or announced by another replica: the session table holds
-//! the pending will until then).
+//! the pending will until then). A delayed will runs on the replica's task
+//! tracker; when the replica drains, the delay is cut short and the will
+//! produced before the producer's final flush: the proxy keeps no sessions,
+//! so its sessions end with it, and a session's end is when a delayed will
+//! is due [MQTT-3.1.3-9].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,11 +52,21 @@ pub(super) fn publish_will(
         return produce();
     }
     shared.table.hold_will(device_id, disconnected_at);
+    let tasks = shared.tasks.clone();
     let shared = shared.clone();
     let device_id = device_id.to_owned();
-    tokio::spawn(async move {
-        tokio::time::sleep(delay).await;
+    tasks.spawn(async move {
+        let draining = tokio::select! {
+            _ = tokio::time::sleep(delay) => false,
+            _ = shared.shutdown.cancelled() => true,
+        };
         if shared.table.release_will(&device_id, disconnected_at) {
+            if draining {
+                tracing::info!(
+                    device_id,
+                    "replica draining: the session ends with it, so its delayed will is produced now"
+                );
+            }
             produce();
         } else {
             tracing::info!(

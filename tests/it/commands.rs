@@ -241,6 +241,99 @@ async fn disconnected(t: &TestProxy, id: &str) {
     .await;
 }
 
+/// A 5.0 CONNECT whose will waits `delay_s` (the session may outlive the
+/// connection for as long).
+fn connect_with_delayed_will(id: &str, will_topic: &str, delay_s: u32) -> Vec<u8> {
+    use mqtt_kafka_proxy::mqtt::packet::*;
+    encode(
+        &Packet::Connect(Box::new(Connect {
+            version: Version::V5,
+            client_id: id.into(),
+            clean_start: true,
+            keep_alive: 30,
+            username: None,
+            password: None,
+            will: Some(Will {
+                topic: will_topic.into(),
+                payload: bytes::Bytes::from_static(b"{\"online\":false}"),
+                qos: mqtt_kafka_proxy::mqtt::packet::QoS::AtLeastOnce,
+                retain: false,
+                properties: Properties {
+                    will_delay_interval: Some(delay_s),
+                    ..Properties::default()
+                },
+            }),
+            properties: Properties {
+                session_expiry_interval: Some(delay_s),
+                ..Properties::default()
+            },
+        })),
+        Version::V5,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_will_is_held_then_produced_when_the_replica_drains() {
+    // One partition, so the order of records in the topic is the order
+    // Kafka took them in.
+    let one_partition = |c: &mut mqtt_kafka_proxy::Config| {
+        c.kafka.embedded.partitions = 1;
+        c.kafka.topics.partitions = 1;
+    };
+    let a = TestProxy::start_with(one_partition).await;
+    let b = TestProxy::start_beside(&a, one_partition).await;
+    let topic = "devices/dev-later/events/status";
+
+    let mut dying = Raw::connect(b.tcp_port()).await;
+    dying
+        .send(&connect_with_delayed_will("dev-later", topic, 3600))
+        .await;
+    let (b1, _) = read_packet(&mut dying).await;
+    assert_eq!(b1, 0x20, "CONNACK");
+    drop(dying);
+    disconnected(&a, "dev-later").await;
+
+    // Held: a record written after the connection ended comes first.
+    let mut other = v4_connect(v4_options("dev-sentinel", a.tcp_port())).await;
+    other
+        .client
+        .publish(
+            "devices/dev-sentinel/events/x",
+            QoS::AtLeastOnce,
+            false,
+            "sentinel",
+        )
+        .await
+        .unwrap();
+    other.pubacks(1).await;
+    let recs = consume_until(&a.bootstrap(), &a.topic("iot.events"), |rs| {
+        rs.iter().any(|r| r.value == b"sentinel")
+    })
+    .await;
+    assert!(
+        recs.iter().all(|r| r.key != "dev-later"),
+        "the will waits for its delay (or the end of the session)"
+    );
+
+    // The replica drains: its sessions end, so the will is due now, and it
+    // is in Kafka when the shutdown returns.
+    let report = b.proxy.shutdown().await;
+    assert_eq!((report.connections_left, report.records_unflushed), (0, 0));
+    let recs = consume_until(&a.bootstrap(), &a.topic("iot.events"), |rs| {
+        rs.iter().any(|r| r.key == "dev-later")
+    })
+    .await;
+    let sentinel = recs.iter().position(|r| r.value == b"sentinel").unwrap();
+    let will = recs.iter().position(|r| r.key == "dev-later").unwrap();
+    assert!(
+        will > sentinel,
+        "produced at the drain, not at the disconnect"
+    );
+    assert_eq!(recs[will].header("mqtt.will").as_deref(), Some("1"));
+    assert_eq!(recs[will].value, b"{\"online\":false}");
+    a.proxy.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_will_is_produced_when_a_connection_dies_not_on_a_clean_disconnect() {
     let t = TestProxy::start().await;

@@ -1,8 +1,8 @@
 //! ACLs, rate limits and the defences against hostile clients, end to end:
 //! topic rules on PUBLISH, SUBSCRIBE and the will; connects per source
 //! address; half-open and slowloris connections; publish message and byte
-//! rates (5.0 refused, 3.1.1 throttled); topic length; QoS 2 ids never
-//! released; commands owed to a device that does not acknowledge; and the
+//! rates (5.0 refused, 3.1.1 throttled); topic length; command
+//! subscriptions per connection; QoS 2 ids never released; commands owed to a device that does not acknowledge; and the
 //! replica's connection cap. Each test starts a real proxy on port 0 against
 //! its embedded Kafka, talks to it over real sockets (raw bytes where exact
 //! reason codes matter: rumqttc 0.24 turns an error ack into an event-loop
@@ -810,6 +810,67 @@ async fn topics_and_filters_longer_than_max_topic_bytes_are_refused() {
 
     assert_eq!(records_of(&t, "len5").await, ["at-limit-5"]);
     assert_eq!(records_of(&t, "len3").await, ["at-limit-311"]);
+    t.proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_beyond_max_subscriptions_are_refused_per_filter() {
+    let t = TestProxy::start_with(|c| c.mqtt.max_subscriptions = 2).await;
+    let port = t.tcp_port();
+    let f = |id: &str, leaf: &str| format!("devices/{id}/commands/{leaf}");
+    let unsubscribe = |filters: &[&str], v: Version| {
+        let mut body = vec![0, 6];
+        if v == V5 {
+            body.push(0);
+        }
+        for filter in filters {
+            body.extend(mqtt_string(filter.as_bytes()));
+        }
+        frame(0xA2, &body)
+    };
+
+    // 5.0: the third filter gets 0x97, the first two are granted.
+    let mut raw = open(port, "subs5", V5).await;
+    let (a, b, c) = (f("subs5", "a"), f("subs5", "b"), f("subs5", "c"));
+    raw.send(&subscribe_bytes(&[&a, &b, &c], V5)).await;
+    let (b1, body) = read_packet(&mut raw).await;
+    assert_eq!(b1, 0x90);
+    assert_eq!(
+        suback_codes(&body, V5),
+        [0x01, 0x01, reason::QUOTA_EXCEEDED]
+    );
+    // At the limit, a filter it already holds is granted again (no new slot).
+    raw.send(&subscribe_bytes(&[&a], V5)).await;
+    let (_, body) = read_packet(&mut raw).await;
+    assert_eq!(
+        suback_codes(&body, V5),
+        [0x01],
+        "a held filter is re-granted"
+    );
+    // An UNSUBSCRIBE frees a slot for the refused filter.
+    raw.send(&unsubscribe(&[&b], V5)).await;
+    let (b1, _) = read_packet(&mut raw).await;
+    assert_eq!(b1, 0xB0, "UNSUBACK");
+    raw.send(&subscribe_bytes(&[&c], V5)).await;
+    let (_, body) = read_packet(&mut raw).await;
+    assert_eq!(
+        suback_codes(&body, V5),
+        [0x01],
+        "granted once a slot is free"
+    );
+    still_served(&mut raw, "5.0 after the quota refusal").await;
+
+    // 3.1.1: the same filter gets 0x80 and the connection stays.
+    let mut raw = open(port, "subs3", V311).await;
+    let (a, b, c) = (f("subs3", "a"), f("subs3", "b"), f("subs3", "c"));
+    raw.send(&subscribe_bytes(&[&a, &b, &c], V311)).await;
+    let (b1, body) = read_packet(&mut raw).await;
+    assert_eq!(b1, 0x90);
+    assert_eq!(
+        suback_codes(&body, V311),
+        [0x01, 0x01, return_code::SUBACK_FAILURE]
+    );
+    still_served(&mut raw, "3.1.1 after the quota refusal").await;
     t.proxy.shutdown().await;
 }
 
