@@ -70,6 +70,15 @@ pub struct LifecycleConfig {
     /// a client id connecting to one replica closes its older session on
     /// another. Default `iot.sessions`.
     pub sessions_topic: String,
+    /// How long a replica remembers which replica a client id last
+    /// connected to (counted from that connect, or from its disconnect
+    /// here), unless commands are still held for it. That replica writes
+    /// the receipts of the client's commands that fall out of the offline
+    /// index; a client id silent for longer is treated like one that never
+    /// connected (its later commands fall out unreported, counted as
+    /// `fell_out_unowned`). At least `commands.offline_max_age_ms`.
+    /// Default 604800000 (7 days).
+    pub owner_max_age_ms: u64,
 }
 
 impl Default for LifecycleConfig {
@@ -77,6 +86,7 @@ impl Default for LifecycleConfig {
         LifecycleConfig {
             topic: "iot.lifecycle".into(),
             sessions_topic: "iot.sessions".into(),
+            owner_max_age_ms: 604_800_000,
         }
     }
 }

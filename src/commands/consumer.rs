@@ -170,6 +170,7 @@ impl CommandConsumer {
         let flag = stop.clone();
         let cfg = cfg.clone();
         let lifecycle = lifecycle.clone();
+        let owner_max_age_ms = i64::try_from(lifecycle.owner_max_age_ms).unwrap_or(i64::MAX);
         let thread = std::thread::Builder::new()
             .name("command-consumer".into())
             .spawn(move || {
@@ -202,6 +203,9 @@ impl CommandConsumer {
                         for gone in offline.sweep(now_ms()) {
                             report_gone(&gone, &table, &journal);
                         }
+                        let before = now_ms().saturating_sub(owner_max_age_ms);
+                        let owners = table.prune_owners(before, |id| offline.holds(id));
+                        metrics::gauge!(m::SESSION_OWNERS).set(owners as f64);
                     }
                     let Some(msg) = consumer.poll(Duration::from_millis(100)) else {
                         continue;
@@ -297,7 +301,7 @@ fn on_session<M: Message>(msg: &M, table: &SessionTable, journal: &Journal) {
         .and_then(|r| r.as_str())
         .unwrap_or_default();
     let at_ms = v.get("at_ms").and_then(|a| a.as_i64()).unwrap_or(0);
-    table.note_owner(client_id, replica);
+    table.note_owner(client_id, replica, at_ms);
     if replica != journal.replica && table.kick_if_older(client_id, at_ms) {
         tracing::info!(
             client_id,
@@ -480,7 +484,8 @@ fn rebuild(
                     .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok()),
             ) {
                 if let Some(r) = v.get("replica").and_then(|r| r.as_str()) {
-                    table.note_owner(id, r);
+                    let at_ms = v.get("at_ms").and_then(|a| a.as_i64()).unwrap_or(0);
+                    table.note_owner(id, r, at_ms);
                 }
             }
             continue;

@@ -82,6 +82,11 @@ impl OfflineIndex {
         }
     }
 
+    /// Whether commands are held for `device_id`.
+    pub fn holds(&self, device_id: &str) -> bool {
+        self.map.contains_key(device_id)
+    }
+
     /// Commands held, all devices.
     pub fn len(&self) -> usize {
         self.map.iter().map(|q| q.len()).sum()

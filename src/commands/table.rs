@@ -80,8 +80,17 @@ pub struct SessionTable {
     /// cancels its will.
     pending_wills: DashMap<String, i64>,
     /// Client id → the replica it last connected to (from the sessions
-    /// topic): that replica reports what happens to its offline commands.
-    owners: DashMap<String, String>,
+    /// topic) and when it last connected or (here) disconnected: that
+    /// replica reports what happens to its offline commands. Pruned by age
+    /// ([`SessionTable::prune_owners`]).
+    owners: DashMap<String, Owner>,
+}
+
+/// The replica a client id last connected to.
+struct Owner {
+    replica: String,
+    /// When it connected there, or disconnected from this replica.
+    at_ms: i64,
 }
 
 impl SessionTable {
@@ -171,23 +180,46 @@ impl SessionTable {
         true
     }
 
-    /// Records which replica `client_id` connected to last.
-    pub fn note_owner(&self, client_id: &str, replica: &str) {
-        if self
-            .owners
-            .get(client_id)
-            .is_some_and(|r| r.as_str() == replica)
-        {
+    /// Records that `client_id` connected to `replica` at `at_ms`.
+    pub fn note_owner(&self, client_id: &str, replica: &str, at_ms: i64) {
+        if let Some(mut o) = self.owners.get_mut(client_id) {
+            if o.replica != replica {
+                o.replica = replica.to_owned();
+            }
+            o.at_ms = at_ms;
             return;
         }
-        self.owners.insert(client_id.to_owned(), replica.to_owned());
+        let owner = Owner {
+            replica: replica.to_owned(),
+            at_ms,
+        };
+        self.owners.insert(client_id.to_owned(), owner);
+    }
+
+    /// `client_id` disconnected from `replica` at `at_ms`: if that replica
+    /// is still its owner, its age counts from now.
+    pub fn touch_owner(&self, client_id: &str, replica: &str, at_ms: i64) {
+        if let Some(mut o) = self.owners.get_mut(client_id) {
+            if o.replica == replica {
+                o.at_ms = o.at_ms.max(at_ms);
+            }
+        }
     }
 
     /// Whether `replica` is the one `client_id` last connected to.
     pub fn owned_by(&self, client_id: &str, replica: &str) -> bool {
         self.owners
             .get(client_id)
-            .is_some_and(|r| r.as_str() == replica)
+            .is_some_and(|o| o.replica == replica)
+    }
+
+    /// Forgets the owners last seen before `before_ms`, except of client ids
+    /// connected here and those `keep` names (commands still held for
+    /// them). Returns how many owners are left.
+    pub fn prune_owners(&self, before_ms: i64, keep: impl Fn(&str) -> bool) -> usize {
+        self.owners
+            .retain(|id, o| o.at_ms >= before_ms || self.map.contains_key(id) || keep(id));
+        self.owners.len()
     }
 
     /// Whether `client_id` is connected here.
@@ -271,5 +303,43 @@ mod tests {
         assert!(!t.kick_if_older("d", 99));
         assert!(t.kick_if_older("d", 100));
         assert!(!t.kick_if_older("other", 1000));
+    }
+
+    #[test]
+    fn owners_are_pruned_by_age_unless_connected_here_or_commands_wait() {
+        let t = SessionTable::default();
+        t.note_owner("old", "r1", 100);
+        t.note_owner("waiting", "r1", 100);
+        t.note_owner("here", "r1", 100);
+        t.note_owner("recent", "r2", 900);
+        let _here = t.register("here", 100, None);
+        let left = t.prune_owners(500, |id| id == "waiting");
+        assert_eq!(left, 3);
+        assert!(
+            !t.owned_by("old", "r1"),
+            "silent longer than the age: forgotten"
+        );
+        assert!(t.owned_by("waiting", "r1"), "commands held for it");
+        assert!(t.owned_by("here", "r1"), "connected here");
+        assert!(t.owned_by("recent", "r2"));
+        // Without anything held, it goes at the next prune.
+        assert_eq!(t.prune_owners(500, |_| false), 2);
+        assert!(!t.owned_by("waiting", "r1"));
+    }
+
+    #[test]
+    fn a_disconnect_here_restarts_the_age_only_for_the_owner() {
+        let t = SessionTable::default();
+        t.note_owner("mine", "r1", 100);
+        t.note_owner("moved", "r2", 100);
+        t.touch_owner("mine", "r1", 1_000);
+        // r1 is not the owner of `moved` any more: its disconnect changes nothing.
+        t.touch_owner("moved", "r1", 1_000);
+        assert_eq!(t.prune_owners(500, |_| false), 1);
+        assert!(t.owned_by("mine", "r1"));
+        assert!(!t.owned_by("moved", "r2"));
+        // A newer connect elsewhere moves ownership.
+        t.note_owner("mine", "r3", 2_000);
+        assert!(!t.owned_by("mine", "r1") && t.owned_by("mine", "r3"));
     }
 }

@@ -192,6 +192,12 @@ impl Config {
         if self.lifecycle.sessions_topic.is_empty() {
             return Err(invalid("lifecycle.sessions_topic", "must be set"));
         }
+        if self.lifecycle.owner_max_age_ms < c.offline_max_age_ms {
+            return Err(invalid(
+                "lifecycle.owner_max_age_ms",
+                "must be at least commands.offline_max_age_ms",
+            ));
+        }
         if self.shutdown.drain_timeout_ms == 0 {
             return Err(invalid("shutdown.drain_timeout_ms", "must be at least 1"));
         }

@@ -232,7 +232,9 @@ impl Session {
         );
         // This replica owns the device now: it reports what happens to the
         // commands that waited for it.
-        shared.table.note_owner(&device_id, &shared.journal.replica);
+        shared
+            .table
+            .note_owner(&device_id, &shared.journal.replica, connected_at);
         // Delivered if its session persists, reported as dropped if it
         // started clean; what aged out meanwhile is reported as such.
         let (waiting, stale) = shared.offline.take(&device_id, connected_at);

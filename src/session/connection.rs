@@ -218,6 +218,8 @@ pub async fn run<T, S, H>(
             Box::pin(goodbye).await;
         }
         shared.table.deregister(&session.device_id, session.generation);
+        // The age of this replica's ownership counts from the disconnect.
+        shared.table.touch_owner(&session.device_id, &shared.journal.replica, crate::kafka::now_ms());
         if let Some(out) = session.outbound.as_mut() {
             out.drop_all(&shared.journal);
         }
