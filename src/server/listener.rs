@@ -121,7 +121,10 @@ pub async fn accept_loop(
         // Small acknowledgements must not wait for Nagle.
         let _ = tcp.set_nodelay(true);
         // Runs first in each task: the PROXY header, under the connect deadline.
-        let start = preamble(
+        // Boxed: a future the task captures is stored for the task's whole
+        // life, and this one (~450 B, its header buffer) is needed only at
+        // the start; boxed, it is freed once it is done.
+        let start = Box::pin(preamble(
             tcp,
             peer,
             proxy_protocol,
@@ -129,7 +132,7 @@ pub async fn accept_loop(
             Duration::from_millis(shared.mqtt.connect_timeout_ms),
             sources.clone(),
             refusals.clone(),
-        );
+        ));
         let (shared, cancel) = (shared.clone(), cancel.clone());
         match &transport {
             Transport::Tcp => spawn_connection(&tracker, permit, start, plain, shared, cancel),

@@ -74,12 +74,15 @@ impl Session {
     /// Validates CONNECT and answers it.
     pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         framed: &mut Framed<S>,
-        connect: Connect,
+        connect: Box<Connect>,
         shared: &Shared,
         peer: SocketAddr,
         peer_cert: PeerCert,
         proxied_cn: Option<String>,
     ) -> Result<Session, CloseReason> {
+        // Out of its box here, so the box is freed when this phase ends,
+        // not when the connection does.
+        let connect = *connect;
         let cfg = &shared.mqtt;
         let v5 = connect.version == Version::V5;
         let refuse = |v311: u8, v5code: u8| if v5 { v5code } else { v311 };

@@ -178,7 +178,7 @@ pub async fn run<T, S, H>(
             Ok(c) => c,
             Err(reason) => return log_close_before_connect(&reason),
         };
-        let mut session = match Box::pin(Session::accept(&mut framed, *connect, &shared, peer, peer_cert, proxied_cn)).await {
+        let mut session = match Box::pin(Session::accept(&mut framed, connect, &shared, peer, peer_cert, proxied_cn)).await {
             Ok(s) => s,
             Err(reason) => return log_close_before_connect(&reason),
         };

@@ -1,0 +1,250 @@
+//! Memory held by idle connections, from the proxy's own allocations: a
+//! counting global allocator (this binary's only) tracks the bytes and
+//! blocks live on the proxy's threads while the clients' thread is left
+//! out, so the figure is what the proxy holds per idle connection, not an
+//! RSS reading (those come from the rig's connect scenario, see
+//! docs/performance.md). A binary of its own: every other test's
+//! allocations would land in the count.
+//!
+//! Each connection is a real socket with a real CONNECT (keep-alive on,
+//! so its timer is armed) answered by CONNACK and then a PINGREQ answered by
+//! PINGRESP, so every task is parked in its `select!` loop when counted.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Arc;
+
+use common::*;
+
+/// Bytes and blocks allocated and not yet freed, outside excluded threads.
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+static LIVE_BLOCKS: AtomicIsize = AtomicIsize::new(0);
+/// Live blocks by size, in 16-byte classes (the last one: 8 KiB and up).
+static BY_SIZE: [AtomicIsize; 512] = [const { AtomicIsize::new(0) }; 512];
+
+fn bucket(size: usize) -> usize {
+    (size / 16).min(511)
+}
+
+thread_local! {
+
+    /// Set on the clients' thread: its allocations are not the proxy's.
+    static EXCLUDED: Cell<bool> = const { Cell::new(false) };
+}
+
+struct Counting;
+
+fn counted() -> bool {
+    // `try_with`: during thread teardown the flag may be gone; count then.
+    !EXCLUDED.try_with(Cell::get).unwrap_or(false)
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc(layout);
+        if !p.is_null() && counted() {
+            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            LIVE_BLOCKS.fetch_add(1, Ordering::Relaxed);
+            BY_SIZE[bucket(layout.size())].fetch_add(1, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout);
+        if counted() {
+            LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+            LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
+            BY_SIZE[bucket(layout.size())].fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = System.realloc(ptr, layout, new_size);
+        if !p.is_null() && counted() {
+            LIVE_BYTES.fetch_add(
+                new_size as isize - layout.size() as isize,
+                Ordering::Relaxed,
+            );
+            BY_SIZE[bucket(layout.size())].fetch_sub(1, Ordering::Relaxed);
+            BY_SIZE[bucket(new_size)].fetch_add(1, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// One measurement at a time: the counters are the process's.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What the allocator's bookkeeping adds to each live block (glibc malloc:
+/// one 8-byte size word, 16-byte alignment), so that the budget is about
+/// memory the process holds, not only the bytes asked for.
+const PER_BLOCK_OVERHEAD: isize = 16;
+
+fn live() -> (isize, isize) {
+    (
+        LIVE_BYTES.load(Ordering::Relaxed),
+        LIVE_BLOCKS.load(Ordering::Relaxed),
+    )
+}
+
+/// A 3.1.1 CONNECT with a 60 s keep-alive.
+fn connect_packet(id: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+    body.extend((id.len() as u16).to_be_bytes());
+    body.extend(id.as_bytes());
+    let mut out = vec![0x10, body.len() as u8];
+    out.extend(body);
+    out
+}
+
+/// A client byte stream: plain TCP, or TLS over it.
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// How the clients connect: `None` for plain TCP, or the TLS client config.
+type Tls = Option<Arc<rustls::ClientConfig>>;
+
+fn dial(port: u16, tls: &Tls) -> Box<dyn Stream> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    match tls {
+        None => Box::new(tcp),
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+            Box::new(rustls::StreamOwned::new(conn, tcp))
+        }
+    }
+}
+
+/// Opens `n` idle connections (CONNECT → CONNACK, PINGREQ → PINGRESP) from
+/// a thread whose allocations are not counted.
+fn open_idle(port: u16, tls: &Tls, prefix: &str, n: usize) -> Vec<Box<dyn Stream>> {
+    let prefix = prefix.to_owned();
+    let tls = tls.clone();
+    std::thread::spawn(move || {
+        EXCLUDED.with(|e| e.set(true));
+        let mut socks = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut s = dial(port, &tls);
+            s.write_all(&connect_packet(&format!("{prefix}-{i}")))
+                .unwrap();
+            let mut ack = [0u8; 4];
+            s.read_exact(&mut ack).unwrap();
+            assert_eq!(ack, [0x20, 0x02, 0x00, 0x00], "CONNACK for {prefix}-{i}");
+            socks.push(s);
+        }
+        for s in &mut socks {
+            s.write_all(&[0xC0, 0x00]).unwrap();
+            let mut pong = [0u8; 2];
+            s.read_exact(&mut pong).unwrap();
+            assert_eq!(pong, [0xD0, 0x00], "PINGRESP");
+        }
+        socks
+    })
+    .join()
+    .unwrap()
+}
+
+/// The proxy's bytes per idle connection (allocations plus their
+/// bookkeeping), over `n` connections after a warm-up.
+fn bytes_per_idle_connection(port: u16, tls: Tls, n: usize) -> (f64, f64) {
+    // Warm-up: one-time allocations (slab pages, map shards, the first
+    // connection's log line buffers) are not per connection.
+    let _warm = open_idle(port, &tls, "warm", 200);
+    let (b0, k0) = live();
+    let h0: Vec<isize> = BY_SIZE.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+    let held = open_idle(port, &tls, "idle", n);
+    let (b1, k1) = live();
+    // What the blocks are, for whoever makes a connection smaller: the
+    // size classes that gained about one block per connection.
+    for (i, a) in BY_SIZE.iter().enumerate() {
+        let d = a.load(Ordering::Relaxed) - h0[i];
+        if d.unsigned_abs() >= n / 10 {
+            println!(
+                "  blocks of {}..{} B: {:+.2} per connection",
+                i * 16,
+                i * 16 + 15,
+                d as f64 / n as f64
+            );
+        }
+    }
+    assert_eq!(held.len(), n);
+    let bytes = (b1 - b0) as f64 / n as f64;
+    let blocks = (k1 - k0) as f64 / n as f64;
+    (bytes + blocks * PER_BLOCK_OVERHEAD as f64, blocks)
+}
+
+/// What an idle plain connection may hold. Measured here: 3,008 B in 11
+/// blocks (the task with its future, 1,680 B; tokio's I/O registration,
+/// 272 B; the `conn` log span's fields and extension map, ~300 B; the
+/// session table's `Notify`; the device id strings; map slots). It was
+/// 4,330 B before the PROXY-header future was boxed and the CONNECT box
+/// freed at the end of the CONNECT phase. Issue 13's goal is 1,500 B in
+/// RSS; this budget guards what has been reached so far against growth.
+const PLAIN_BUDGET: f64 = 3_300.0;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_plain_connection_holds_little() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // Every connection comes from 127.0.0.1: no per-source connect limit.
+    let t = TestProxy::start_with(|c| c.limits.connects_per_second_per_source = 0).await;
+    let port = t.tcp_port();
+    let (per_conn, blocks) =
+        tokio::task::spawn_blocking(move || bytes_per_idle_connection(port, None, 2_000))
+            .await
+            .unwrap();
+    println!("idle plain connection: {per_conn:.0} B ({blocks:.1} heap blocks) held by the proxy");
+    assert!(
+        per_conn <= PLAIN_BUDGET,
+        "an idle plain connection holds {per_conn:.0} B ({blocks:.1} blocks); budget {PLAIN_BUDGET} B"
+    );
+    t.proxy.shutdown().await;
+}
+
+/// What an idle TLS connection may hold. Measured here: 10,751 B in 20
+/// blocks; the largest are rustls's 4 KiB deframer buffer, kept for the
+/// connection's life, and the task (2,752 B: a TLS stream's future is
+/// larger). Issue 13's goal is 6,000 B in RSS (rustls's unbuffered API
+/// can decrypt from a per-thread buffer); this budget guards what has
+/// been reached so far against growth.
+const TLS_BUDGET: f64 = 11_800.0;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_connection_holds_its_rustls_state_and_little_else() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let t = TestProxy::start_with(|c| c.limits.connects_per_second_per_source = 0).await;
+    let port = t.tls_port();
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(t.ca_path()).unwrap();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tls = Some(Arc::new(config));
+    let (per_conn, blocks) =
+        tokio::task::spawn_blocking(move || bytes_per_idle_connection(port, tls, 1_000))
+            .await
+            .unwrap();
+    println!("idle TLS connection: {per_conn:.0} B ({blocks:.1} heap blocks) held by the proxy");
+    assert!(
+        per_conn <= TLS_BUDGET,
+        "an idle TLS connection holds {per_conn:.0} B ({blocks:.1} blocks); budget {TLS_BUDGET:.0} B"
+    );
+    t.proxy.shutdown().await;
+}
