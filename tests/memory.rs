@@ -184,12 +184,13 @@ fn bytes_per_idle_connection(port: u16, tls: Tls, n: usize) -> (f64, f64) {
     (bytes + blocks * PER_BLOCK_OVERHEAD as f64, blocks)
 }
 
-/// What an idle plain connection may hold. Measured here: 3,008 B in 11
-/// blocks (the task with its future, 1,680 B; tokio's I/O registration,
+/// What an idle plain connection may hold. Measured here: 2,767–2,998 B in
+/// 11 blocks (the task with its future, 1,552 B; tokio's I/O registration,
 /// 272 B; the `conn` log span's fields and extension map, ~300 B; the
 /// session table's `Notify`; the device id strings; map slots). It was
-/// 4,330 B before the PROXY-header future was boxed and the CONNECT box
-/// freed at the end of the CONNECT phase. Issue 13's goal is 1,500 B in
+/// 4,330 B before the PROXY-header future was boxed, `connection::run`
+/// stopped storing its arguments twice and the CONNECT box was freed at the
+/// end of the CONNECT phase. Issue 13's goal is 1,500 B in
 /// RSS; this budget guards what has been reached so far against growth.
 const PLAIN_BUDGET: f64 = 3_300.0;
 
@@ -211,9 +212,9 @@ async fn an_idle_plain_connection_holds_little() {
     t.proxy.shutdown().await;
 }
 
-/// What an idle TLS connection may hold. Measured here: 10,751 B in 20
-/// blocks; the largest are rustls's 4 KiB deframer buffer, kept for the
-/// connection's life, and the task (2,752 B: a TLS stream's future is
+/// What an idle TLS connection may hold. Measured here: 10,346–10,594 B in
+/// 20 blocks; the largest are rustls's 4 KiB deframer buffer, kept for the
+/// connection's life, and the task (2,592 B: a TLS stream's future is
 /// larger). Issue 13's goal is 6,000 B in RSS (rustls's unbuffered API
 /// can decrypt from a per-thread buffer); this budget guards what has
 /// been reached so far against growth.

@@ -145,15 +145,18 @@ impl From<Flow> for Step {
 
 /// Runs one connection to completion: `handshake` turns the accepted TCP
 /// stream into the byte stream (identity for plain TCP, TLS accept for TLS)
-/// and counts against the connect deadline.
-pub async fn run<T, S, H>(
+/// and counts against the connect deadline. Not an `async fn`: its
+/// arguments would be stored in the task for its whole life next to the
+/// copies the instrumented block below holds.
+pub fn run<T, S, H>(
     tcp: T,
     peer: SocketAddr,
     proxied_cn: Option<String>,
     handshake: H,
     shared: Arc<Shared>,
     cancel: CancellationToken,
-) where
+) -> impl Future<Output = ()>
+where
     H: FnOnce(T) -> Pin<Box<dyn Future<Output = std::io::Result<(S, PeerCert)>> + Send>>,
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -241,7 +244,6 @@ pub async fn run<T, S, H>(
         }
     }
     .instrument(span)
-    .await
 }
 
 impl Session {
