@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 
 use common::*;
+use mqtt_kafka_proxy::mqtt::packet::Version;
 
 /// Bytes and blocks allocated and not yet freed, outside excluded threads.
 static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
@@ -97,16 +98,6 @@ fn live() -> (isize, isize) {
     )
 }
 
-/// A 3.1.1 CONNECT with a 60 s keep-alive.
-fn connect_packet(id: &str) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
-    body.extend((id.len() as u16).to_be_bytes());
-    body.extend(id.as_bytes());
-    let mut out = vec![0x10, body.len() as u8];
-    out.extend(body);
-    out
-}
-
 /// A client byte stream: plain TCP, or TLS over it.
 trait Stream: Read + Write + Send {}
 impl<T: Read + Write + Send> Stream for T {}
@@ -136,8 +127,8 @@ fn open_idle(port: u16, tls: &Tls, prefix: &str, n: usize) -> Vec<Box<dyn Stream
         let mut socks = Vec::with_capacity(n);
         for i in 0..n {
             let mut s = dial(port, &tls);
-            s.write_all(&connect_packet(&format!("{prefix}-{i}")))
-                .unwrap();
+            let connect = connect_bytes(&format!("{prefix}-{i}"), Version::V311, 60);
+            s.write_all(&connect).unwrap();
             let mut ack = [0u8; 4];
             s.read_exact(&mut ack).unwrap();
             assert_eq!(ack, [0x20, 0x02, 0x00, 0x00], "CONNACK for {prefix}-{i}");

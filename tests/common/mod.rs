@@ -620,18 +620,33 @@ pub fn encode(
 
 /// A 3.1.1 CONNECT for `id` with keep-alive `ka` seconds.
 pub fn connect_bytes(id: &str, v: mqtt_kafka_proxy::mqtt::packet::Version, ka: u16) -> Vec<u8> {
-    use mqtt_kafka_proxy::mqtt::packet::*;
+    connect_packet_bytes(connect_packet(id, v, ka))
+}
+
+/// A clean-start CONNECT as a test builds it (no credentials, no will);
+/// fields are changed by the caller, then [`connect_packet_bytes`].
+pub fn connect_packet(
+    id: &str,
+    v: mqtt_kafka_proxy::mqtt::packet::Version,
+    ka: u16,
+) -> mqtt_kafka_proxy::mqtt::packet::Connect {
+    mqtt_kafka_proxy::mqtt::packet::Connect {
+        version: v,
+        client_id: id.into(),
+        clean_start: true,
+        keep_alive: ka,
+        username: None,
+        password: None,
+        will: None,
+        properties: Default::default(),
+    }
+}
+
+/// A CONNECT, encoded in its own protocol version.
+pub fn connect_packet_bytes(c: mqtt_kafka_proxy::mqtt::packet::Connect) -> Vec<u8> {
+    let v = c.version;
     encode(
-        &Packet::Connect(Box::new(Connect {
-            version: v,
-            client_id: id.into(),
-            clean_start: true,
-            keep_alive: ka,
-            username: None,
-            password: None,
-            will: None,
-            properties: Properties::default(),
-        })),
+        &mqtt_kafka_proxy::mqtt::packet::Packet::Connect(Box::new(c)),
         v,
     )
 }

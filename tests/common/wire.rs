@@ -335,6 +335,17 @@ pub fn publish(topic: &str, qos: mp::QoS, packet_id: u16, payload: &[u8]) -> Pub
     }
 }
 
+/// A last will of `payload` on `topic` at `qos` (no properties).
+pub fn will(topic: &str, payload: &[u8], qos: mp::QoS) -> mp::Will {
+    mp::Will {
+        topic: topic.into(),
+        payload: Bytes::copy_from_slice(payload),
+        qos,
+        retain: false,
+        properties: Properties::default(),
+    }
+}
+
 /// A QoS 1 PUBLISH, encoded.
 pub fn qos1(topic: &str, packet_id: u16, payload: &[u8], v: Version) -> Vec<u8> {
     publish_bytes(publish(topic, mp::QoS::AtLeastOnce, packet_id, payload), v)

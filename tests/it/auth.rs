@@ -49,20 +49,16 @@ async fn tcp_wire(port: u16) -> Wire {
     }
 }
 
-fn connect_packet(v: Version, id: &str, user: Option<&str>, pass: Option<&[u8]>) -> Vec<u8> {
-    encode(
-        &Packet::Connect(Box::new(mp::Connect {
-            version: v,
-            client_id: id.into(),
-            clean_start: true,
-            keep_alive: 0,
-            username: user.map(Into::into),
-            password: pass.map(Bytes::copy_from_slice),
-            will: None,
-            properties: Properties::default(),
-        })),
-        v,
-    )
+fn connect_with_credentials(
+    v: Version,
+    id: &str,
+    user: Option<&str>,
+    pass: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut c = connect_packet(id, v, 0);
+    c.username = user.map(Into::into);
+    c.password = pass.map(Bytes::copy_from_slice);
+    connect_packet_bytes(c)
 }
 
 /// Sends CONNECT and returns the CONNACK code, or why no CONNACK came. A
@@ -74,7 +70,7 @@ async fn connack(
     user: Option<&str>,
     pass: Option<&[u8]>,
 ) -> Result<u8, String> {
-    w.send(&connect_packet(v, id, user, pass)).await;
+    w.send(&connect_with_credentials(v, id, user, pass)).await;
     let (b1, body) = next_packet(w).await?;
     assert_eq!(b1, 0x20, "CONNACK expected, got {b1:#04x} {body:02x?}");
     let code = body[1];

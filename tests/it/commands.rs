@@ -207,27 +207,15 @@ async fn connects_and_disconnects_are_recorded_in_the_lifecycle_topic() {
     t.proxy.shutdown().await;
 }
 
+/// The will payload of these tests.
+const OFFLINE: &[u8] = b"{\"online\":false}";
+
+/// A 3.1.1 CONNECT with a QoS 1 will on `will_topic`.
 fn connect_with_will(id: &str, will_topic: &str) -> Vec<u8> {
-    use mqtt_kafka_proxy::mqtt::packet::*;
-    encode(
-        &Packet::Connect(Box::new(Connect {
-            version: Version::V311,
-            client_id: id.into(),
-            clean_start: true,
-            keep_alive: 30,
-            username: None,
-            password: None,
-            will: Some(Will {
-                topic: will_topic.into(),
-                payload: bytes::Bytes::from_static(b"{\"online\":false}"),
-                qos: mqtt_kafka_proxy::mqtt::packet::QoS::AtLeastOnce,
-                retain: false,
-                properties: Properties::default(),
-            }),
-            properties: Properties::default(),
-        })),
-        Version::V311,
-    )
+    use mqtt_kafka_proxy::mqtt::packet::{QoS, Version};
+    let mut c = connect_packet(id, Version::V311, 30);
+    c.will = Some(will(will_topic, OFFLINE, QoS::AtLeastOnce));
+    connect_packet_bytes(c)
 }
 
 /// Waits for the lifecycle record saying `id` disconnected: the proxy has
@@ -244,32 +232,13 @@ async fn disconnected(t: &TestProxy, id: &str) {
 /// A 5.0 CONNECT whose will waits `delay_s` (the session may outlive the
 /// connection for as long).
 fn connect_with_delayed_will(id: &str, will_topic: &str, delay_s: u32) -> Vec<u8> {
-    use mqtt_kafka_proxy::mqtt::packet::*;
-    encode(
-        &Packet::Connect(Box::new(Connect {
-            version: Version::V5,
-            client_id: id.into(),
-            clean_start: true,
-            keep_alive: 30,
-            username: None,
-            password: None,
-            will: Some(Will {
-                topic: will_topic.into(),
-                payload: bytes::Bytes::from_static(b"{\"online\":false}"),
-                qos: mqtt_kafka_proxy::mqtt::packet::QoS::AtLeastOnce,
-                retain: false,
-                properties: Properties {
-                    will_delay_interval: Some(delay_s),
-                    ..Properties::default()
-                },
-            }),
-            properties: Properties {
-                session_expiry_interval: Some(delay_s),
-                ..Properties::default()
-            },
-        })),
-        Version::V5,
-    )
+    use mqtt_kafka_proxy::mqtt::packet::{QoS, Version};
+    let mut c = connect_packet(id, Version::V5, 30);
+    let mut w = will(will_topic, OFFLINE, QoS::AtLeastOnce);
+    w.properties.will_delay_interval = Some(delay_s);
+    c.will = Some(w);
+    c.properties.session_expiry_interval = Some(delay_s);
+    connect_packet_bytes(c)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,7 +299,7 @@ async fn a_delayed_will_is_held_then_produced_when_the_replica_drains() {
         "produced at the drain, not at the disconnect"
     );
     assert_eq!(recs[will].header("mqtt.will").as_deref(), Some("1"));
-    assert_eq!(recs[will].value, b"{\"online\":false}");
+    assert_eq!(recs[will].value, OFFLINE);
     a.proxy.shutdown().await;
 }
 
@@ -353,7 +322,7 @@ async fn the_will_is_produced_when_a_connection_dies_not_on_a_clean_disconnect()
     })
     .await;
     let will = recs.iter().find(|r| r.key == "dev-dies").unwrap();
-    assert_eq!(will.value, b"{\"online\":false}");
+    assert_eq!(will.value, OFFLINE);
     assert_eq!(will.header("mqtt.will").as_deref(), Some("1"));
     assert_eq!(
         will.header("mqtt.topic").as_deref(),

@@ -14,11 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use bytes::Bytes;
 use mqtt_kafka_proxy::config::{AclAction, AclRule, Permission};
-use mqtt_kafka_proxy::mqtt::packet::{
-    self as mp, reason, return_code, Packet, Properties, Version,
-};
+use mqtt_kafka_proxy::mqtt::packet::{self as mp, reason, return_code, Version};
 use mqtt_kafka_proxy::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -46,25 +43,9 @@ fn suback_codes(body: &[u8], v: Version) -> Vec<u8> {
 
 /// A CONNECT (keep-alive off) carrying a QoS 0 will on `will_topic`.
 fn connect_with_will(id: &str, v: Version, will_topic: &str, payload: &[u8]) -> Vec<u8> {
-    encode(
-        &Packet::Connect(Box::new(mp::Connect {
-            version: v,
-            client_id: id.into(),
-            clean_start: true,
-            keep_alive: 0,
-            username: None,
-            password: None,
-            will: Some(mp::Will {
-                topic: will_topic.into(),
-                payload: Bytes::copy_from_slice(payload),
-                qos: mp::QoS::AtMostOnce,
-                retain: false,
-                properties: Properties::default(),
-            }),
-            properties: Properties::default(),
-        })),
-        v,
-    )
+    let mut c = connect_packet(id, v, 0);
+    c.will = Some(will(will_topic, payload, mp::QoS::AtMostOnce));
+    connect_packet_bytes(c)
 }
 
 /// A TCP connection to the proxy from source address `ip` (any 127/8
