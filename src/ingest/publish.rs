@@ -138,8 +138,6 @@ struct Pending {
 /// One connection's state on the device → Kafka path.
 pub struct Ingest {
     version: Version,
-    /// 5.0 Request Problem Information: may reason strings be sent.
-    problem_info: bool,
     /// QoS 1/2 PUBLISH packets owed an acknowledgement, in arrival order;
     /// under `mqtt.ordering = "strict"` also the records held behind the
     /// one Kafka has.
@@ -163,10 +161,9 @@ pub struct Ingest {
 
 impl Ingest {
     /// The path of a connection that just got its CONNACK.
-    pub fn new(version: Version, problem_info: bool, pipe: &Pipeline) -> Ingest {
+    pub fn new(version: Version, pipe: &Pipeline) -> Ingest {
         Ingest {
             version,
-            problem_info,
             inflight: Window::new(pipe.ordering),
             awaiting_rel: HashSet::new(),
             aliases: Vec::new(),
@@ -524,8 +521,13 @@ impl Ingest {
     /// delivery ends the connection on 3.1.1 (no negative ack, nothing to
     /// write) and under `mqtt.ordering = "strict"` (after the 5.0 negative
     /// ack, which is returned with the failure), so the device resends; the
-    /// records held behind it are never produced.
-    pub fn acknowledge(&mut self, outcome: Outcome) -> (Option<Packet>, Option<Failure>) {
+    /// records held behind it are never produced. `problem_info`: whether
+    /// the client may be sent reason strings.
+    pub fn acknowledge(
+        &mut self,
+        outcome: Outcome,
+        problem_info: bool,
+    ) -> (Option<Packet>, Option<Failure>) {
         let Some((packet_id, qos)) = self.inflight.pop_front() else {
             return (None, None);
         };
@@ -538,14 +540,16 @@ impl Ingest {
                 return (None, Some(Failure::DeliveryFailed(why)));
             }
             Outcome::Failed(why) if self.inflight.is_strict() => {
-                let properties = self.reason_string(&why);
+                let properties = Properties::reason(self.version, problem_info, &why);
                 close = Some(Failure::DeliveryFailed(format!(
                     "{why}; mqtt.ordering = \"strict\" closes the connection: {} record(s) held behind it were not produced, resend from this one",
                     self.inflight.held()
                 )));
                 properties
             }
-            Outcome::Failed(why) | Outcome::Refused(_, why) => self.reason_string(&why),
+            Outcome::Failed(why) | Outcome::Refused(_, why) => {
+                Properties::reason(self.version, problem_info, &why)
+            }
         };
         let ack = Ack {
             packet_id,
@@ -562,15 +566,6 @@ impl Ingest {
             }
         };
         (Some(packet), close)
-    }
-
-    /// Reason-string properties, when the client accepts them.
-    fn reason_string(&self, why: &str) -> Properties {
-        Properties {
-            reason_string: (self.version == Version::V5 && self.problem_info)
-                .then(|| why.to_owned()),
-            ..Properties::default()
-        }
     }
 
     fn resolve_alias(&mut self, topic: &mut String, alias: u16, max: u16) -> Result<(), Failure> {

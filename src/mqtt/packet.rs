@@ -174,6 +174,18 @@ pub struct Ack {
     pub properties: Properties,
 }
 
+impl Properties {
+    /// Properties carrying only `why` as the reason string, when the client
+    /// may be sent one: a 5.0 client that did not set Request Problem
+    /// Information to 0 [MQTT-3.1.2-29].
+    pub fn reason(version: Version, problem_info: bool, why: &str) -> Properties {
+        Properties {
+            reason_string: (version == Version::V5 && problem_info).then(|| why.to_owned()),
+            ..Properties::default()
+        }
+    }
+}
+
 impl Ack {
     /// A success acknowledgement with no properties.
     pub fn new(packet_id: u16, reason: u8) -> Ack {

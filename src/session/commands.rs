@@ -9,7 +9,7 @@ use super::framed::Framed;
 use crate::auth::acl::Subject;
 use crate::commands::outbound::{self, Outbound, SubscribeRequest};
 use crate::commands::{Command, Journal, Status};
-use crate::mqtt::packet::{SubAck, Subscribe};
+use crate::mqtt::packet::{Properties, SubAck, Subscribe};
 
 impl Session {
     /// Whether another command may be written now (the client's Receive Maximum).
@@ -56,7 +56,7 @@ impl Session {
             packet_id: sub.packet_id,
             properties: granted
                 .why
-                .map(|w| self.reason_string(w))
+                .map(|w| Properties::reason(self.version, self.problem_info, w))
                 .unwrap_or_default(),
             codes: granted.codes,
         };

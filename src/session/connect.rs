@@ -302,11 +302,7 @@ impl Session {
             authz: Authorization::default(),
             partial_deadline: None,
             keep_alive: Duration::from_millis(connect.keep_alive as u64 * 1500),
-            ingest: Ingest::new(
-                connect.version,
-                connect.properties.request_problem_information != Some(0),
-                &shared.pipeline,
-            ),
+            ingest: Ingest::new(connect.version, &shared.pipeline),
             problem_info: connect.properties.request_problem_information != Some(0),
             generation: registration.generation,
             kick: Some(registration.kick),

@@ -347,7 +347,7 @@ impl Session {
                     // Delivery reports come in batches: acknowledge every one
                     // that is ready, then write them with one syscall.
                     while let Some(outcome) = next {
-                        let (ack, close) = self.ingest.acknowledge(outcome);
+                        let (ack, close) = self.ingest.acknowledge(outcome, self.problem_info);
                         if let Some(ack) = ack {
                             framed.queue(&ack, self.version);
                         }
@@ -523,14 +523,6 @@ impl Session {
             }
         }
         Ok(Step::Continue)
-    }
-
-    pub(super) fn reason_string(&self, why: &str) -> Properties {
-        Properties {
-            reason_string: (self.version == Version::V5 && self.problem_info)
-                .then(|| why.to_owned()),
-            ..Properties::default()
-        }
     }
 
     /// A PUBLISH: the ingest path's checks, this connection's authorization,
