@@ -335,6 +335,43 @@ pub fn publish(topic: &str, qos: mp::QoS, packet_id: u16, payload: &[u8]) -> Pub
     }
 }
 
+/// A slowloris client: writes `bytes[from..]` one byte per `every` (the
+/// first after one `every`) while reading whatever the proxy writes, until
+/// the proxy closes the connection. Returns how many bytes of `bytes` were
+/// sent in all (`from` included) and what the proxy wrote. Panics if the
+/// connection is still open after [`PATIENCE`].
+pub async fn dribble(
+    raw: &mut Raw,
+    bytes: &[u8],
+    from: usize,
+    every: std::time::Duration,
+    who: &str,
+) -> (usize, Vec<u8>) {
+    use tokio::io::AsyncWriteExt;
+    let (mut rd, mut wr) = raw.stream.split();
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await; // the first tick is immediate
+    let (mut sent, mut got, mut buf) = (from, Vec::new(), [0u8; 256]);
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            tokio::select! {
+                _ = tick.tick(), if sent < bytes.len() => {
+                    if wr.write_all(&bytes[sent..sent + 1]).await.is_ok() {
+                        sent += 1;
+                    }
+                }
+                r = rd.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                },
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{who}: still open after {PATIENCE:?}"));
+    (sent, got)
+}
+
 /// A last will of `payload` on `topic` at `qos` (no properties).
 pub fn will(topic: &str, payload: &[u8], qos: mp::QoS) -> mp::Will {
     mp::Will {

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use mqtt_kafka_proxy::config::UnmatchedAction;
 use mqtt_kafka_proxy::mqtt::packet::{self as mp, reason, Packet, Properties, Version};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const V311: Version = Version::V311;
 const V5: Version = Version::V5;
@@ -262,27 +261,14 @@ async fn no_connect_before_the_deadline_closes_the_socket() {
     // Dribbled: one byte every 50 ms still arrives, but the whole CONNECT
     // must be in before the deadline.
     let mut raw = Raw::connect(port).await;
-    let (mut rd, mut wr) = raw.stream.split();
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let (mut sent, mut got, mut buf) = (0, Vec::new(), [0u8; 256]);
-    let started = Instant::now();
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            tokio::select! {
-                _ = tick.tick(), if sent < connect.len() => {
-                    if wr.write_all(&connect[sent..sent + 1]).await.is_ok() {
-                        sent += 1;
-                    }
-                }
-                r = rd.read(&mut buf) => match r {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                },
-            }
-        }
-    })
-    .await
-    .expect("dribbling client closed");
+    let (sent, got) = dribble(
+        &mut raw,
+        &connect,
+        0,
+        Duration::from_millis(50),
+        "dribbling client",
+    )
+    .await;
     assert!(
         got.is_empty(),
         "no CONNACK for a dribbled CONNECT: {got:02x?}"
@@ -293,7 +279,6 @@ async fn no_connect_before_the_deadline_closes_the_socket() {
         connect.len()
     );
     // `sent < connect.len()` above already proves the cut came at the deadline.
-    let _ = started;
     t.proxy.shutdown().await;
 }
 
@@ -923,27 +908,8 @@ async fn keep_alive_expiry_closes_the_connection() {
             ),
             V5,
         );
-        let (mut rd, mut wr) = raw.stream.split();
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let (mut sent, mut got, mut buf) = (0, Vec::new(), [0u8; 256]);
         let started = Instant::now();
-        tokio::time::timeout(PATIENCE, async {
-            loop {
-                tokio::select! {
-                    _ = tick.tick(), if sent < p.len() => {
-                        if wr.write_all(&p[sent..sent + 1]).await.is_ok() {
-                            sent += 1;
-                        }
-                    }
-                    r = rd.read(&mut buf) => match r {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    },
-                }
-            }
-        })
-        .await
-        .expect("dribbler closed");
+        let (sent, got) = dribble(&mut raw, &p, 0, Duration::from_millis(100), "dribbler").await;
         in_window(started.elapsed(), "dribbler");
         assert!(sent < p.len(), "cut before the packet was complete");
         let packets = parse_packets(&got);

@@ -17,7 +17,7 @@ use crate::common::*;
 use mqtt_kafka_proxy::config::{AclAction, AclRule, Permission};
 use mqtt_kafka_proxy::mqtt::packet::{self as mp, reason, return_code, Version};
 use mqtt_kafka_proxy::Config;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 const V311: Version = Version::V311;
 const V5: Version = Version::V5;
@@ -507,27 +507,7 @@ async fn slowloris_after_connect_is_cut_at_the_partial_packet_deadline() {
         let p = qos1(&format!("devices/{id}/events/x"), 1, &[b'z'; 200], v);
         raw.send(&p[..3]).await;
         let started = Instant::now();
-        let (mut rd, mut wr) = raw.stream.split();
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        tick.tick().await; // the first tick is immediate
-        let (mut sent, mut got, mut buf) = (3, Vec::new(), [0u8; 256]);
-        tokio::time::timeout(PATIENCE, async {
-            loop {
-                tokio::select! {
-                    _ = tick.tick(), if sent < p.len() => {
-                        if wr.write_all(&p[sent..sent + 1]).await.is_ok() {
-                            sent += 1;
-                        }
-                    }
-                    r = rd.read(&mut buf) => match r {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    },
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{id}: still open after {PATIENCE:?}"));
+        let (sent, got) = dribble(&mut raw, &p, 3, Duration::from_millis(100), &id).await;
         let lived = started.elapsed();
         assert!(
             sent < p.len(),
