@@ -20,7 +20,7 @@ use crate::auth::{AuthError, Authenticator};
 use crate::commands::consumer::CommandConsumer;
 use crate::commands::offline::OfflineIndex;
 use crate::commands::retained::RetainedStore;
-use crate::commands::{Journal, SessionTable};
+use crate::commands::{Doorbell, Journal, SessionTable};
 use crate::config::{Config, ConfigError};
 use crate::ingest::Pipeline;
 use crate::kafka::embedded::EmbeddedKafka;
@@ -80,6 +80,9 @@ pub struct Proxy {
     embedded: Option<EmbeddedKafka>,
     producer: Producer,
     cancel: CancellationToken,
+    /// Rung at shutdown: connections waiting between packets hear the
+    /// drain through their doorbells, not the cancellation token.
+    table: Arc<SessionTable>,
     tracker: TaskTracker,
     accept_loops: Vec<JoinHandle<()>>,
     consumer: Option<CommandConsumer>,
@@ -255,7 +258,7 @@ impl Proxy {
                 key_is_identity: auth.enabled(),
             },
             commands: config.commands.clone(),
-            table,
+            table: table.clone(),
             offline,
             retained,
             journal,
@@ -342,6 +345,7 @@ impl Proxy {
             embedded,
             producer,
             cancel,
+            table,
             tracker,
             accept_loops,
             consumer: Some(consumer),
@@ -416,6 +420,7 @@ impl Proxy {
         }
         tracing::info!("shutting down: no new connections; draining in-flight acknowledgements");
         self.cancel.cancel();
+        self.table.ring_all(Doorbell::DRAIN);
         for l in self.accept_loops {
             let _ = l.await;
         }

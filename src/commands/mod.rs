@@ -22,4 +22,4 @@ pub mod table;
 
 pub use self::config::{CommandsConfig, LifecycleConfig};
 pub use self::journal::{Journal, Status};
-pub use self::table::{Command, SessionTable};
+pub use self::table::{Command, Doorbell, SessionTable};

@@ -76,8 +76,11 @@ impl Outbound {
     }
 
     /// The next queued command.
-    pub async fn next(&mut self) -> Option<Box<Command>> {
-        self.rx.recv().await
+    pub fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Box<Command>>> {
+        self.rx.poll_recv(cx)
     }
 
     /// Grants `filter` at `qos` (at most 1). Returns whether it is new.

@@ -8,12 +8,15 @@
 //! are cloned out first. Entries carry a generation, so a closing task can
 //! only remove its own entry, never its successor's.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use tokio::sync::{mpsc, Notify};
+use std::task::{Context, Poll};
+
+use futures::task::AtomicWaker;
+use tokio::sync::mpsc;
 
 use crate::mqtt::packet::QoS;
 
@@ -40,11 +43,48 @@ pub struct Command {
     pub retain: bool,
 }
 
+/// A connection's doorbell: the table rings it when a newer connect of
+/// the client id takes over, or when the replica starts to drain. One
+/// atomic and one waker for both causes, so a connection waiting between
+/// packets holds no waiter registration of its own.
+#[derive(Default)]
+pub struct Doorbell {
+    rung: AtomicU8,
+    waker: AtomicWaker,
+}
+
+impl Doorbell {
+    /// A newer connect of the same client id took over; stays rung.
+    pub const TAKEN_OVER: u8 = 1;
+    /// The replica drains; cleared when reported.
+    pub const DRAIN: u8 = 2;
+
+    /// Rings for `why` and wakes the connection.
+    pub fn ring(&self, why: u8) {
+        self.rung.fetch_or(why, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// Ready with the causes in `mask` that have rung.
+    pub fn poll(&self, cx: &mut Context<'_>, mask: u8) -> Poll<u8> {
+        // Register before looking, so a ring between the two is not missed.
+        self.waker.register(cx.waker());
+        let rung = self.rung.load(Ordering::Acquire) & mask;
+        if rung == 0 {
+            return Poll::Pending;
+        }
+        if rung & Self::DRAIN != 0 {
+            self.rung.fetch_and(!Self::DRAIN, Ordering::AcqRel);
+        }
+        Poll::Ready(rung)
+    }
+}
+
 /// One connected session's handles.
 struct Entry {
     generation: u64,
     connected_at_ms: i64,
-    kick: Arc<Notify>,
+    bell: Arc<Doorbell>,
     /// Present once the device has a granted subscription.
     commands: Option<mpsc::Sender<Box<Command>>>,
 }
@@ -53,8 +93,8 @@ struct Entry {
 pub struct Registration {
     /// Identifies this session's entry.
     pub generation: u64,
-    /// Notified when the session is taken over.
-    pub kick: Arc<Notify>,
+    /// Rung when the session is taken over or the replica drains.
+    pub bell: Arc<Doorbell>,
 }
 
 /// Result of offering a command to the table.
@@ -102,21 +142,21 @@ impl SessionTable {
         commands: Option<mpsc::Sender<Box<Command>>>,
     ) -> Registration {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let kick = Arc::new(Notify::new());
+        let bell = Arc::new(Doorbell::default());
         let old = self.map.insert(
             client_id.to_owned(),
             Entry {
                 generation,
                 connected_at_ms,
-                kick: kick.clone(),
+                bell: bell.clone(),
                 commands,
             },
         );
         if let Some(old) = old {
-            old.kick.notify_one();
+            old.bell.ring(Doorbell::TAKEN_OVER);
         }
         self.pending_wills.remove(client_id);
-        Registration { generation, kick }
+        Registration { generation, bell }
     }
 
     /// Attaches the command queue of a session that now has a subscription.
@@ -172,12 +212,21 @@ impl SessionTable {
     pub fn kick_if_older(&self, client_id: &str, remote_at_ms: i64) -> bool {
         self.pending_wills
             .remove_if(client_id, |_, held| *held <= remote_at_ms);
-        let kick = match self.map.get(client_id) {
-            Some(e) if e.connected_at_ms <= remote_at_ms => e.kick.clone(),
+        let bell = match self.map.get(client_id) {
+            Some(e) if e.connected_at_ms <= remote_at_ms => e.bell.clone(),
             _ => return false,
         };
-        kick.notify_one();
+        bell.ring(Doorbell::TAKEN_OVER);
         true
+    }
+
+    /// Rings every connected session's doorbell: at shutdown, after the
+    /// replica's cancellation token fired (a session registered after this
+    /// pass sees that token instead).
+    pub fn ring_all(&self, why: u8) {
+        for e in self.map.iter() {
+            e.bell.ring(why);
+        }
     }
 
     /// Records that `client_id` connected to `replica` at `at_ms`.
@@ -260,10 +309,17 @@ mod tests {
     async fn a_second_registration_kicks_the_first_and_a_stale_deregister_is_ignored() {
         let t = SessionTable::default();
         let first = t.register("d", 1, None);
-        let kicked = first.kick.notified();
         let second = t.register("d", 2, None);
-        // notify_one stores a permit, so the kick is not lost if nobody waits yet.
-        kicked.await;
+        // The ring stays until polled, so the kick is not lost if nobody waits yet.
+        let rung = std::future::poll_fn(|cx| first.bell.poll(cx, Doorbell::TAKEN_OVER)).await;
+        assert_eq!(rung, Doorbell::TAKEN_OVER);
+        assert!(second
+            .bell
+            .poll(
+                &mut Context::from_waker(std::task::Waker::noop()),
+                Doorbell::TAKEN_OVER
+            )
+            .is_pending());
         t.deregister("d", first.generation);
         assert_eq!(t.len(), 1, "the old task must not remove its successor");
         t.deregister("d", second.generation);

@@ -13,7 +13,7 @@
 //! device instead of memory in the proxy.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -143,7 +143,7 @@ pub struct Ingest {
     /// one Kafka has.
     inflight: Window,
     /// QoS 2 packet ids PUBREC'd and waiting for PUBREL.
-    awaiting_rel: HashSet<u16>,
+    awaiting_rel: BTreeSet<u16>,
     /// Inbound 5.0 topic aliases, allocated on first use.
     aliases: Vec<Option<String>>,
     pending: Option<Box<Pending>>,
@@ -165,7 +165,7 @@ impl Ingest {
         Ingest {
             version,
             inflight: Window::new(pipe.ordering),
-            awaiting_rel: HashSet::new(),
+            awaiting_rel: BTreeSet::new(),
             aliases: Vec::new(),
             pending: None,
             limiter: Limiter::new(&pipe.rate_limits),

@@ -25,6 +25,7 @@ use crate::limits::{LogThrottle, SourceLimiter};
 use crate::metrics as m;
 use crate::server::proxy_protocol;
 use crate::server::tls::TlsReloader;
+use crate::server::tls_stream::{self, TlsStream};
 use crate::server::websocket::{self, WsStream};
 use crate::session::PeerCert;
 use crate::session::{connection, Shared};
@@ -137,12 +138,10 @@ pub async fn accept_loop(
         match &transport {
             Transport::Tcp => spawn_connection(&tracker, permit, start, plain, shared, cancel),
             Transport::Tls(tls) => {
-                let acceptor = tls.acceptor();
-                let handshake = move |tcp: TcpStream| -> HandshakeFuture<
-                    tokio_rustls::server::TlsStream<TcpStream>,
-                > {
+                let config = tls.config();
+                let handshake = move |tcp: TcpStream| -> HandshakeFuture<TlsStream> {
                     Box::pin(async move {
-                        let stream = acceptor.accept(tcp).await?;
+                        let stream = tls_stream::accept(config, tcp).await?;
                         let cert = leaf_certificate(&stream);
                         Ok((stream, cert))
                     })
@@ -158,14 +157,12 @@ pub async fn accept_loop(
                 spawn_connection(&tracker, permit, start, handshake, shared, cancel);
             }
             Transport::Wss(tls, path) => {
-                let acceptor = tls.acceptor();
+                let config = tls.config();
                 let path = path.clone();
                 let max = ws_message_max(&shared);
-                let handshake = move |tcp: TcpStream| -> HandshakeFuture<
-                    WsStream<tokio_rustls::server::TlsStream<TcpStream>>,
-                > {
+                let handshake = move |tcp: TcpStream| -> HandshakeFuture<WsStream<TlsStream>> {
                     Box::pin(async move {
-                        let stream = acceptor.accept(tcp).await?;
+                        let stream = tls_stream::accept(config, tcp).await?;
                         let cert = leaf_certificate(&stream);
                         Ok((websocket::accept(stream, &path, max).await?, cert))
                     })
@@ -228,21 +225,22 @@ fn spawn_connection<S, H>(
     H: FnOnce(TcpStream) -> HandshakeFuture<S> + Send + 'static,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    tracker.spawn(async move {
-        let _permit = permit;
-        let Some((tcp, peer, cn)) = start.await else {
-            return;
-        };
-        connection::run(tcp, peer, cn, handshake, shared, cancel).await;
-    });
+    // The opening (PROXY header, handshake, CONNECT) is boxed: the task
+    // keeps only what an open connection needs once it is done.
+    let opening = {
+        let shared = shared.clone();
+        Box::pin(async move {
+            let (tcp, peer, cn) = start.await?;
+            connection::open(tcp, peer, cn, handshake, &shared, permit).await
+        })
+    };
+    tracker.spawn(connection::run(opening, shared, cancel));
 }
 
 /// The client's leaf certificate, verified by rustls against the client CA
 /// during the handshake; the device id is read from it at CONNECT.
-fn leaf_certificate(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> PeerCert {
+fn leaf_certificate(stream: &TlsStream) -> PeerCert {
     stream
-        .get_ref()
-        .1
         .peer_certificates()
         .and_then(|c| c.first())
         .map(|c| c.clone().into_owned())

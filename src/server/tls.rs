@@ -15,7 +15,6 @@ use std::sync::RwLock;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use tokio_rustls::TlsAcceptor;
 
 use super::config::{ClientAuth, TlsListenerConfig};
 use crate::auth::watch::Reloader;
@@ -144,7 +143,7 @@ fn client_verifier(
 /// change, and keeps the old one (logging why) when the new files are bad.
 pub struct TlsReloader {
     cfg: TlsListenerConfig,
-    current: RwLock<TlsAcceptor>,
+    current: RwLock<Arc<ServerConfig>>,
     reloader: Reloader,
 }
 
@@ -156,13 +155,13 @@ impl TlsReloader {
         Ok(TlsReloader {
             reloader: Reloader::new("tls", watched(cfg)),
             cfg: cfg.clone(),
-            current: RwLock::new(TlsAcceptor::from(config)),
+            current: RwLock::new(config),
         })
     }
 
-    /// The acceptor for the next handshake.
-    pub fn acceptor(&self) -> TlsAcceptor {
-        // A poisoned lock still holds a valid acceptor: a panic cannot leave it half-written.
+    /// The configuration for the next handshake.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        // A poisoned lock still holds a valid configuration: a panic cannot leave it half-written.
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -173,7 +172,7 @@ impl TlsReloader {
     /// new handshakes use the new files; `Err`: they keep using the old ones.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let apply = |config: Arc<ServerConfig>| {
-            *self.current.write().unwrap_or_else(|e| e.into_inner()) = TlsAcceptor::from(config);
+            *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
             tracing::info!(cert = %self.cfg.cert_path.display(), "TLS certificate files changed; new handshakes use them");
         };
         self.reloader

@@ -3,11 +3,18 @@
 //! before closing, the `reason` label of the closed-connections metric and
 //! the level of the close log line.
 
-use super::framed::WriteError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::connection::{Session, Shared};
+use super::framed::{Framed, WriteError};
+use super::will::publish_will;
 use crate::ingest::publish::Failure;
 use crate::metrics as m;
 use crate::mqtt::error::ProtocolError;
-use crate::mqtt::packet::reason;
+use crate::mqtt::packet::{reason, Disconnect, Packet, Properties, Version};
 
 /// Why a connection ended; every exit path produces exactly one.
 #[derive(Debug)]
@@ -170,5 +177,80 @@ pub(super) fn log_close_before_connect(reason: &CloseReason) {
         tracing::warn!(%reason, "connection closed before CONNECT completed");
     } else {
         tracing::info!(%reason, "connection closed before CONNECT completed");
+    }
+}
+
+impl Session {
+    /// Everything after the loop: the 5.0 DISCONNECT, leaving the session
+    /// table, commands not delivered, the will, the lifecycle record, the
+    /// close log line.
+    pub(super) async fn close<S: AsyncRead + AsyncWrite + Unpin>(
+        mut self,
+        mut framed: Framed<S>,
+        reason: CloseReason,
+        shared: &Arc<Shared>,
+    ) {
+        if let (Version::V5, Some(code)) = (self.version, reason.disconnect_code()) {
+            // At shutdown, a configured server reference turns 0x8B into
+            // 0x9C "use another server" [MQTT-4.11].
+            let reference = match reason {
+                CloseReason::Shutdown => shared.server_reference.clone(),
+                _ => None,
+            };
+            let d = Disconnect {
+                reason: if reference.is_some() {
+                    reason::USE_ANOTHER_SERVER
+                } else {
+                    code
+                },
+                properties: Properties {
+                    reason_string: self.problem_info.then(|| reason.to_string()),
+                    server_reference: reference,
+                    ..Properties::default()
+                },
+            };
+            let timeout = Duration::from_millis(shared.mqtt.write_timeout_ms.min(1000));
+            framed
+                .send_now(&Packet::Disconnect(d), Version::V5, timeout)
+                .await;
+        }
+        shared.table.deregister(&self.device_id, self.generation);
+        // The age of this replica's ownership counts from the disconnect.
+        shared.table.touch_owner(
+            &self.device_id,
+            &shared.journal.replica,
+            crate::kafka::now_ms(),
+        );
+        if let Some(out) = self.outbound.as_mut() {
+            out.drop_all(&shared.journal);
+        }
+        // A drain is not a device failure: devices reconnect elsewhere, so no wills.
+        if let (Some(will), false) = (self.will.take(), matches!(reason, CloseReason::Shutdown)) {
+            publish_will(
+                shared,
+                &self.device_id,
+                self.client_id(),
+                self.version,
+                *will,
+                self.will_delay,
+            );
+        }
+        shared.journal.lifecycle(
+            &self.device_id,
+            "disconnected",
+            &self.peer.to_string(),
+            Some(reason.label()),
+        );
+        metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+        metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
+        let secs = self.started.elapsed().as_secs();
+        let i = &self.ingest;
+        let (published, refused, dead_lettered, not_authorized) =
+            (i.published, i.refused, i.dead_lettered, self.authz.denied);
+        if reason.is_problem() {
+            tracing::warn!(%reason, connected_s = secs, published, refused, dead_lettered, not_authorized, "connection closed");
+        } else {
+            tracing::info!(%reason, connected_s = secs, published, refused, dead_lettered, not_authorized, "connection closed");
+        }
     }
 }

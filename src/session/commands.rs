@@ -7,7 +7,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::connection::{Session, Shared};
 use super::framed::Framed;
 use crate::auth::acl::Subject;
-use crate::commands::outbound::{self, Outbound, SubscribeRequest};
+use crate::commands::outbound::{self, SubscribeRequest};
 use crate::commands::{Command, Journal, Status};
 use crate::mqtt::packet::{Properties, SubAck, Subscribe};
 
@@ -77,13 +77,5 @@ impl Session {
         if let Some(publish) = out.deliver(cmd, version, journal, |p| framed.fits(p, version)) {
             framed.queue(&publish, version);
         }
-    }
-}
-
-/// The next queued command, once the session has subscribed.
-pub(super) async fn next_command(outbound: &mut Option<Box<Outbound>>) -> Option<Box<Command>> {
-    match outbound {
-        Some(o) => o.next().await,
-        None => std::future::pending().await,
     }
 }

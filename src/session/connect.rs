@@ -270,7 +270,7 @@ impl Session {
             .journal
             .lifecycle(&device_id, "connected", &peer.to_string(), None);
         // [MQTT-3.1.2-24]: never send a 5.0 client more than it said it accepts.
-        framed.set_max_outbound(connect.properties.maximum_packet_size.map(|m| m as usize));
+        framed.set_max_outbound(connect.properties.maximum_packet_size);
         framed.queue(&Packet::ConnAck(ack), connect.version);
         if let Err(e) = framed.flush(write_timeout).await {
             shared.table.deregister(&device_id, registration.generation);
@@ -305,7 +305,7 @@ impl Session {
             ingest: Ingest::new(connect.version, &shared.pipeline),
             problem_info: connect.properties.request_problem_information != Some(0),
             generation: registration.generation,
-            kick: Some(registration.kick),
+            bell: registration.bell,
             client_receive_max: connect
                 .properties
                 .receive_maximum
@@ -322,6 +322,8 @@ impl Session {
                     .into(),
             ),
             will: connect.will.map(Box::new),
+            peer,
+            started: std::time::Instant::now(),
         })
     }
 }

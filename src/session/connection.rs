@@ -25,25 +25,24 @@ use std::time::{Duration, Instant};
 
 use futures::future::OptionFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Notify;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::authorize::{Authorization, Authz};
 use super::close::{log_close_before_connect, CloseReason};
-use super::commands::next_command;
 use super::config::MqttConfig;
 use super::connect::{read_connect, PeerCert};
 use super::framed::{Framed, WriteError};
-use super::will::publish_will;
+use super::wake::{Loop, Served, Waits, Wake};
 use crate::auth::acl::Access;
 use crate::auth::Authenticator;
 use crate::commands::offline::OfflineIndex;
 use crate::commands::outbound::Outbound;
 use crate::commands::retained::RetainedStore;
-use crate::commands::{CommandsConfig, Journal, SessionTable};
-use crate::ingest::publish::{Admit, Event, Flow, Publisher};
+use crate::commands::{CommandsConfig, Doorbell, Journal, SessionTable};
+use crate::ingest::publish::{Admit, Flow, Publisher};
 use crate::ingest::{Ingest, Pipeline};
 use crate::metrics as m;
 use crate::mqtt::codec::Limits;
@@ -115,8 +114,8 @@ pub(super) struct Session {
     pub(super) ingest: Ingest,
     /// This session's entry in the session table.
     pub(super) generation: u64,
-    /// Notified when a newer connect of the same client id takes over.
-    pub(super) kick: Option<Arc<Notify>>,
+    /// Rung when a newer connect of the same client id takes over, or the replica drains.
+    pub(super) bell: Arc<Doorbell>,
     /// The client's Receive Maximum: unacknowledged QoS 1 commands at once.
     pub(super) client_receive_max: u16,
     /// Subscriptions and commands, allocated on the first granted SUBSCRIBE.
@@ -125,6 +124,10 @@ pub(super) struct Session {
     pub(super) will: Option<Box<Will>>,
     /// 5.0 will delay, capped by the session expiry interval [MQTT-3.1.3-9].
     pub(super) will_delay: Duration,
+    /// The client's address (behind a PROXY-protocol balancer, the real source).
+    pub(super) peer: SocketAddr,
+    /// When the CONNACK was sent.
+    pub(super) started: Instant,
 }
 
 /// Whether to go on decoding buffered packets.
@@ -143,19 +146,107 @@ impl From<Flow> for Step {
     }
 }
 
-/// Runs one connection to completion: `handshake` turns the accepted TCP
-/// stream into the byte stream (identity for plain TCP, TLS accept for TLS)
-/// and counts against the connect deadline. Not an `async fn`: its
-/// arguments would be stored in the task for its whole life next to the
-/// copies the instrumented block below holds.
-pub fn run<T, S, H>(
+/// A connection answered with CONNACK, ready for [`run`].
+pub struct Opened<S> {
+    framed: Framed<S>,
+    session: Session,
+    /// The replica's connection permit, held until the connection ends.
+    permit: OwnedSemaphorePermit,
+}
+
+/// Runs one connection to completion, from `opening` (the PROXY header,
+/// the handshake and the CONNECT phase: see [`open`]) to its close.
+///
+/// The task is sized for an idle connection. Everything that is needed
+/// only for a while is a boxed future that exists while it runs: the
+/// opening, each busy spell ([`Session::serve`], in the connection's log
+/// span) and the close. Between packets the task holds the socket, the
+/// session, the keep-alive timer and the [`Waits`] future, and no span.
+/// Not an `async fn`, and the loop is not in a function of its own: an
+/// async function stores its arguments twice, and a moved-out local keeps
+/// its slot in the task.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn run<S>(
+    opening: Pin<Box<dyn Future<Output = Option<Opened<S>>> + Send>>,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) -> impl Future<Output = ()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    async move {
+        let Some(Opened {
+            mut framed,
+            mut session,
+            permit: _permit,
+        }) = opening.await
+        else {
+            return;
+        };
+        let keep_alive = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(keep_alive);
+        let mut state = Loop {
+            was_reading: false,
+            draining: false,
+            drain_at: None,
+            input_ready: framed.has_buffered_input(),
+        };
+        let mut wake = None;
+        let reason = loop {
+            let busy = {
+                let span = session.span();
+                Box::pin(
+                    session
+                        .serve(
+                            &mut framed,
+                            &shared,
+                            &cancel,
+                            keep_alive.as_mut(),
+                            &mut state,
+                            wake,
+                        )
+                        .instrument(span),
+                )
+            };
+            if let Served::Closed(reason) = busy.await {
+                break reason;
+            }
+            let commands = session.can_send_command();
+            wake = Some(
+                Waits {
+                    framed: &mut framed,
+                    reading: true,
+                    keep_alive: (!session.keep_alive.is_zero()).then_some(keep_alive.as_mut()),
+                    bell: &session.bell,
+                    drain: state.drain_at.is_none(),
+                    drain_at: state.drain_at.as_mut(),
+                    commands: session.outbound.as_deref_mut().filter(|_| commands),
+                    expiry: session.expiry.as_mut(),
+                    partial: session.partial_deadline.as_mut(),
+                }
+                .await,
+            );
+        };
+        let close = {
+            let span = session.span();
+            Box::pin(session.close(framed, reason, &shared).instrument(span))
+        };
+        close.await;
+    }
+}
+
+/// The handshake and the CONNECT phase under one deadline, up to the
+/// CONNACK; `None` when the connection ended there (logged). `handshake`
+/// turns the accepted TCP stream into the byte stream (identity for plain
+/// TCP, TLS accept for TLS) and counts against the connect deadline.
+pub async fn open<T, S, H>(
     tcp: T,
     peer: SocketAddr,
     proxied_cn: Option<String>,
     handshake: H,
-    shared: Arc<Shared>,
-    cancel: CancellationToken,
-) -> impl Future<Output = ()>
+    shared: &Shared,
+    permit: OwnedSemaphorePermit,
+) -> Option<Opened<S>>
 where
     H: FnOnce(T) -> Pin<Box<dyn Future<Output = std::io::Result<(S, PeerCert)>> + Send>>,
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -166,87 +257,65 @@ where
         client_id = tracing::field::Empty,
         device_id = tracing::field::Empty
     );
-    async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(shared.mqtt.connect_timeout_ms);
+    let opened = async move {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(shared.mqtt.connect_timeout_ms);
         let (stream, peer_cert) = match tokio::time::timeout_at(deadline, handshake(tcp)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return log_close_before_connect(&CloseReason::TlsHandshake(e)),
-            Err(_) => return log_close_before_connect(&CloseReason::ConnectTimeout),
+            Ok(Err(e)) => return Err(CloseReason::TlsHandshake(e)),
+            Err(_) => return Err(CloseReason::ConnectTimeout),
         };
         let mut framed = Framed::new(stream);
-        // The CONNECT phase is boxed: its futures hold the decoded CONNECT and
-        // CONNACK (over 1 KiB), and unboxed they would size every
-        // connection's task for its whole life, idle or not.
-        let connect = match Box::pin(read_connect(&mut framed, deadline, &shared.limits)).await {
-            Ok(c) => c,
-            Err(reason) => return log_close_before_connect(&reason),
-        };
-        let mut session = match Box::pin(Session::accept(&mut framed, connect, &shared, peer, peer_cert, proxied_cn)).await {
-            Ok(s) => s,
-            Err(reason) => return log_close_before_connect(&reason),
-        };
+        let connect = read_connect(&mut framed, deadline, &shared.limits).await?;
+        let session =
+            Session::accept(&mut framed, connect, shared, peer, peer_cert, proxied_cn).await?;
         tracing::Span::current().record("client_id", session.client_id());
         if session.client_id.is_some() {
             tracing::Span::current().record("device_id", session.device_id.as_str());
         }
         tracing::info!(
-            protocol = if session.version == Version::V5 { "5.0" } else { "3.1.1" },
+            protocol = if session.version == Version::V5 {
+                "5.0"
+            } else {
+                "3.1.1"
+            },
             keep_alive_s = session.keep_alive.as_secs_f32() / 1.5,
             "connection opened"
         );
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
-        let started = Instant::now();
-        let reason = session.serve(&mut framed, &shared, &cancel).await;
-        if let (Version::V5, Some(code)) = (session.version, reason.disconnect_code()) {
-            // Boxed like the CONNECT phase: the packet and its write would
-            // otherwise enlarge every connection's task.
-            let goodbye = async {
-                // At shutdown, a configured server reference turns 0x8B into
-                // 0x9C "use another server" [MQTT-4.11].
-                let reference = match reason {
-                    CloseReason::Shutdown => shared.server_reference.clone(),
-                    _ => None,
-                };
-                let d = Disconnect {
-                    reason: if reference.is_some() { reason::USE_ANOTHER_SERVER } else { code },
-                    properties: Properties {
-                        reason_string: session.problem_info.then(|| reason.to_string()),
-                        server_reference: reference,
-                        ..Properties::default()
-                    },
-                };
-                let timeout = Duration::from_millis(shared.mqtt.write_timeout_ms.min(1000));
-                framed.send_now(&Packet::Disconnect(d), Version::V5, timeout).await;
-            };
-            Box::pin(goodbye).await;
-        }
-        shared.table.deregister(&session.device_id, session.generation);
-        // The age of this replica's ownership counts from the disconnect.
-        shared.table.touch_owner(&session.device_id, &shared.journal.replica, crate::kafka::now_ms());
-        if let Some(out) = session.outbound.as_mut() {
-            out.drop_all(&shared.journal);
-        }
-        // A drain is not a device failure: devices reconnect elsewhere, so no wills.
-        if let (Some(will), false) = (session.will.take(), matches!(reason, CloseReason::Shutdown)) {
-            publish_will(&shared, &session.device_id, session.client_id(), session.version, *will, session.will_delay);
-        }
-        shared.journal.lifecycle(&session.device_id, "disconnected", &peer.to_string(), Some(reason.label()));
-        metrics::gauge!(m::CONNECTIONS).decrement(1.0);
-        metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
-        let secs = started.elapsed().as_secs();
-        let i = &session.ingest;
-        let (published, refused, dead_lettered, not_authorized) =
-            (i.published, i.refused, i.dead_lettered, session.authz.denied);
-        if reason.is_problem() {
-            tracing::warn!(%reason, connected_s = secs, published, refused, dead_lettered, not_authorized, "connection closed");
-        } else {
-            tracing::info!(%reason, connected_s = secs, published, refused, dead_lettered, not_authorized, "connection closed");
-        }
+        Ok(Opened {
+            framed,
+            session,
+            permit,
+        })
+    };
+    async move {
+        opened
+            .await
+            .map_err(|reason| log_close_before_connect(&reason))
+            .ok()
     }
     .instrument(span)
+    .await
 }
 
 impl Session {
+    /// The connection's log span: peer and client id (and the device id
+    /// when it differs), built for each busy spell so that an idle
+    /// connection holds none.
+    fn span(&self) -> tracing::Span {
+        let span = tracing::info_span!(
+            "conn",
+            peer = %self.peer,
+            client_id = self.client_id(),
+            device_id = tracing::field::Empty
+        );
+        if self.client_id.is_some() {
+            span.record("device_id", self.device_id.as_str());
+        }
+        span
+    }
+
     /// The MQTT client id (the device id unless authentication set another).
     pub(super) fn client_id(&self) -> &str {
         self.client_id.as_deref().unwrap_or(&self.device_id)
@@ -260,153 +329,113 @@ impl Session {
             && self.ingest.has_room(&shared.pipeline)
     }
 
-    /// The main loop; returns why the connection ends.
-    pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    /// One busy spell of the main loop: handles `wake` and whatever follows
+    /// from it until the connection is idle again or ends.
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         framed: &mut Framed<S>,
         shared: &Shared,
         cancel: &CancellationToken,
-    ) -> CloseReason {
+        mut keep_alive: Pin<&mut tokio::time::Sleep>,
+        st: &mut Loop,
+        mut wake: Option<Wake>,
+    ) -> Served {
         let write_timeout = Duration::from_millis(shared.mqtt.write_timeout_ms);
-        let keep_alive = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(keep_alive);
-        let mut was_reading = false;
-        let mut draining = false;
-        // Shutdown with a spread: each connection goes at its own moment.
-        let mut drain_at: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        // Bytes are buffered that may hold complete packets not yet handled
-        // (a client may send PUBLISH right behind CONNECT, in one segment).
-        let mut input_ready = framed.has_buffered_input();
         loop {
-            let reading = !draining && self.may_read(shared);
+            // A replica that started to drain before this session registered
+            // rang no doorbell for it: the token says so instead.
+            if wake.is_none() && !st.draining && st.drain_at.is_none() && cancel.is_cancelled() {
+                wake = Some(Wake::Cancelled);
+            }
+            if let Some(w) = wake.take() {
+                if let Err(reason) = self.on_wake(w, framed, shared, st) {
+                    return Served::Closed(reason);
+                }
+                if let Err(e) = flush(framed, write_timeout).await {
+                    return Served::Closed(CloseReason::Write(e));
+                }
+            }
+            let reading = !st.draining && self.may_read(shared);
             // The keep-alive clock only runs while we read: a paused socket is our doing.
-            if reading && !was_reading && !self.keep_alive.is_zero() {
+            if reading && !st.was_reading && !self.keep_alive.is_zero() {
                 keep_alive
                     .as_mut()
                     .reset(tokio::time::Instant::now() + self.keep_alive);
             }
-            was_reading = reading;
-            if reading && input_ready {
+            st.was_reading = reading;
+            if reading && st.input_ready {
                 let (handled, drained) = match self.process_input(framed, shared) {
                     Ok(r) => r,
-                    Err(reason) => return reason,
+                    Err(reason) => return Served::Closed(reason),
                 };
                 if handled > 0 && !self.keep_alive.is_zero() {
                     keep_alive
                         .as_mut()
                         .reset(tokio::time::Instant::now() + self.keep_alive);
                 }
-                input_ready = !drained;
+                st.input_ready = !drained;
                 if drained {
-                    // Bytes left over after the last complete packet are the
-                    // start of one whose rest must come within the deadline,
-                    // counted from when the previous packet completed.
-                    if !framed.has_buffered_input() {
-                        self.partial_deadline = None;
-                    } else {
-                        let timeout = Duration::from_millis(shared.mqtt.partial_packet_timeout_ms);
-                        let at = tokio::time::Instant::now() + timeout;
-                        match self.partial_deadline.as_mut() {
-                            Some(d) if handled > 0 => d.as_mut().reset(at),
-                            Some(_) => {}
-                            None => {
-                                self.partial_deadline = Some(Box::pin(tokio::time::sleep_until(at)))
-                            }
-                        }
-                    }
+                    self.arm_partial_deadline(framed, shared, handled);
                 }
                 if let Err(e) = flush(framed, write_timeout).await {
-                    return CloseReason::Write(e);
+                    return Served::Closed(CloseReason::Write(e));
                 }
                 continue;
             }
-            if draining && self.ingest.is_idle() {
-                return CloseReason::Shutdown;
+            if st.draining && self.ingest.is_idle() {
+                return Served::Closed(CloseReason::Shutdown);
             }
-            // Every branch is cancellation-safe: `read_more` loses no bytes,
-            // `NextOutcome` consumes an outcome only when it is ready, and
-            // waiting for queue space or a deadline holds no data.
-            tokio::select! {
+            if !st.draining && !self.ingest.has_events() && self.authz.waiting.is_none() {
+                return Served::Idle;
+            }
+            let commands = !st.draining && self.can_send_command();
+            let waits = Waits {
+                framed: &mut *framed,
+                reading,
+                keep_alive: (!self.keep_alive.is_zero()).then_some(keep_alive.as_mut()),
+                bell: &self.bell,
+                drain: !st.draining && st.drain_at.is_none(),
+                drain_at: st.drain_at.as_mut().filter(|_| !st.draining),
+                commands: self.outbound.as_deref_mut().filter(|_| commands),
+                expiry: self.expiry.as_mut(),
+                partial: self.partial_deadline.as_mut(),
+            };
+            let has_events = self.ingest.has_events();
+            let verdict = self.authz.waiting.as_mut().map(|a| a.answer.as_mut());
+            // Outcomes and the hook's verdict first; then what an idle
+            // connection waits for. The nested futures are cancellation-safe
+            // (see `next_event` and `wait`; the verdict is a boxed future
+            // owned by the session).
+            wake = Some(tokio::select! {
                 biased;
-                _ = cancel.cancelled(), if !draining && drain_at.is_none() => {
-                    if shared.disconnect_spread.is_zero() {
-                        // Stop reading; finish what Kafka already has, then say goodbye.
-                        draining = true;
-                    } else {
-                        // Keep serving until this connection's moment in the window.
-                        let at = spread_delay(&self.device_id, shared.disconnect_spread);
-                        drain_at = Some(Box::pin(tokio::time::sleep(at)));
-                    }
-                }
-                _ = OptionFuture::from(drain_at.as_mut()), if drain_at.is_some() && !draining => {
-                    draining = true;
-                }
-                event = self.ingest.next_event(&shared.pipeline), if self.ingest.has_events() => match event {
-                Event::Outcome(outcome) => {
-                    let mut next = Some(outcome);
-                    // Delivery reports come in batches: acknowledge every one
-                    // that is ready, then write them with one syscall.
-                    while let Some(outcome) = next {
-                        let (ack, close) = self.ingest.acknowledge(outcome, self.problem_info);
-                        if let Some(ack) = ack {
-                            framed.queue(&ack, self.version);
-                        }
-                        if let Some(close) = close {
-                            // The negative ack is queued; the DISCONNECT that
-                            // follows it is written behind it in one flush.
-                            return close.into();
-                        }
-                        next = self.ingest.ready_outcome();
-                    }
-                    // `strict`: the record held behind the acknowledged ones goes to Kafka now.
-                    self.ingest.release_held(&shared.pipeline);
-                }
-                Event::Space => {
-                    // `strict`: a held record waits behind a pending one
-                    // (QoS 0, or its own queue-full retry) as well.
-                    self.ingest.retry_pending(&shared.pipeline);
-                }
-                // A 3.1.1 connection over its rate limit may be read again.
-                Event::Unthrottled => input_ready = true,
-                },
-                read = framed.read_more(), if reading => match read {
-                    Ok(0) => return CloseReason::ConnectionLost,
-                    Ok(_) => input_ready = true,
-                    Err(e) => return CloseReason::Io(e),
-                },
-                _ = notified(&self.kick) => return CloseReason::TakenOver,
-                cmd = next_command(&mut self.outbound), if !draining && self.can_send_command() => {
-                    if let Some(cmd) = cmd {
-                        self.deliver(framed, cmd, &shared.journal);
-                    }
-                }
-                _ = &mut keep_alive, if reading && !self.keep_alive.is_zero() => {
-                    return CloseReason::KeepAliveTimeout;
-                }
-                // The remaining branches exist only on connections that need
-                // them; each polls a boxed future owned by the session, so
-                // dropping the select loses nothing.
-                verdict = OptionFuture::from(self.authz.waiting.as_mut().map(|a| a.answer.as_mut())), if self.authz.waiting.is_some() => {
-                    if let Some(verdict) = verdict {
-                        match self.authorized(framed, verdict, shared) {
-                            Ok(_) => input_ready = true,
-                            Err(reason) => return reason,
-                        }
-                    }
-                }
-                _ = OptionFuture::from(self.expiry.as_mut()), if self.expiry.is_some() => {
-                    return CloseReason::CredentialsExpired;
-                }
-                _ = OptionFuture::from(self.partial_deadline.as_mut()), if reading && self.partial_deadline.is_some() => {
-                    return CloseReason::PartialPacketTimeout;
-                }
-            }
-            if let Err(e) = flush(framed, write_timeout).await {
-                return CloseReason::Write(e);
-            }
+                event = self.ingest.next_event(&shared.pipeline), if has_events => Wake::Ingest(event),
+                Some(verdict) = OptionFuture::from(verdict) => Wake::Verdict(verdict),
+                w = waits => w,
+            });
         }
     }
 
+    /// Bytes left over after the last complete packet are the start of one
+    /// whose rest must come within the deadline, counted from when the
+    /// previous packet completed.
+    fn arm_partial_deadline<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        framed: &Framed<S>,
+        shared: &Shared,
+        handled: usize,
+    ) {
+        if !framed.has_buffered_input() {
+            self.partial_deadline = None;
+            return;
+        }
+        let timeout = Duration::from_millis(shared.mqtt.partial_packet_timeout_ms);
+        let at = tokio::time::Instant::now() + timeout;
+        match self.partial_deadline.as_mut() {
+            Some(d) if handled > 0 => d.as_mut().reset(at),
+            Some(_) => {}
+            None => self.partial_deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
     /// Handles buffered packets until the buffer holds no complete packet
     /// (`drained = true`) or flow control says stop. Returns how many packets
     /// were handled.
@@ -568,14 +597,6 @@ impl Session {
     }
 }
 
-/// Resolves when the session is taken over (never, before it is registered).
-async fn notified(kick: &Option<Arc<Notify>>) {
-    match kick {
-        Some(k) => k.notified().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Flushes queued packets. The write future (with its timeout) is boxed and
 /// only built when there is something to write, so it does not count toward
 /// the size of every idle connection's task.
@@ -587,15 +608,4 @@ async fn flush<S: AsyncRead + AsyncWrite + Unpin>(
         return Ok(());
     }
     Box::pin(framed.flush(timeout)).await
-}
-
-/// A pseudo-random moment in `[0, window)` for this connection to be told
-/// to go at shutdown.
-fn spread_delay(device_id: &str, window: Duration) -> Duration {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = RandomState::new().build_hasher();
-    h.write(device_id.as_bytes());
-    let ms = window.as_millis().max(1) as u64;
-    Duration::from_millis(h.finish() % ms)
 }

@@ -4,12 +4,13 @@
 //! packets and flushes them under a deadline, so a client that stops reading
 //! cannot pin the task forever.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use std::cell::RefCell;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -33,10 +34,18 @@ const KEEP_CAPACITY: usize = 16 * 1024;
 pub struct Framed<S> {
     /// The byte stream (TCP or TLS).
     pub stream: S,
-    read_buf: BytesMut,
-    write_buf: BytesMut,
+    /// Allocated while bytes wait in either direction: an idle connection
+    /// holds one empty pointer instead of two empty buffers.
+    bufs: Option<Box<Buffers>>,
     /// The 5.0 client's Maximum Packet Size, if it announced one.
-    max_outbound: Option<usize>,
+    max_outbound: Option<NonZeroU32>,
+}
+
+/// Bytes read and not yet decoded; packets encoded and not yet written.
+#[derive(Default)]
+struct Buffers {
+    read: BytesMut,
+    write: BytesMut,
 }
 
 /// Why a write did not complete.
@@ -55,8 +64,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     pub fn new(stream: S) -> Self {
         Framed {
             stream,
-            read_buf: BytesMut::new(),
-            write_buf: BytesMut::new(),
+            bufs: None,
             max_outbound: None,
         }
     }
@@ -68,25 +76,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// Cancellation-safe: bytes are copied out in the same poll that reads
     /// them, so dropping the future loses nothing.
     pub async fn read_more(&mut self) -> std::io::Result<usize> {
-        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
-            self.read_buf = BytesMut::new();
-        }
-        std::future::poll_fn(|cx| {
-            SCRATCH.with_borrow_mut(|scratch| {
-                let mut rb = ReadBuf::new(&mut scratch[..]);
-                match Pin::new(&mut self.stream).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        metrics::counter!(crate::metrics::BYTES_RECEIVED)
-                            .increment(rb.filled().len() as u64);
-                        self.read_buf.extend_from_slice(rb.filled());
-                        Poll::Ready(Ok(rb.filled().len()))
-                    }
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                    Poll::Pending => Poll::Pending,
+        std::future::poll_fn(|cx| self.poll_read_more(cx)).await
+    }
+
+    /// [`Framed::read_more`] as a poll, for the connection's hand-polled wait.
+    pub fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        self.release_empty();
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut rb = ReadBuf::new(&mut scratch[..]);
+            match Pin::new(&mut self.stream).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    metrics::counter!(crate::metrics::BYTES_RECEIVED)
+                        .increment(rb.filled().len() as u64);
+                    let bufs = self.bufs.get_or_insert_with(Box::default);
+                    bufs.read.extend_from_slice(rb.filled());
+                    Poll::Ready(Ok(rb.filled().len()))
                 }
-            })
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
         })
-        .await
     }
 
     /// Decodes the next complete packet from what has been read.
@@ -95,26 +104,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         version: Option<Version>,
         limits: &Limits,
     ) -> Result<Option<Packet>, ProtocolError> {
-        let packet = codec::decode(&mut self.read_buf, version, limits)?;
-        if self.read_buf.is_empty() && self.read_buf.capacity() > KEEP_CAPACITY {
-            self.read_buf = BytesMut::new();
+        let Some(bufs) = self.bufs.as_mut() else {
+            return Ok(None);
+        };
+        let packet = codec::decode(&mut bufs.read, version, limits)?;
+        if bufs.read.is_empty() && bufs.read.capacity() > KEEP_CAPACITY {
+            bufs.read = BytesMut::new();
         }
         Ok(packet)
     }
 
+    /// Frees the buffers once both are empty.
+    fn release_empty(&mut self) {
+        if self
+            .bufs
+            .as_ref()
+            .is_some_and(|b| b.read.is_empty() && b.write.is_empty())
+        {
+            self.bufs = None;
+        }
+    }
+
     /// Whether unprocessed bytes are buffered.
     pub fn has_buffered_input(&self) -> bool {
-        !self.read_buf.is_empty()
+        self.bufs.as_ref().is_some_and(|b| !b.read.is_empty())
     }
 
     /// Sets the largest packet the client accepts (5.0 Maximum Packet Size).
-    pub fn set_max_outbound(&mut self, max: Option<usize>) {
-        self.max_outbound = max;
+    pub fn set_max_outbound(&mut self, max: Option<u32>) {
+        self.max_outbound = max.and_then(NonZeroU32::new);
+    }
+
+    /// The client's Maximum Packet Size, if it set one.
+    fn max_outbound(&self) -> Option<usize> {
+        self.max_outbound.map(|m| m.get() as usize)
     }
 
     /// Whether `packet` fits the client's Maximum Packet Size.
     pub fn fits(&self, packet: &Packet, version: Version) -> bool {
-        let Some(max) = self.max_outbound else {
+        let Some(max) = self.max_outbound() else {
             return true;
         };
         let mut probe = BytesMut::new();
@@ -126,44 +154,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// the client accepts, its reason string and user properties are dropped,
     /// as 5.0 prescribes [MQTT-3.4.2-2] [MQTT-3.9.2-1] [MQTT-3.14.2-3].
     pub fn queue(&mut self, packet: &Packet, version: Version) {
-        let start = self.write_buf.len();
-        encode(packet, version, &mut self.write_buf);
-        let Some(max) = self.max_outbound else {
+        let max = self.max_outbound();
+        let write = &mut self.bufs.get_or_insert_with(Box::default).write;
+        let start = write.len();
+        encode(packet, version, write);
+        let Some(max) = max else {
             return;
         };
-        if self.write_buf.len() - start > max {
-            self.write_buf.truncate(start);
-            encode(
-                &without_optional_properties(packet),
-                version,
-                &mut self.write_buf,
-            );
+        if write.len() - start > max {
+            write.truncate(start);
+            encode(&without_optional_properties(packet), version, write);
         }
     }
 
     /// Whether packets are queued.
     pub fn has_pending_writes(&self) -> bool {
-        !self.write_buf.is_empty()
+        self.bufs.as_ref().is_some_and(|b| !b.write.is_empty())
     }
 
     /// Writes every queued packet, within `timeout`.
     pub async fn flush(&mut self, timeout: Duration) -> Result<(), WriteError> {
-        if self.write_buf.is_empty() {
+        let Some(bufs) = self.bufs.as_mut().filter(|b| !b.write.is_empty()) else {
             return Ok(());
-        }
+        };
         let write = async {
-            self.stream.write_all(&self.write_buf).await?;
+            self.stream.write_all(&bufs.write).await?;
             self.stream.flush().await
         };
         match tokio::time::timeout(timeout, write).await {
             Ok(result) => result?,
             Err(_) => return Err(WriteError::Timeout(timeout)),
         }
-        metrics::counter!(crate::metrics::BYTES_SENT).increment(self.write_buf.len() as u64);
-        self.write_buf.clear();
-        if self.write_buf.capacity() > KEEP_CAPACITY {
-            self.write_buf = BytesMut::new();
+        metrics::counter!(crate::metrics::BYTES_SENT).increment(bufs.write.len() as u64);
+        bufs.write.clear();
+        if bufs.write.capacity() > KEEP_CAPACITY {
+            bufs.write = BytesMut::new();
         }
+        self.release_empty();
         Ok(())
     }
 
