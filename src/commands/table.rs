@@ -95,6 +95,8 @@ pub struct Registration {
     pub generation: u64,
     /// Rung when the session is taken over or the replica drains.
     pub bell: Arc<Doorbell>,
+    /// The client id as the table holds it, for the session to share.
+    pub client_id: Arc<str>,
 }
 
 /// Result of offering a command to the table.
@@ -113,7 +115,9 @@ pub enum Offer {
 /// Connected sessions of this replica.
 #[derive(Default)]
 pub struct SessionTable {
-    map: DashMap<String, Entry>,
+    /// Keyed by the same `Arc<str>` the connection and the owners map hold:
+    /// one allocation per device id.
+    map: DashMap<Arc<str>, Entry>,
     next_generation: AtomicU64,
     /// Delayed wills (5.0 Will Delay Interval): client id → when it disconnected.
     /// A connect of the client id, here or announced by another replica,
@@ -123,12 +127,14 @@ pub struct SessionTable {
     /// topic) and when it last connected or (here) disconnected: that
     /// replica reports what happens to its offline commands. Pruned by age
     /// ([`SessionTable::prune_owners`]).
-    owners: DashMap<String, Owner>,
+    owners: DashMap<Arc<str>, Owner>,
+    /// Replica names, interned: every owner names one of a few replicas.
+    replicas: std::sync::RwLock<Vec<Arc<str>>>,
 }
 
 /// The replica a client id last connected to.
 struct Owner {
-    replica: String,
+    replica: Arc<str>,
     /// When it connected there, or disconnected from this replica.
     at_ms: i64,
 }
@@ -143,8 +149,9 @@ impl SessionTable {
     ) -> Registration {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
         let bell = Arc::new(Doorbell::default());
+        let key: Arc<str> = Arc::from(client_id);
         let old = self.map.insert(
-            client_id.to_owned(),
+            key.clone(),
             Entry {
                 generation,
                 connected_at_ms,
@@ -156,7 +163,11 @@ impl SessionTable {
             old.bell.ring(Doorbell::TAKEN_OVER);
         }
         self.pending_wills.remove(client_id);
-        Registration { generation, bell }
+        Registration {
+            generation,
+            bell,
+            client_id: key,
+        }
     }
 
     /// Attaches the command queue of a session that now has a subscription.
@@ -177,7 +188,7 @@ impl SessionTable {
     /// Hands a command to the device's connection, if it is here.
     pub fn offer(&self, cmd: Box<Command>) -> Offer {
         // Clone the sender out: the shard lock is released before sending.
-        let tx = match self.map.get(&cmd.device_id) {
+        let tx = match self.map.get(cmd.device_id.as_str()) {
             None => return Offer::NotHere(cmd),
             Some(e) => e.commands.clone(),
         };
@@ -232,24 +243,45 @@ impl SessionTable {
     /// Records that `client_id` connected to `replica` at `at_ms`.
     pub fn note_owner(&self, client_id: &str, replica: &str, at_ms: i64) {
         if let Some(mut o) = self.owners.get_mut(client_id) {
-            if o.replica != replica {
-                o.replica = replica.to_owned();
+            if &*o.replica != replica {
+                o.replica = self.intern(replica);
             }
             o.at_ms = at_ms;
             return;
         }
         let owner = Owner {
-            replica: replica.to_owned(),
+            replica: self.intern(replica),
             at_ms,
         };
-        self.owners.insert(client_id.to_owned(), owner);
+        // A device connected here shares the table's key.
+        let key = match self.map.get(client_id) {
+            Some(e) => e.key().clone(),
+            None => Arc::from(client_id),
+        };
+        self.owners.insert(key, owner);
+    }
+
+    /// The shared copy of a replica name.
+    fn intern(&self, replica: &str) -> Arc<str> {
+        let known = |names: &[Arc<str>]| names.iter().find(|n| &***n == replica).cloned();
+        // A poisoned lock still holds a valid list: pushes cannot be half done.
+        if let Some(name) = known(&self.replicas.read().unwrap_or_else(|e| e.into_inner())) {
+            return name;
+        }
+        let mut names = self.replicas.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(name) = known(&names) {
+            return name;
+        }
+        let name: Arc<str> = Arc::from(replica);
+        names.push(name.clone());
+        name
     }
 
     /// `client_id` disconnected from `replica` at `at_ms`: if that replica
     /// is still its owner, its age counts from now.
     pub fn touch_owner(&self, client_id: &str, replica: &str, at_ms: i64) {
         if let Some(mut o) = self.owners.get_mut(client_id) {
-            if o.replica == replica {
+            if &*o.replica == replica {
                 o.at_ms = o.at_ms.max(at_ms);
             }
         }
@@ -259,7 +291,7 @@ impl SessionTable {
     pub fn owned_by(&self, client_id: &str, replica: &str) -> bool {
         self.owners
             .get(client_id)
-            .is_some_and(|o| o.replica == replica)
+            .is_some_and(|o| &*o.replica == replica)
     }
 
     /// Forgets the owners last seen before `before_ms`, except of client ids

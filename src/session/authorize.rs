@@ -50,7 +50,7 @@ impl Session {
     pub(super) fn subject(&self) -> Subject<'_> {
         Subject {
             device_id: &self.device_id,
-            username: self.username.as_deref(),
+            username: self.username(),
             client_id: self.client_id(),
         }
     }
@@ -91,7 +91,7 @@ impl Session {
         let req = HookRequest {
             action: hook_action(access),
             client_id: self.client_id(),
-            username: self.username.as_deref(),
+            username: self.username(),
             password: None,
             device_id: Some(&self.device_id),
             peer: "",
@@ -121,7 +121,7 @@ impl Session {
             return;
         };
         let client_id = self.client_id().to_owned();
-        let username = self.username.clone();
+        let username = self.username().map(Box::<str>::from);
         let device_id = self.device_id.clone();
         let asked = topic.clone();
         let answer = Box::pin(async move {

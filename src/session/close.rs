@@ -225,14 +225,14 @@ impl Session {
             out.drop_all(&shared.journal);
         }
         // A drain is not a device failure: devices reconnect elsewhere, so no wills.
-        if let (Some(will), false) = (self.will.take(), matches!(reason, CloseReason::Shutdown)) {
+        if let (Some(held), false) = (self.will.take(), matches!(reason, CloseReason::Shutdown)) {
             publish_will(
                 shared,
                 &self.device_id,
                 self.client_id(),
                 self.version,
-                *will,
-                self.will_delay,
+                held.will,
+                held.delay,
             );
         }
         shared.journal.lifecycle(

@@ -4,6 +4,7 @@
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::connect::Names;
 use super::connection::{Session, Shared};
 use super::framed::Framed;
 use crate::auth::acl::Subject;
@@ -36,8 +37,8 @@ impl Session {
         };
         let who = Subject {
             device_id: &self.device_id,
-            username: self.username.as_deref(),
-            client_id: self.client_id.as_deref().unwrap_or(&self.device_id),
+            username: Names::username(&self.names),
+            client_id: Names::client_id(&self.names, &self.device_id),
         };
         let granted = outbound::subscribe(
             req,

@@ -14,6 +14,7 @@ use super::authorize::Authorization;
 use super::close::CloseReason;
 use super::connection::{Session, Shared};
 use super::framed::Framed;
+use super::will::HeldWill;
 use crate::auth::acl::{Access, Subject};
 use crate::auth::config::Permission;
 use crate::auth::ConnectInfo;
@@ -67,6 +68,31 @@ pub(super) async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(CloseReason::Io(e)),
         }
+    }
+}
+
+/// The names a session keeps besides its device id.
+#[derive(Default)]
+pub(super) struct Names {
+    /// The MQTT client id, when it differs from the device id.
+    pub(super) client_id: Option<Box<str>>,
+    /// The CONNECT user name, with authentication on.
+    pub(super) username: Option<Box<str>>,
+}
+
+impl Names {
+    /// The client id: the one kept, or else the device id. A function of
+    /// the fields, so that callers can borrow other fields of the session.
+    pub(super) fn client_id<'a>(names: &'a Option<Box<Names>>, device_id: &'a str) -> &'a str {
+        names
+            .as_ref()
+            .and_then(|n| n.client_id.as_deref())
+            .unwrap_or(device_id)
+    }
+
+    /// The user name, if kept.
+    pub(super) fn username(names: &Option<Box<Names>>) -> Option<&str> {
+        names.as_ref().and_then(|n| n.username.as_deref())
     }
 }
 
@@ -284,13 +310,17 @@ impl Session {
         }
         Ok(Session {
             version: connect.version,
-            client_id: (client_id != device_id).then(|| client_id.into_boxed_str()),
-            device_id,
-            username: if shared.auth.enabled() {
-                connect.username.map(String::into_boxed_str)
-            } else {
-                None
+            names: {
+                let names = Names {
+                    client_id: (client_id != device_id).then(|| client_id.into_boxed_str()),
+                    username: connect
+                        .username
+                        .filter(|_| shared.auth.enabled())
+                        .map(String::into_boxed_str),
+                };
+                (names.client_id.is_some() || names.username.is_some()).then(|| Box::new(names))
             },
+            device_id: registration.client_id,
             expiry: expires_at.map(|exp| {
                 let left = Duration::from_secs(exp).saturating_sub(
                     SystemTime::now()
@@ -301,7 +331,7 @@ impl Session {
             }),
             authz: Authorization::default(),
             partial_deadline: None,
-            keep_alive: Duration::from_millis(connect.keep_alive as u64 * 1500),
+            keep_alive_ms: u32::from(connect.keep_alive) * 1500,
             ingest: Ingest::new(connect.version, &shared.pipeline),
             problem_info: connect.properties.request_problem_information != Some(0),
             generation: registration.generation,
@@ -312,16 +342,18 @@ impl Session {
                 .unwrap_or(u16::MAX)
                 .min(shared.commands.max_unacked_per_device),
             outbound,
-            will_delay: Duration::from_secs(
-                connect
-                    .will
-                    .as_ref()
-                    .and_then(|w| w.properties.will_delay_interval)
-                    .unwrap_or(0)
-                    .min(connect.properties.session_expiry_interval.unwrap_or(0))
-                    .into(),
-            ),
-            will: connect.will.map(Box::new),
+            will: connect.will.map(|will| {
+                Box::new(HeldWill {
+                    delay: Duration::from_secs(
+                        will.properties
+                            .will_delay_interval
+                            .unwrap_or(0)
+                            .min(connect.properties.session_expiry_interval.unwrap_or(0))
+                            .into(),
+                    ),
+                    will,
+                })
+            }),
             peer,
             started: std::time::Instant::now(),
         })

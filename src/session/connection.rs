@@ -33,9 +33,10 @@ use tracing::Instrument;
 use super::authorize::{Authorization, Authz};
 use super::close::{log_close_before_connect, CloseReason};
 use super::config::MqttConfig;
-use super::connect::{read_connect, PeerCert};
+use super::connect::{read_connect, Names, PeerCert};
 use super::framed::{Framed, WriteError};
 use super::wake::{Loop, Served, Waits, Wake};
+use super::will::HeldWill;
 use crate::auth::acl::Access;
 use crate::auth::Authenticator;
 use crate::commands::offline::OfflineIndex;
@@ -93,21 +94,21 @@ pub fn limits(mqtt: &MqttConfig) -> Limits {
 pub(super) struct Session {
     pub(super) version: Version,
     /// Who the device is: the client id with authentication off, the
-    /// authenticated identity with it on. Kafka key, session-table key.
-    pub(super) device_id: String,
-    /// The MQTT client id, kept only when it differs from `device_id`.
-    pub(super) client_id: Option<Box<str>>,
-    /// CONNECT user name, kept for ACL templates and hook questions when
-    /// authentication is on.
-    pub(super) username: Option<Box<str>>,
+    /// authenticated identity with it on. Kafka key, session-table key (the
+    /// table's own copy, shared).
+    pub(super) device_id: Arc<str>,
+    /// The MQTT client id when it differs from `device_id`, and the CONNECT
+    /// user name (kept for ACL templates and hook questions when
+    /// authentication is on); absent on most connections.
+    pub(super) names: Option<Box<Names>>,
     /// Ends the connection when the credentials expire (JWT `exp`).
     pub(super) expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     /// ACL / hook decisions, and a packet waiting for the hook.
     pub(super) authz: Authorization,
     /// Set while the buffer holds part of a packet: the rest must arrive by then.
     pub(super) partial_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// 1.5 × the keep-alive the client asked for; zero disables the check.
-    pub(super) keep_alive: Duration,
+    /// 1.5 × the keep-alive the client asked for, in ms; zero disables the check.
+    pub(super) keep_alive_ms: u32,
     /// 5.0 Request Problem Information: may reason strings be sent.
     pub(super) problem_info: bool,
     /// The device → Kafka path of this connection.
@@ -120,10 +121,8 @@ pub(super) struct Session {
     pub(super) client_receive_max: u16,
     /// Subscriptions and commands, allocated on the first granted SUBSCRIBE.
     pub(super) outbound: Option<Box<Outbound>>,
-    /// The last will, until a normal DISCONNECT discards it.
-    pub(super) will: Option<Box<Will>>,
-    /// 5.0 will delay, capped by the session expiry interval [MQTT-3.1.3-9].
-    pub(super) will_delay: Duration,
+    /// The last will and its delay, until a normal DISCONNECT discards it.
+    pub(super) will: Option<Box<HeldWill>>,
     /// The client's address (behind a PROXY-protocol balancer, the real source).
     pub(super) peer: SocketAddr,
     /// When the CONNACK was sent.
@@ -216,7 +215,7 @@ where
                 Waits {
                     framed: &mut framed,
                     reading: true,
-                    keep_alive: (!session.keep_alive.is_zero()).then_some(keep_alive.as_mut()),
+                    keep_alive: (session.keep_alive_ms > 0).then_some(keep_alive.as_mut()),
                     bell: &session.bell,
                     drain: state.drain_at.is_none(),
                     drain_at: state.drain_at.as_mut(),
@@ -270,8 +269,12 @@ where
         let session =
             Session::accept(&mut framed, connect, shared, peer, peer_cert, proxied_cn).await?;
         tracing::Span::current().record("client_id", session.client_id());
-        if session.client_id.is_some() {
-            tracing::Span::current().record("device_id", session.device_id.as_str());
+        if session
+            .names
+            .as_ref()
+            .is_some_and(|n| n.client_id.is_some())
+        {
+            tracing::Span::current().record("device_id", &*session.device_id);
         }
         tracing::info!(
             protocol = if session.version == Version::V5 {
@@ -279,7 +282,7 @@ where
             } else {
                 "3.1.1"
             },
-            keep_alive_s = session.keep_alive.as_secs_f32() / 1.5,
+            keep_alive_s = session.keep_alive().as_secs_f32() / 1.5,
             "connection opened"
         );
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
@@ -310,15 +313,25 @@ impl Session {
             client_id = self.client_id(),
             device_id = tracing::field::Empty
         );
-        if self.client_id.is_some() {
-            span.record("device_id", self.device_id.as_str());
+        if self.names.as_ref().is_some_and(|n| n.client_id.is_some()) {
+            span.record("device_id", &*self.device_id);
         }
         span
     }
 
     /// The MQTT client id (the device id unless authentication set another).
     pub(super) fn client_id(&self) -> &str {
-        self.client_id.as_deref().unwrap_or(&self.device_id)
+        Names::client_id(&self.names, &self.device_id)
+    }
+
+    /// The CONNECT user name, kept with authentication on.
+    pub(super) fn username(&self) -> Option<&str> {
+        Names::username(&self.names)
+    }
+
+    /// 1.5 × the keep-alive the client asked for; zero: no check.
+    pub(super) fn keep_alive(&self) -> Duration {
+        Duration::from_millis(self.keep_alive_ms.into())
     }
 
     /// Whether the socket may be read: nothing waits for queue space, the
@@ -357,10 +370,10 @@ impl Session {
             }
             let reading = !st.draining && self.may_read(shared);
             // The keep-alive clock only runs while we read: a paused socket is our doing.
-            if reading && !st.was_reading && !self.keep_alive.is_zero() {
+            if reading && !st.was_reading && self.keep_alive_ms > 0 {
                 keep_alive
                     .as_mut()
-                    .reset(tokio::time::Instant::now() + self.keep_alive);
+                    .reset(tokio::time::Instant::now() + self.keep_alive());
             }
             st.was_reading = reading;
             if reading && st.input_ready {
@@ -368,10 +381,10 @@ impl Session {
                     Ok(r) => r,
                     Err(reason) => return Served::Closed(reason),
                 };
-                if handled > 0 && !self.keep_alive.is_zero() {
+                if handled > 0 && self.keep_alive_ms > 0 {
                     keep_alive
                         .as_mut()
-                        .reset(tokio::time::Instant::now() + self.keep_alive);
+                        .reset(tokio::time::Instant::now() + self.keep_alive());
                 }
                 st.input_ready = !drained;
                 if drained {
@@ -392,7 +405,7 @@ impl Session {
             let waits = Waits {
                 framed: &mut *framed,
                 reading,
-                keep_alive: (!self.keep_alive.is_zero()).then_some(keep_alive.as_mut()),
+                keep_alive: (self.keep_alive_ms > 0).then_some(keep_alive.as_mut()),
                 bell: &self.bell,
                 drain: !st.draining && st.drain_at.is_none(),
                 drain_at: st.drain_at.as_mut().filter(|_| !st.draining),
@@ -415,27 +428,6 @@ impl Session {
         }
     }
 
-    /// Bytes left over after the last complete packet are the start of one
-    /// whose rest must come within the deadline, counted from when the
-    /// previous packet completed.
-    fn arm_partial_deadline<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        framed: &Framed<S>,
-        shared: &Shared,
-        handled: usize,
-    ) {
-        if !framed.has_buffered_input() {
-            self.partial_deadline = None;
-            return;
-        }
-        let timeout = Duration::from_millis(shared.mqtt.partial_packet_timeout_ms);
-        let at = tokio::time::Instant::now() + timeout;
-        match self.partial_deadline.as_mut() {
-            Some(d) if handled > 0 => d.as_mut().reset(at),
-            Some(_) => {}
-            None => self.partial_deadline = Some(Box::pin(tokio::time::sleep_until(at))),
-        }
-    }
     /// Handles buffered packets until the buffer holds no complete packet
     /// (`drained = true`) or flow control says stop. Returns how many packets
     /// were handled.
@@ -591,7 +583,7 @@ impl Session {
         }
         let who = Publisher {
             device_id: &self.device_id,
-            client_id: self.client_id.as_deref().unwrap_or(&self.device_id),
+            client_id: Names::client_id(&self.names, &self.device_id),
         };
         Ok(self.ingest.produce(p, &who, &shared.pipeline)?.into())
     }

@@ -139,6 +139,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Waits<'_, S> {
 }
 
 impl Session {
+    /// Bytes left over after the last complete packet are the start of one
+    /// whose rest must come within the deadline, counted from when the
+    /// previous packet completed.
+    pub(super) fn arm_partial_deadline<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        framed: &Framed<S>,
+        shared: &Shared,
+        handled: usize,
+    ) {
+        if !framed.has_buffered_input() {
+            self.partial_deadline = None;
+            return;
+        }
+        let timeout = Duration::from_millis(shared.mqtt.partial_packet_timeout_ms);
+        let at = tokio::time::Instant::now() + timeout;
+        match self.partial_deadline.as_mut() {
+            Some(d) if handled > 0 => d.as_mut().reset(at),
+            Some(_) => {}
+            None => self.partial_deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
     /// Acts on what woke the connection; `Err` ends it.
     pub(super) fn on_wake<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,

@@ -17,6 +17,13 @@ use crate::ingest::will::produce_will;
 use crate::kafka::now_ms;
 use crate::mqtt::packet::{Publish, Version, Will};
 
+/// A will held for the end of the connection.
+pub(super) struct HeldWill {
+    pub(super) will: Will,
+    /// 5.0 will delay, capped by the session expiry interval [MQTT-3.1.3-9].
+    pub(super) delay: Duration,
+}
+
 /// Produces `will` now, or after `delay` unless the client connects again.
 pub(super) fn publish_will(
     shared: &Arc<Shared>,
