@@ -63,8 +63,8 @@ pub const BYTES_RECEIVED: &str = "mqtt_bytes_received_total";
 pub const BYTES_SENT: &str = "mqtt_bytes_sent_total";
 /// Counter: records the embedded Kafka broker dropped under its retention limits, labelled by `topic`.
 pub const EMBEDDED_KAFKA_RECORDS_DROPPED: &str = "embedded_kafka_records_dropped_total";
-/// Gauge: client ids whose owner replica (the one they last connected to)
-/// this replica remembers; pruned after `lifecycle.owner_max_age_ms`.
+/// Gauge: client ids this replica owns (it is the one they last connected
+/// to); pruned after `lifecycle.owner_max_age_ms`.
 pub const SESSION_OWNERS: &str = "session_owners";
 /// Gauge: 1 while the replica is ready (Kafka reachable, not draining).
 pub const READY: &str = "proxy_ready";

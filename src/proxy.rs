@@ -208,7 +208,7 @@ impl Proxy {
         } else {
             config.commands.replica_id.clone()
         };
-        let table = Arc::new(SessionTable::default());
+        let table = Arc::new(SessionTable::new(&replica));
         let retained = Arc::new(RetainedStore::default());
         let offline = Arc::new(OfflineIndex::new(
             config.commands.max_queued_per_device,

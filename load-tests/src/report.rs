@@ -155,8 +155,12 @@ pub struct Report {
     pub proxy_rss_baseline_mib: f64,
     /// Bytes of proxy RSS per connection while idle (all connected, no traffic).
     pub proxy_bytes_per_conn_idle: f64,
-    /// Bytes of proxy RSS per connection at the peak under load.
+    /// Bytes of proxy RSS per connection at the peak while the traffic
+    /// flowed (0: no traffic).
     pub proxy_bytes_per_conn_load: f64,
+    /// Bytes of proxy RSS per connection at the peak while the fleet
+    /// connected (handshakes in flight), over the final count.
+    pub proxy_bytes_per_conn_connecting: f64,
     /// Proxy CPU seconds (all replicas) per 1,000 messages.
     pub proxy_cpu_s_per_1k_msgs: f64,
     /// Broker CPU seconds (all cluster nodes) per 1,000 messages.
@@ -251,6 +255,10 @@ impl Report {
             (
                 "proxy RSS per connection, under load",
                 format!("{:.0} B", self.proxy_bytes_per_conn_load),
+            ),
+            (
+                "proxy RSS per connection, peak while connecting",
+                format!("{:.0} B", self.proxy_bytes_per_conn_connecting),
             ),
             (
                 "proxy baseline RSS (all replicas)",

@@ -330,7 +330,7 @@ fn parse_receipt<M: Message>(msg: &M) -> Option<(String, (String, i32, i64))> {
 /// never connected has no such replica; its commands fall out unreported
 /// but counted.)
 pub fn report_gone(cmd: &Command, table: &SessionTable, journal: &Journal) {
-    if !table.owned_by(&cmd.device_id, &journal.replica) {
+    if !table.owns(&cmd.device_id) {
         metrics::counter!(m::COMMANDS, "status" => "fell_out_unowned").increment(1);
         return;
     }

@@ -10,11 +10,10 @@
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use std::task::{Context, Poll};
-
 use futures::task::AtomicWaker;
 use tokio::sync::mpsc;
 
@@ -113,7 +112,6 @@ pub enum Offer {
 }
 
 /// Connected sessions of this replica.
-#[derive(Default)]
 pub struct SessionTable {
     /// Keyed by the same `Arc<str>` the connection and the owners map hold:
     /// one allocation per device id.
@@ -123,23 +121,29 @@ pub struct SessionTable {
     /// A connect of the client id, here or announced by another replica,
     /// cancels its will.
     pending_wills: DashMap<String, i64>,
-    /// Client id → the replica it last connected to (from the sessions
-    /// topic) and when it last connected or (here) disconnected: that
-    /// replica reports what happens to its offline commands. Pruned by age
-    /// ([`SessionTable::prune_owners`]).
-    owners: DashMap<Arc<str>, Owner>,
-    /// Replica names, interned: every owner names one of a few replicas.
-    replicas: std::sync::RwLock<Vec<Arc<str>>>,
-}
-
-/// The replica a client id last connected to.
-struct Owner {
+    /// Client ids whose last connect (from the sessions topic) was to this
+    /// replica, with when they connected or (here) disconnected: this
+    /// replica reports what happens to their offline commands. Only this
+    /// replica's devices: a connect announced by another replica removes
+    /// the entry, so a replica holds its share of the fleet, not the whole
+    /// fleet. Pruned by age ([`SessionTable::prune_owners`]).
+    owned: DashMap<Arc<str>, i64>,
+    /// This replica's name, as announced on the sessions topic.
     replica: Arc<str>,
-    /// When it connected there, or disconnected from this replica.
-    at_ms: i64,
 }
 
 impl SessionTable {
+    /// The table of the replica called `replica`.
+    pub fn new(replica: &str) -> SessionTable {
+        SessionTable {
+            map: DashMap::new(),
+            next_generation: AtomicU64::new(0),
+            pending_wills: DashMap::new(),
+            owned: DashMap::new(),
+            replica: Arc::from(replica),
+        }
+    }
+
     /// Registers a session; an existing one with the same client id is kicked.
     pub fn register(
         &self,
@@ -240,67 +244,45 @@ impl SessionTable {
         }
     }
 
-    /// Records that `client_id` connected to `replica` at `at_ms`.
+    /// Records that `client_id` connected to `replica` at `at_ms`: this
+    /// replica owns it now, or no longer does.
     pub fn note_owner(&self, client_id: &str, replica: &str, at_ms: i64) {
-        if let Some(mut o) = self.owners.get_mut(client_id) {
-            if &*o.replica != replica {
-                o.replica = self.intern(replica);
-            }
-            o.at_ms = at_ms;
+        if replica != &*self.replica {
+            self.owned.remove(client_id);
             return;
         }
-        let owner = Owner {
-            replica: self.intern(replica),
-            at_ms,
-        };
+        if let Some(mut at) = self.owned.get_mut(client_id) {
+            *at = at_ms;
+            return;
+        }
         // A device connected here shares the table's key.
         let key = match self.map.get(client_id) {
             Some(e) => e.key().clone(),
             None => Arc::from(client_id),
         };
-        self.owners.insert(key, owner);
+        self.owned.insert(key, at_ms);
     }
 
-    /// The shared copy of a replica name.
-    fn intern(&self, replica: &str) -> Arc<str> {
-        let known = |names: &[Arc<str>]| names.iter().find(|n| &***n == replica).cloned();
-        // A poisoned lock still holds a valid list: pushes cannot be half done.
-        if let Some(name) = known(&self.replicas.read().unwrap_or_else(|e| e.into_inner())) {
-            return name;
-        }
-        let mut names = self.replicas.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(name) = known(&names) {
-            return name;
-        }
-        let name: Arc<str> = Arc::from(replica);
-        names.push(name.clone());
-        name
-    }
-
-    /// `client_id` disconnected from `replica` at `at_ms`: if that replica
-    /// is still its owner, its age counts from now.
-    pub fn touch_owner(&self, client_id: &str, replica: &str, at_ms: i64) {
-        if let Some(mut o) = self.owners.get_mut(client_id) {
-            if &*o.replica == replica {
-                o.at_ms = o.at_ms.max(at_ms);
-            }
+    /// `client_id` disconnected from this replica at `at_ms`: if this
+    /// replica still owns it, its age counts from now.
+    pub fn touch_owner(&self, client_id: &str, at_ms: i64) {
+        if let Some(mut at) = self.owned.get_mut(client_id) {
+            *at = (*at).max(at_ms);
         }
     }
 
-    /// Whether `replica` is the one `client_id` last connected to.
-    pub fn owned_by(&self, client_id: &str, replica: &str) -> bool {
-        self.owners
-            .get(client_id)
-            .is_some_and(|o| &*o.replica == replica)
+    /// Whether this replica is the one `client_id` last connected to.
+    pub fn owns(&self, client_id: &str) -> bool {
+        self.owned.contains_key(client_id)
     }
 
-    /// Forgets the owners last seen before `before_ms`, except of client ids
-    /// connected here and those `keep` names (commands still held for
-    /// them). Returns how many owners are left.
+    /// Forgets the devices owned here last seen before `before_ms`, except
+    /// those connected here and those `keep` names (commands still held for
+    /// them). Returns how many are left.
     pub fn prune_owners(&self, before_ms: i64, keep: impl Fn(&str) -> bool) -> usize {
-        self.owners
-            .retain(|id, o| o.at_ms >= before_ms || self.map.contains_key(id) || keep(id));
-        self.owners.len()
+        self.owned
+            .retain(|id, at| *at >= before_ms || self.map.contains_key(id) || keep(id));
+        self.owned.len()
     }
 
     /// Whether `client_id` is connected here.
@@ -339,7 +321,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_second_registration_kicks_the_first_and_a_stale_deregister_is_ignored() {
-        let t = SessionTable::default();
+        let t = SessionTable::new("r1");
         let first = t.register("d", 1, None);
         let second = t.register("d", 2, None);
         // The ring stays until polled, so the kick is not lost if nobody waits yet.
@@ -360,7 +342,7 @@ mod tests {
 
     #[tokio::test]
     async fn commands_reach_subscribed_sessions_only() {
-        let t = SessionTable::default();
+        let t = SessionTable::new("r1");
         assert!(matches!(t.offer(cmd("d")), Offer::NotHere(_)));
         let r = t.register("d", 1, None);
         assert!(matches!(t.offer(cmd("d")), Offer::NotSubscribed(_)));
@@ -373,7 +355,7 @@ mod tests {
 
     #[test]
     fn a_reconnect_here_or_elsewhere_cancels_a_held_will() {
-        let t = SessionTable::default();
+        let t = SessionTable::new("r1");
         t.hold_will("d", 10);
         assert!(t.release_will("d", 10), "nobody came back: the will is due");
         t.hold_will("d", 20);
@@ -386,7 +368,7 @@ mod tests {
 
     #[test]
     fn only_older_local_sessions_are_kicked_by_remote_connects() {
-        let t = SessionTable::default();
+        let t = SessionTable::new("r1");
         t.register("d", 100, None);
         assert!(!t.kick_if_older("d", 99));
         assert!(t.kick_if_older("d", 100));
@@ -395,39 +377,39 @@ mod tests {
 
     #[test]
     fn owners_are_pruned_by_age_unless_connected_here_or_commands_wait() {
-        let t = SessionTable::default();
+        let t = SessionTable::new("r1");
         t.note_owner("old", "r1", 100);
         t.note_owner("waiting", "r1", 100);
         t.note_owner("here", "r1", 100);
-        t.note_owner("recent", "r2", 900);
+        t.note_owner("recent", "r1", 900);
         let _here = t.register("here", 100, None);
         let left = t.prune_owners(500, |id| id == "waiting");
         assert_eq!(left, 3);
-        assert!(
-            !t.owned_by("old", "r1"),
-            "silent longer than the age: forgotten"
-        );
-        assert!(t.owned_by("waiting", "r1"), "commands held for it");
-        assert!(t.owned_by("here", "r1"), "connected here");
-        assert!(t.owned_by("recent", "r2"));
+        assert!(!t.owns("old"), "silent longer than the age: forgotten");
+        assert!(t.owns("waiting"), "commands held for it");
+        assert!(t.owns("here"), "connected here");
+        assert!(t.owns("recent"));
         // Without anything held, it goes at the next prune.
         assert_eq!(t.prune_owners(500, |_| false), 2);
-        assert!(!t.owned_by("waiting", "r1"));
+        assert!(!t.owns("waiting"));
     }
 
     #[test]
-    fn a_disconnect_here_restarts_the_age_only_for_the_owner() {
-        let t = SessionTable::default();
+    fn a_replica_keeps_only_its_own_devices_and_a_disconnect_restarts_their_age() {
+        let t = SessionTable::new("r1");
         t.note_owner("mine", "r1", 100);
-        t.note_owner("moved", "r2", 100);
-        t.touch_owner("mine", "r1", 1_000);
-        // r1 is not the owner of `moved` any more: its disconnect changes nothing.
-        t.touch_owner("moved", "r1", 1_000);
-        assert_eq!(t.prune_owners(500, |_| false), 1);
-        assert!(t.owned_by("mine", "r1"));
-        assert!(!t.owned_by("moved", "r2"));
-        // A newer connect elsewhere moves ownership.
+        t.note_owner("theirs", "r2", 100);
+        assert!(t.owns("mine") && !t.owns("theirs"));
+        t.touch_owner("mine", 1_000);
+        // Not owned here: a disconnect seen here changes nothing.
+        t.touch_owner("theirs", 1_000);
+        assert!(!t.owns("theirs"));
+        assert_eq!(t.prune_owners(500, |_| false), 1, "the touch kept `mine`");
+        // A newer connect elsewhere moves ownership away, and back.
         t.note_owner("mine", "r3", 2_000);
-        assert!(!t.owned_by("mine", "r1") && t.owned_by("mine", "r3"));
+        assert!(!t.owns("mine"));
+        assert_eq!(t.prune_owners(0, |_| false), 0, "nothing else is held");
+        t.note_owner("mine", "r1", 3_000);
+        assert!(t.owns("mine"));
     }
 }

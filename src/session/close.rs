@@ -89,7 +89,7 @@ impl CloseReason {
             CloseReason::Protocol(e) => Some(e.reason_code()),
             CloseReason::PublishRefused(code, _) => Some(*code),
             CloseReason::DeliveryFailed(_) => Some(reason::UNSPECIFIED_ERROR),
-            CloseReason::Shutdown => Some(reason::SERVER_SHUTTING_DOWN), // 0x9C with a server reference: see `run`
+            CloseReason::Shutdown => Some(reason::SERVER_SHUTTING_DOWN), // 0x9C with a server reference: see `Session::close`
             CloseReason::TakenOver => Some(reason::SESSION_TAKEN_OVER),
             CloseReason::CredentialsExpired => Some(reason::MAXIMUM_CONNECT_TIME),
             CloseReason::NotAuthorized(_) => Some(reason::NOT_AUTHORIZED),
@@ -216,11 +216,9 @@ impl Session {
         }
         shared.table.deregister(&self.device_id, self.generation);
         // The age of this replica's ownership counts from the disconnect.
-        shared.table.touch_owner(
-            &self.device_id,
-            &shared.journal.replica,
-            crate::kafka::now_ms(),
-        );
+        shared
+            .table
+            .touch_owner(&self.device_id, crate::kafka::now_ms());
         if let Some(out) = self.outbound.as_mut() {
             out.drop_all(&shared.journal);
         }

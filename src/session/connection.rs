@@ -210,14 +210,16 @@ where
             if let Served::Closed(reason) = busy.await {
                 break reason;
             }
-            let commands = session.can_send_command();
+            // `serve` says Idle only while reading and not draining; the wait
+            // below still takes those from the loop's state, not from that.
+            let commands = !state.draining && session.can_send_command();
             wake = Some(
                 Waits {
                     framed: &mut framed,
-                    reading: true,
+                    reading: state.was_reading,
                     keep_alive: (session.keep_alive_ms > 0).then_some(keep_alive.as_mut()),
                     bell: &session.bell,
-                    drain: state.drain_at.is_none(),
+                    drain: !state.draining && state.drain_at.is_none(),
                     drain_at: state.drain_at.as_mut(),
                     commands: session.outbound.as_deref_mut().filter(|_| commands),
                     expiry: session.expiry.as_mut(),
@@ -417,7 +419,7 @@ impl Session {
             let verdict = self.authz.waiting.as_mut().map(|a| a.answer.as_mut());
             // Outcomes and the hook's verdict first; then what an idle
             // connection waits for. The nested futures are cancellation-safe
-            // (see `next_event` and `wait`; the verdict is a boxed future
+            // (see `next_event` and `Waits`; the verdict is a boxed future
             // owned by the session).
             wake = Some(tokio::select! {
                 biased;

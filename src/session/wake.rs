@@ -7,10 +7,9 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-
-use std::time::Duration;
 
 use super::close::CloseReason;
 use super::connection::{Session, Shared};
@@ -75,17 +74,23 @@ pub(super) enum Wake {
 /// bytes, a command is taken only when it is returned, and the doorbell and
 /// deadlines hold no data.
 pub(super) struct Waits<'a, S> {
+    /// The socket, read without a buffer of the connection's own.
     pub(super) framed: &'a mut Framed<S>,
     /// The socket may be read (also arms the keep-alive and partial-packet deadlines).
     pub(super) reading: bool,
+    /// 1.5 × keep-alive since the last packet, when the client asked for one.
     pub(super) keep_alive: Option<Pin<&'a mut tokio::time::Sleep>>,
+    /// Takeover and drain.
     pub(super) bell: &'a Doorbell,
     /// Whether a drain is news (not begun or scheduled yet).
     pub(super) drain: bool,
+    /// This connection's moment in the shutdown spread, once scheduled.
     pub(super) drain_at: Option<&'a mut Pin<Box<tokio::time::Sleep>>>,
     /// Present while a command may be written.
     pub(super) commands: Option<&'a mut Outbound>,
+    /// When the credentials expire (JWT `exp`).
     pub(super) expiry: Option<&'a mut Pin<Box<tokio::time::Sleep>>>,
+    /// When the rest of a partial packet is due.
     pub(super) partial: Option<&'a mut Pin<Box<tokio::time::Sleep>>>,
 }
 

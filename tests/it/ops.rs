@@ -299,6 +299,53 @@ async fn await_goodbye(mut s: Raw, id: String) -> (String, Instant, u8, Vec<(u8,
     (id, at, code, props)
 }
 
+/// A device whose CONNECT completes after the drain began (so after the
+/// shutdown rang every registered doorbell) is drained too: CONNACK, then
+/// DISCONNECT 0x8B, and the drain counts no connection left. It goes from
+/// the CONNECT phase straight into its idle wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_completed_after_the_drain_began_is_drained_too() {
+    for spread_ms in [0, 300] {
+        let t = TestProxy::start_with(|c| {
+            c.shutdown.readiness_grace_ms = 0;
+            c.shutdown.disconnect_spread_ms = spread_ms;
+            c.shutdown.drain_timeout_ms = 5_000;
+        })
+        .await;
+        let port = t.tcp_port();
+        let id = format!("late-comer-{spread_ms}");
+        let connect = connect_bytes(&id, V5, 0);
+        let (head, tail) = connect.split_at(connect.len() - 1);
+        let mut late = Raw::connect(port).await;
+        late.send(head).await;
+        // The listener accepts in order: once a later client has its CONNACK,
+        // the late-comer's task exists and waits for the rest of its CONNECT.
+        let witness = connect_v5(port, &format!("witness-{spread_ms}")).await;
+        let TestProxy {
+            proxy, dir: _dir, ..
+        } = t;
+        let drain = tokio::spawn(proxy.shutdown());
+        // The drain has begun (token cancelled, doorbells rung) once the
+        // listener refuses new connections.
+        eventually_async("the listener to refuse connections", || async {
+            TcpStream::connect(("127.0.0.1", port)).await.is_err()
+        })
+        .await;
+        late.send(tail).await;
+        let (b1, body) = read_packet(&mut late).await;
+        assert_eq!(
+            (b1, body[1]),
+            (0x20, 0x00),
+            "CONNACK accepting {id}: {body:02x?}"
+        );
+        let (_, _, code, _) = await_goodbye(late, id.clone()).await;
+        assert_eq!(code, reason::SERVER_SHUTTING_DOWN, "{id}");
+        let report = drain.await.unwrap();
+        assert_eq!(report.connections_left, 0, "{id} was not drained");
+        drop(witness);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_disconnects_v5_with_server_reference_spread_over_the_window() {
     const REFERENCE: &str = "mqtt-b.example:8883";

@@ -247,7 +247,9 @@ async fn drive(
     let (mut last_acked, mut peak_connected) = (0u64, 0u64);
     let mut idle_rss: Option<u64> = None;
     let mut all_connected_at: Option<Instant> = None;
-    let mut peak_rss = baseline_rss;
+    // Peaks while connecting (handshakes in flight) and while the traffic
+    // flows, apart: "under load" is the second.
+    let (mut connect_peak_rss, mut load_peak_rss) = (baseline_rss, baseline_rss);
     let mut broker_peak_rss = 0u64;
     let mut last_cpu = (proxy_cpu0, broker_cpu0, 0.0);
     // The fault matrix, once traffic has started; then the workers' traffic
@@ -306,7 +308,12 @@ async fn drive(
                 idle_rss = Some(rss);
             }
         }
-        peak_rss = peak_rss.max(rss);
+        let flowing = traffic_from.is_some_and(|t| Instant::now() >= t) && traffic_to.is_none();
+        if flowing {
+            load_peak_rss = load_peak_rss.max(rss);
+        } else if all_connected_at.is_none() {
+            connect_peak_rss = connect_peak_rss.max(rss);
+        }
         broker_peak_rss = broker_peak_rss.max(broker_rss);
         peak_connected = peak_connected.max(connected);
         timeline.push(Sample {
@@ -469,7 +476,8 @@ async fn drive(
         proxy_rss_baseline_mib: baseline_rss as f64 / (1 << 20) as f64,
         proxy_bytes_per_conn_idle: idle_rss
             .map_or(0.0, |r| r.saturating_sub(baseline_rss) as f64 / n),
-        proxy_bytes_per_conn_load: peak_rss.saturating_sub(baseline_rss) as f64 / n,
+        proxy_bytes_per_conn_load: load_peak_rss.saturating_sub(baseline_rss) as f64 / n,
+        proxy_bytes_per_conn_connecting: connect_peak_rss.saturating_sub(baseline_rss) as f64 / n,
         proxy_cpu_s_per_1k_msgs: (proxy_cpu1 - proxy_cpu0) / (sent.max(1) as f64 / 1000.0),
         broker_cpu_s_per_1k_msgs: (broker_cpu1 - broker_cpu0) / (sent.max(1) as f64 / 1000.0),
         reference,
