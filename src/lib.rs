@@ -39,10 +39,11 @@
 //! - [`commands`]: Kafka → device: consumer, session table, offline index,
 //!   retained store, per-connection outbound state, receipts journal;
 //!   `[commands]`, `[lifecycle]`.
-//! - [`session`]: the connection task (socket, CONNECT, `select!` loop,
-//!   authorization, wills, close reasons); `[mqtt]`, `[shutdown]`.
-//! - [`server`]: listeners and transports (TCP, TLS, WebSocket, PROXY
-//!   protocol); `[listeners]`.
+//! - [`session`]: the connection task (socket, CONNECT, busy spells with
+//!   their `select!` loop, the small idle wait, authorization, wills, close
+//!   reasons); `[mqtt]`, `[shutdown]`.
+//! - [`server`]: listeners and transports (TCP, TLS on rustls's unbuffered
+//!   API, WebSocket, PROXY protocol); `[listeners]`.
 //! - [`ops`]: `/metrics`, `/healthz`, `/readyz`, the Kafka watch; `[ops]`, `[log]`.
 //! - [`config`]: the file, environment overrides and validation; it
 //!   assembles the sections the modules above define.
