@@ -6,17 +6,18 @@
 //! connected wait in the [`offline`] index; retained commands live in the
 //! [`retained`] store until a device subscribes. One connection's side —
 //! its subscriptions, the commands queued for it and those it has not yet
-//! acknowledged — is [`outbound::Outbound`]. Every outcome is written to
+//! acknowledged — is [`outbound::Outbound`], its queue a [`queue`]. Every outcome is written to
 //! Kafka by the [`journal`] (receipts, lifecycle, session announcements).
 //!
 //! Files: `consumer.rs`, `table.rs`, `offline.rs`, `retained.rs`,
-//! `outbound.rs`, `journal.rs`, `config.rs` (`[commands]`, `[lifecycle]`).
+//! `outbound.rs`, `queue.rs`, `journal.rs`, `config.rs` (`[commands]`, `[lifecycle]`).
 
 pub mod config;
 pub mod consumer;
 pub mod journal;
 pub mod offline;
 pub mod outbound;
+pub mod queue;
 pub mod retained;
 pub mod table;
 

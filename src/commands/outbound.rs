@@ -7,9 +7,8 @@
 
 use std::collections::VecDeque;
 
-use tokio::sync::mpsc;
-
 use super::journal::{Journal, Status};
+use super::queue::{self, Receiver, Sender};
 use super::table::{Command, SessionTable};
 use super::CommandsConfig;
 use crate::auth::acl::{self, Subject};
@@ -23,7 +22,7 @@ pub struct Outbound {
     /// Granted filters with their maximum QoS.
     subscriptions: Vec<(String, QoS)>,
     /// Commands the consumer queued for this connection.
-    rx: mpsc::Receiver<Box<Command>>,
+    rx: Receiver,
     /// QoS 1 commands sent and not yet acknowledged, by packet id.
     unacked: VecDeque<(u16, Box<Command>)>,
     next_id: u16,
@@ -44,8 +43,8 @@ pub fn allowed_filters<'a>(
 
 impl Outbound {
     /// An empty outbound state with a queue of `commands.max_queued_per_device`.
-    pub fn new(cfg: &CommandsConfig) -> (mpsc::Sender<Box<Command>>, Box<Outbound>) {
-        let (tx, rx) = mpsc::channel(cfg.max_queued_per_device);
+    pub fn new(cfg: &CommandsConfig) -> (Sender, Box<Outbound>) {
+        let (tx, rx) = queue::channel(cfg.max_queued_per_device);
         let out = Box::new(Outbound {
             subscriptions: Vec::new(),
             rx,
@@ -59,10 +58,7 @@ impl Outbound {
     /// is subscribed to the device's allowed command filters from the
     /// start: the proxy keeps no subscriptions between connections, and
     /// such a device does not resubscribe.
-    pub fn persistent(
-        cfg: &CommandsConfig,
-        who: &Subject<'_>,
-    ) -> (mpsc::Sender<Box<Command>>, Box<Outbound>) {
+    pub fn persistent(cfg: &CommandsConfig, who: &Subject<'_>) -> (Sender, Box<Outbound>) {
         let (tx, mut out) = Outbound::new(cfg);
         out.subscriptions = allowed_filters(cfg, who)
             .map(|f| (f, QoS::AtLeastOnce))
@@ -197,7 +193,7 @@ impl Outbound {
             );
         }
         self.rx.close();
-        while let Ok(cmd) = self.rx.try_recv() {
+        while let Some(cmd) = self.rx.try_recv() {
             journal.receipt(&cmd, Status::Dropped, "device disconnected before delivery");
         }
     }

@@ -15,8 +15,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use dashmap::DashMap;
 use futures::task::AtomicWaker;
-use tokio::sync::mpsc;
 
+use super::queue::{Sender, TrySendError};
 use crate::mqtt::packet::QoS;
 
 /// A command on its way to a device, decoded from a commands-topic record.
@@ -85,7 +85,7 @@ struct Entry {
     connected_at_ms: i64,
     bell: Arc<Doorbell>,
     /// Present once the device has a granted subscription.
-    commands: Option<mpsc::Sender<Box<Command>>>,
+    commands: Option<Sender>,
 }
 
 /// What a newly registered session holds.
@@ -149,7 +149,7 @@ impl SessionTable {
         &self,
         client_id: &str,
         connected_at_ms: i64,
-        commands: Option<mpsc::Sender<Box<Command>>>,
+        commands: Option<Sender>,
     ) -> Registration {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
         let bell = Arc::new(Doorbell::default());
@@ -175,7 +175,7 @@ impl SessionTable {
     }
 
     /// Attaches the command queue of a session that now has a subscription.
-    pub fn set_commands(&self, client_id: &str, generation: u64, tx: mpsc::Sender<Box<Command>>) {
+    pub fn set_commands(&self, client_id: &str, generation: u64, tx: Sender) {
         if let Some(mut e) = self.map.get_mut(client_id) {
             if e.generation == generation {
                 e.commands = Some(tx);
@@ -200,9 +200,9 @@ impl SessionTable {
             None => Offer::NotSubscribed(cmd),
             Some(tx) => match tx.try_send(cmd) {
                 Ok(()) => Offer::Queued,
-                Err(mpsc::error::TrySendError::Full(cmd)) => Offer::QueueFull(cmd),
+                Err(TrySendError::Full(cmd)) => Offer::QueueFull(cmd),
                 // The connection just ended; it is gone from here in a moment.
-                Err(mpsc::error::TrySendError::Closed(cmd)) => Offer::NotHere(cmd),
+                Err(TrySendError::Closed(cmd)) => Offer::NotHere(cmd),
             },
         }
     }
@@ -340,17 +340,17 @@ mod tests {
         assert!(t.is_empty());
     }
 
-    #[tokio::test]
-    async fn commands_reach_subscribed_sessions_only() {
+    #[test]
+    fn commands_reach_subscribed_sessions_only() {
         let t = SessionTable::new("r1");
         assert!(matches!(t.offer(cmd("d")), Offer::NotHere(_)));
         let r = t.register("d", 1, None);
         assert!(matches!(t.offer(cmd("d")), Offer::NotSubscribed(_)));
-        let (tx, mut rx) = mpsc::channel(1);
+        let (tx, mut rx) = crate::commands::queue::channel(1);
         t.set_commands("d", r.generation, tx);
         assert_eq!(t.offer(cmd("d")), Offer::Queued);
         assert!(matches!(t.offer(cmd("d")), Offer::QueueFull(_)));
-        assert_eq!(rx.recv().await.unwrap().device_id, "d");
+        assert_eq!(rx.try_recv().unwrap().device_id, "d");
     }
 
     #[test]

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 
 use super::authorize::Authorization;
 use super::close::CloseReason;
@@ -19,6 +18,7 @@ use crate::auth::acl::{Access, Subject};
 use crate::auth::config::Permission;
 use crate::auth::ConnectInfo;
 use crate::commands::outbound::Outbound;
+use crate::commands::queue::TrySendError;
 use crate::commands::{consumer, Status};
 use crate::ingest::Ingest;
 use crate::kafka::now_ms;
@@ -275,8 +275,7 @@ impl Session {
                 Some((tx, _)) => {
                     if let Err(e) = tx.try_send(cmd) {
                         let cmd = match e {
-                            mpsc::error::TrySendError::Full(c)
-                            | mpsc::error::TrySendError::Closed(c) => c,
+                            TrySendError::Full(c) | TrySendError::Closed(c) => c,
                         };
                         shared
                             .journal
