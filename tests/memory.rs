@@ -111,7 +111,11 @@ fn settled() -> (isize, isize) {
     for _ in 0..100 {
         std::thread::sleep(std::time::Duration::from_millis(100));
         let now = live();
-        still = if (now.0 - last.0).abs() <= 1_024 { still + 1 } else { 0 };
+        still = if (now.0 - last.0).abs() <= 1_024 {
+            still + 1
+        } else {
+            0
+        };
         if now.0 < lowest.0 {
             lowest = now;
         }
