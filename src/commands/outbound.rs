@@ -72,10 +72,7 @@ impl Outbound {
     }
 
     /// The next queued command.
-    pub fn poll_next(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Box<Command>>> {
+    pub fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Box<Command>> {
         self.rx.poll_recv(cx)
     }
 

@@ -86,11 +86,11 @@ impl Sender {
 
 impl Receiver {
     /// The next command; pending while none waits.
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Box<Command>>> {
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Box<Command>> {
         // Register before looking, so a push between the two is not missed.
         self.0.waker.register(cx.waker());
         match self.try_recv() {
-            Some(cmd) => Poll::Ready(Some(cmd)),
+            Some(cmd) => Poll::Ready(cmd),
             None => Poll::Pending,
         }
     }
@@ -161,7 +161,7 @@ mod tests {
         let (tx, mut rx) = channel(4);
         let sender = std::thread::spawn(move || tx.try_send(cmd(7)).unwrap());
         let got = std::future::poll_fn(|cx| rx.poll_recv(cx)).await;
-        assert_eq!(got.unwrap().source.2, 7);
+        assert_eq!(got.source.2, 7);
         sender.join().unwrap();
         let mut cx = Context::from_waker(std::task::Waker::noop());
         assert!(rx.poll_recv(&mut cx).is_pending(), "nothing else was sent");

@@ -54,8 +54,8 @@ pub(super) enum Wake {
     Read(std::io::Result<usize>),
     /// A newer connect of the same client id took over.
     TakenOver,
-    /// A command to write (`None`: the queue closed).
-    Command(Option<Box<crate::commands::Command>>),
+    /// A command to write.
+    Command(Box<crate::commands::Command>),
     /// No packet within 1.5 × keep-alive.
     KeepAlive,
     /// The HTTP hook answered about the packet that waits.
@@ -212,8 +212,7 @@ impl Session {
             Wake::Read(Ok(_)) => st.input_ready = true,
             Wake::Read(Err(e)) => return Err(CloseReason::Io(e)),
             Wake::TakenOver => return Err(CloseReason::TakenOver),
-            Wake::Command(Some(cmd)) => self.deliver(framed, cmd, &shared.journal),
-            Wake::Command(None) => {}
+            Wake::Command(cmd) => self.deliver(framed, cmd, &shared.journal),
             Wake::KeepAlive => return Err(CloseReason::KeepAliveTimeout),
             Wake::Verdict(verdict) => {
                 self.authorized(framed, verdict, shared)?;
